@@ -28,6 +28,8 @@ from pathlib import Path
 import tiktoken
 import tiktoken.load
 
+from textbooks.errors import TextbooksError
+
 ENDOFTEXT = "<|endoftext|>"
 # GPT-2's pre-tokenization regex; `tokenizers`' ByteLevel pre-tokenizer uses the same one.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -35,7 +37,7 @@ P50K_URL = "https://openaipublic.blob.core.windows.net/encodings/p50k_base.tikto
 P50K_SHA256 = "94b5ca7dff4d00767bc256fdd1b27e5b17361d7b8a5f968547f9f23eb70d2069"
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(TextbooksError):
     """A tokenizer cannot be loaded or built; the message says how to fix it."""
 
 

@@ -17,13 +17,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from textbooks.errors import TextbooksError
+
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
+# directories skipped below an input root (not when the root itself is one of them)
+EXCLUDE_DIRS = ("__pycache__", "site-packages", "dist-packages", ".git")
 
 
-class DataError(RuntimeError):
+class DataError(TextbooksError):
     """Input data cannot be used; the message names the file and the fix."""
 
 
@@ -69,11 +73,19 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
-def list_source_files(root: Path, pattern: str = "**/*.py", max_bytes: int | None = None) -> list[Path]:
-    """Files under ``root`` matching ``pattern``, sorted, skipping ``__pycache__`` and (optionally) big files."""
+def list_source_files(
+    root: Path,
+    pattern: str = "**/*.py",
+    max_bytes: int | None = None,
+    exclude_dirs: tuple[str, ...] = EXCLUDE_DIRS,
+) -> list[Path]:
+    """Files under ``root`` matching ``pattern``, sorted, skipping ``exclude_dirs`` and (optionally) big files.
+
+    ``site-packages`` is excluded by default so that the standard library directory means the standard
+    library; pass a site-packages directory itself as ``root`` to read installed packages."""
     files = []
     for p in root.glob(pattern):
-        if "__pycache__" in p.parts or not p.is_file():
+        if any(part in exclude_dirs for part in p.relative_to(root).parts[:-1]) or not p.is_file():
             continue
         if max_bytes is not None and p.stat().st_size > max_bytes:
             continue

@@ -142,7 +142,7 @@ def _write_shard(
             part = docs[i : i + batch]
             ids = enc.encode_ordinary_batch([d.text for d in part], num_threads=threads)
             total = sum(map(len, ids)) + len(ids)
-            arr = np.fromiter(itertools.chain.from_iterable(x + [eot] for x in ids), dtype=dtype, count=total)
+            arr = np.fromiter(itertools.chain.from_iterable([*x, eot] for x in ids), dtype=dtype, count=total)
             f.write(arr.tobytes())
             n_tokens += total
             bar.update(len(part))
@@ -158,3 +158,14 @@ def pack_texts(texts: Iterable[str], out_dir: str | os.PathLike, tokenizer: str,
         for i, t in enumerate(texts):
             f.write(json.dumps({"id": str(i), "text": t}) + "\n")
     return pack(PackConfig(inputs=[str(src)], out_dir=str(out_dir), tokenizer=tokenizer, **kwargs))
+
+
+def run_stage(cfg) -> dict:
+    """``textbooks-data stage=pack``: pack ``stage.inputs`` into ``stage.out_dir``."""
+    from omegaconf import OmegaConf
+
+    s = OmegaConf.to_container(cfg.stage, resolve=True)
+    s.pop("name")
+    if isinstance(s["inputs"], str):
+        s["inputs"] = [s["inputs"]]
+    return pack(PackConfig(**s), progress=cfg.get("progress", True))

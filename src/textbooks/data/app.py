@@ -1,0 +1,44 @@
+"""``textbooks-data``: run one stage of the data pipeline (a Hydra app).
+
+Stages are modules of ``textbooks.data`` with a ``run_stage(cfg) -> dict`` function that reads
+``cfg.stage`` (the stage's config group) and ``cfg.paths``, writes its outputs with a manifest and returns
+the manifest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from textbooks.config import CONF_DIR
+from textbooks.errors import cli_errors
+
+log = logging.getLogger(__name__)
+
+# stage name -> module holding its run_stage(cfg)
+STAGES = {
+    "pack": "textbooks.data.pack",
+}
+
+
+def run(cfg: DictConfig) -> dict:
+    name = cfg.stage.name
+    if name not in STAGES:
+        raise SystemExit(f"textbooks-data: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+    module = importlib.import_module(STAGES[name])
+    manifest = module.run_stage(cfg)
+    log.info("stage %s done: %s", name, {k: manifest.get(k) for k in ("documents", "tokens", "seconds")})
+    return manifest
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="data")
+@cli_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
