@@ -41,8 +41,18 @@ class TokenizerError(TextbooksError):
     """A tokenizer cannot be loaded or built; the message says how to fix it."""
 
 
+# `make p50k` writes here; used when neither TIKTOKEN_CACHE_DIR nor DATA_GYM_CACHE_DIR is set.
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "tiktoken"
+
+
 def tiktoken_cache_dir() -> Path:
-    """The directory tiktoken reads cached encodings from (same rule as ``tiktoken.load``)."""
+    """The directory tiktoken reads cached encodings from (tiktoken's rule, then ``DEFAULT_CACHE_DIR``)."""
+    if (
+        "TIKTOKEN_CACHE_DIR" not in os.environ
+        and "DATA_GYM_CACHE_DIR" not in os.environ
+        and DEFAULT_CACHE_DIR.is_dir()
+    ):
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(DEFAULT_CACHE_DIR)
     if "TIKTOKEN_CACHE_DIR" in os.environ:
         return Path(os.environ["TIKTOKEN_CACHE_DIR"])
     if "DATA_GYM_CACHE_DIR" in os.environ:
@@ -201,6 +211,7 @@ def _load_cached(name: str) -> tiktoken.Encoding:
             f"unknown tokenizer {name!r}: use a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())}) "
             "or the path of a trained .tiktoken file"
         )
+    tiktoken_cache_dir()  # points tiktoken at DEFAULT_CACHE_DIR when nothing else is configured
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # no network: requests' ConnectionError, a proxy refusal, ...
