@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 
 # stage name -> module holding its run_stage(cfg)
 STAGES = {
+    "ingest": "textbooks.data.corpus",
+    "dedup": "textbooks.data.dedup",
+    "annotate": "textbooks.data.annotate",
+    "classify": "textbooks.data.classify",
+    "textbooks": "textbooks.data.synth",
+    "exercises": "textbooks.data.exercises",
+    "decontaminate": "textbooks.data.decontam",
     "pack": "textbooks.data.pack",
 }
 
