@@ -1,0 +1,318 @@
+"""The OpenAI-compatible client against a real HTTP server on 127.0.0.1 that injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from openai_server import OpenAIServer
+
+from textbooks.data.llm import (
+    Backoff,
+    ChatRequest,
+    LLMClient,
+    LLMConfig,
+    LLMError,
+    LLMUnreachableError,
+    parse_retry_after,
+    run_requests,
+)
+from textbooks.errors import ConfigError
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+
+
+def make_config(url: str, cache: Path, **kw) -> LLMConfig:
+    kw.setdefault("backoff", Backoff(base=0.01, max=0.05))
+    return LLMConfig(base_url=url, model="fake-model", cache=str(cache), progress=False, **kw)
+
+
+def cached_keys(cache: Path) -> set[str]:
+    with sqlite3.connect(cache) as conn:
+        return {r[0] for r in conn.execute("SELECT key FROM responses")}
+
+
+@pytest.fixture
+def server():
+    with OpenAIServer() as s:
+        yield s
+
+
+def test_every_fault_is_retried_until_it_succeeds(server, tmp_path):
+    first_attempt_faults = {
+        "p0": "429",
+        "p1": "429:0.05",
+        "p2": "500",
+        "p3": "502",
+        "p4": "503",
+        "p5": "drop",
+        "p6": "malformed",
+        "p7": "nochoices",
+        "p8": "slow:3",
+    }
+    server.fault_fn = lambda prompt, attempt: first_attempt_faults.get(prompt) if attempt == 1 else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite", timeout=0.5, concurrency=4))
+    prompts = [f"p{i}" for i in range(12)]
+    results = client.run([client.request(p) for p in prompts])
+    assert [r.text for r in results] == [f"echo: {p}" for p in prompts]
+    assert [r.attempts for r in results] == [2] * 9 + [1] * 3
+    assert client.stats.errors == {
+        "rate_limit": 2,
+        "server": 3,
+        "connection": 1,
+        "malformed": 2,
+        "timeout": 1,
+    }
+    assert client.stats.retries == 9 and client.stats.failed == 0 and client.stats.succeeded == 12
+    for outcome in ("429", "500", "502", "503", "drop", "malformed", "nochoices"):
+        assert server.outcomes[outcome] >= 1, outcome
+    assert results[0].prompt_tokens == 1 and results[0].completion_tokens == 2  # usage is kept
+
+
+def test_retry_after_is_obeyed_and_backoff_grows(server, tmp_path):
+    server.fault_fn = lambda prompt, attempt: (
+        {"wait": "429:0.6", "backoff": "503"}.get(prompt) if attempt <= 2 else None
+    )
+    cfg = make_config(server.url, tmp_path / "c.sqlite", backoff=Backoff(base=0.1, max=5.0, jitter=0.0))
+    client = LLMClient(cfg)
+    results = client.run([client.request("wait"), client.request("backoff")])
+    assert all(r.ok and r.attempts == 3 for r in results)
+    t = [e.time for e in server.events("wait")]
+    assert t[1] - t[0] >= 0.55 and t[2] - t[1] >= 0.55  # Retry-After: 0.6, not the 0.1 s backoff
+    t = [e.time for e in server.events("backoff")]
+    assert 0.08 <= t[1] - t[0] < 0.5 and 0.18 <= t[2] - t[1] < 0.6  # 0.1 s, then 0.2 s
+
+
+def test_parse_retry_after():
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "0.25"}) == 0.25
+    assert parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= parse_retry_after({"retry-after": date}) <= 31
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+def test_bounded_attempts_report_a_failure_and_the_run_goes_on(server, tmp_path):
+    server.fault_fn = lambda prompt, attempt: {"bad": "503", "garbled": "malformed"}.get(prompt)
+    cache = tmp_path / "c.sqlite"
+    client = LLMClient(make_config(server.url, cache, max_attempts=3))
+    results = client.run([client.request(p) for p in ("a", "bad", "b", "garbled", "c")])
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    bad, garbled = results[1], results[3]
+    assert (bad.error_kind, bad.attempts) == ("server", 3) and "503" in bad.error
+    assert (garbled.error_kind, garbled.attempts) == ("malformed", 3)
+    assert server.attempts["bad"] == 3 and server.attempts["garbled"] == 3
+    assert client.stats.failures == {"server": 1, "malformed": 1}
+    with sqlite3.connect(cache) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT kind FROM failures")) == ["malformed", "server"]
+    # failures are not cached: a rerun asks only for them again
+    server.reset_counts()
+    client2 = LLMClient(make_config(server.url, cache, max_attempts=1))
+    again = client2.run([client2.request(p) for p in ("a", "bad", "b", "garbled", "c")])
+    assert server.received == 2 and client2.stats.cache_hits == 3
+    assert [r.ok for r in again] == [True, False, True, False, True]
+
+
+def test_a_second_run_makes_no_requests(server, tmp_path):
+    cache = tmp_path / "c.sqlite"
+    prompts = [f"question {i}" for i in range(25)]
+    first, stats = run_requests(make_config(server.url, cache), [_req(p) for p in prompts])
+    assert server.received == 25 and stats.succeeded == 25 and all(r.ok for r in first)
+    second, stats2 = run_requests(make_config(server.url, cache), [_req(p) for p in prompts])
+    assert server.received == 25  # nothing new was asked
+    assert stats2.cache_hits == 25 and stats2.http_requests == 0
+    assert [r.text for r in second] == [r.text for r in first] and all(r.cached for r in second)
+
+
+def _req(prompt: str, **params) -> ChatRequest:
+    return ChatRequest([{"role": "user", "content": prompt}], "fake-model", {"temperature": 0.0, **params})
+
+
+def test_cache_key_is_the_full_request_content():
+    base = _req("x", seed=1)
+    assert base.key == _req("x", seed=1).key
+    assert base.key == ChatRequest(base.messages, "fake-model", {"seed": 1, "temperature": 0.0}).key
+    others = [
+        _req("y", seed=1),
+        _req("x", seed=2),
+        _req("x", seed=1, max_tokens=5),
+        ChatRequest(base.messages, "other-model", base.params),
+        ChatRequest([{"role": "system", "content": "s"}, *base.messages], "fake-model", base.params),
+    ]
+    assert len({base.key, *(o.key for o in others)}) == 6
+
+
+def test_duplicates_in_a_batch_are_sent_once(server, tmp_path):
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+    results = client.run([client.request(p) for p in ("a", "b", "a", "a")])
+    assert [r.text for r in results] == ["echo: a", "echo: b", "echo: a", "echo: a"]
+    assert server.received == 2
+
+
+def test_concurrency_is_capped(tmp_path):
+    with OpenAIServer(delay=0.1) as server:
+        client = LLMClient(make_config(server.url, tmp_path / "c.sqlite", concurrency=3))
+        client.run([client.request(f"q{i}") for i in range(12)])
+    assert server.max_in_flight == 3
+
+
+def test_cancelled_run_keeps_what_it_received(tmp_path):
+    cache = tmp_path / "c.sqlite"
+    prompts = [f"item {i}" for i in range(40)]
+    with OpenAIServer(delay=0.03) as server:
+        client = LLMClient(make_config(server.url, cache, concurrency=2))
+
+        async def interrupted() -> int:
+            task = asyncio.create_task(client.complete_all([client.request(p) for p in prompts]))
+            while server.answered < 10:
+                await asyncio.sleep(0.01)
+            answered = server.answered
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return answered
+
+        answered = asyncio.run(interrupted())
+        kept = cached_keys(cache)
+        assert answered - 2 <= len(kept) < 40  # at most the 2 answers in flight were not yet read
+        server.reset_counts()
+        client2 = LLMClient(make_config(server.url, cache, concurrency=2))
+        results = client2.run([client2.request(p) for p in prompts])
+    assert all(r.ok for r in results)
+    assert server.received == 40 - len(kept) and client2.stats.cache_hits == len(kept)
+
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from textbooks.data.llm import Backoff, LLMClient, LLMConfig
+    url, cache = sys.argv[1], sys.argv[2]
+    cfg = LLMConfig(base_url=url, model="fake-model", cache=cache, concurrency=2, progress=False,
+                    backoff=Backoff(base=0.01))
+    client = LLMClient(cfg)
+    results = client.run([client.request(f"line {i}") for i in range(60)])
+    print(sum(r.ok for r in results))
+    """
+)
+
+
+def test_killed_process_loses_nothing_it_received(tmp_path):
+    """SIGKILL a client process midway: every answer it had received is in the cache; the rerun asks
+    only for the rest."""
+    cache = tmp_path / "c.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    with OpenAIServer(delay=0.04) as server:
+        proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, server.url, str(cache)], env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while server.answered < 15 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.01)
+            answered_before_kill = server.answered
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL, "the client finished before it could be killed"
+        kept = cached_keys(cache)
+        # at most the two answers in flight at the kill can be missing
+        assert answered_before_kill - 2 <= len(kept) < 60
+        server.reset_counts()
+        done = subprocess.run(
+            [sys.executable, "-c", CLIENT_SCRIPT, server.url, str(cache)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "60"
+        assert server.received == 60 - len(kept)
+    assert len(cached_keys(cache)) == 60
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_unreachable_endpoint_gives_one_clear_error(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    client = LLMClient(make_config(url, tmp_path / "c.sqlite", max_attempts=2, unreachable_after=4))
+    started = time.monotonic()
+    with pytest.raises(LLMUnreachableError) as err:
+        client.run([client.request(f"x{i}") for i in range(200)])
+    message = str(err.value)
+    assert url in message and "llm.base_url" in message and "vllm serve" in message
+    assert client.stats.http_requests < 20  # it stopped early instead of trying all 200
+    assert time.monotonic() - started < 10
+
+
+def test_every_request_failing_to_connect_fails_even_below_the_threshold(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    client = LLMClient(make_config(url, tmp_path / "c.sqlite", max_attempts=2, unreachable_after=100))
+    with pytest.raises(LLMUnreachableError, match="3 requests failed to connect"):
+        client.run([client.request(f"x{i}") for i in range(3)])
+
+
+def test_rejected_api_key_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("TEXTBOOKS_TEST_KEY", raising=False)
+    with OpenAIServer(api_key="s3cret") as server:
+        cfg = make_config(server.url, tmp_path / "c.sqlite", api_key_env="TEXTBOOKS_TEST_KEY", concurrency=2)
+        client = LLMClient(cfg)
+        with pytest.raises(LLMError, match="TEXTBOOKS_TEST_KEY") as err:
+            client.run([client.request(f"x{i}") for i in range(50)])
+        assert server.url in str(err.value)
+        assert server.received <= 2  # stopped at once, no retries
+        monkeypatch.setenv("TEXTBOOKS_TEST_KEY", "s3cret")
+        assert LLMClient(cfg).run([client.request("x0")])[0].text == "echo: x0"
+
+
+def test_run_works_inside_a_running_event_loop(server, tmp_path):
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+
+    async def notebook_cell() -> list[str]:
+        return [r.text for r in client.run([client.request("in a loop")])]
+
+    assert asyncio.run(notebook_cell()) == ["echo: in a loop"]
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown keys \[.modle.\]"):
+        LLMConfig.from_dict({"modle": "x"})
+    with pytest.raises(ConfigError, match=r"llm\.backoff"):
+        LLMConfig.from_dict({"backoff": {"bse": 1}})
+    with pytest.raises(ConfigError, match="base_url"):
+        LLMConfig.from_dict({"base_url": "localhost:8000"})
+    with pytest.raises(ConfigError, match="concurrency"):
+        LLMConfig.from_dict({"concurrency": 0})
+
+
+def test_hydra_presets_compose(repo_root, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
+        cfg = compose("data", overrides=["stage=annotate", f"paths.cache={tmp_path}"])
+        openai_cfg = LLMConfig.from_dict(cfg.llm)
+        vllm = LLMConfig.from_dict(compose("data", overrides=["stage=annotate", "llm=vllm"]).llm)
+        ollama = LLMConfig.from_dict(compose("data", overrides=["stage=annotate", "llm=ollama"]).llm)
+    assert openai_cfg.base_url == "https://api.openai.com/v1" and openai_cfg.api_key_env == "OPENAI_API_KEY"
+    assert openai_cfg.cache == f"{tmp_path}/llm/responses.sqlite"
+    assert vllm.base_url.endswith(":8000/v1") and vllm.backoff.base == openai_cfg.backoff.base
+    assert ollama.base_url.endswith(":11434/v1")
+    assert json.loads(json.dumps(openai_cfg.params())) == {"temperature": 0.0, "max_tokens": 1024}
