@@ -199,6 +199,13 @@ def request_key(model: str, messages: Sequence[Mapping[str, str]], params: Mappi
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def fill_template(template: str, **values: str) -> str:
+    """Replace each ``{name}`` in ``template`` by its value; other braces (code in a prompt) stay as they are."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
 def prompt_hash(*parts: str) -> str:
     """A short hash of prompt templates, recorded next to the answers they produced."""
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -588,7 +595,8 @@ class LLMClient:
         self.stats.failed += 1
         self.stats.failures[failure.kind] += 1
         self.cache.record_failure(request, failure.kind, failure.message, attempt)
-        log.warning("request %s failed after %d attempts: %s", request.key[:12], attempt, failure.message)
+        level = logging.WARNING if self.stats.failed <= 10 else logging.DEBUG  # the first few, then quiet
+        log.log(level, "request %s failed after %d attempts: %s", request.key[:12], attempt, failure.message)
         if failure.kind == "connection":
             self._last_connection_error = failure.message
             self._check_reachable()

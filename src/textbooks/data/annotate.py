@@ -1,0 +1,528 @@
+"""Stage ``annotate``: educational-value labels for a seeded random sample of the corpus.
+
+phi-1 asked GPT-4 to judge ~100k samples of The Stack + StackOverflow for their "educational value for a
+student whose goal is to learn basic coding concepts", then trained a classifier on those labels
+(``textbooks.data.classify``). This stage produces the labels:
+
+* ``annotator=llm`` (the paper's method): each sampled document is shown to an OpenAI-compatible model
+  (``textbooks.data.llm``) with the prompt in ``conf/stage/annotate.yaml``: by default a FineWeb-Edu-style
+  additive 0–5 rubric adapted to code, answered with a last line ``Educational score: N``. Answers that
+  cannot be parsed, and requests that failed, are counted and listed in ``failures.jsonl``; they are not
+  written as labels.
+* ``annotator=heuristic``: a **proxy** for the LLM, not the paper's method, for machines without one. It
+  adds up interpretable signals of a good lesson in basic coding into 0–5 (``heuristic_score``; every
+  signal is documented in ``SIGNALS`` and named in each row's ``rationale``).
+
+Output (``out_dir``): ``part-*.parquet`` with ``id, text, source, score, label, rationale, annotator, model,
+prompt_hash`` (``label = score >= threshold``), ``failures.jsonl`` and ``manifest.json``. The sample is
+drawn with ``random.Random(seed).sample`` over the input's document order, so the same input and seed give
+the same sample; the rows keep input order.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import logging
+import random
+import re
+import statistics
+import sys
+import tokenize
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from textbooks.data.documents import DataError, Document, ReadStats, iter_documents
+from textbooks.data.llm import (
+    LLMClient,
+    LLMConfig,
+    LLMUnreachableError,
+    config_from,
+    fill_template,
+    prompt_hash,
+)
+from textbooks.data.manifest import Stage, atomic_path, read_manifest
+from textbooks.data.parquet import ShardWriter, part_files
+from textbooks.errors import ConfigError, TextbooksError
+
+log = logging.getLogger(__name__)
+
+HEURISTIC_MODEL = "heuristic-v1"  # recorded in the ``model`` column of heuristic rows
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("score", pa.int8()),
+        ("label", pa.bool_()),
+        ("rationale", pa.string()),
+        ("annotator", pa.string()),
+        ("model", pa.string()),
+        ("prompt_hash", pa.string()),
+    ]
+)
+
+
+@dataclass
+class AnnotateConfig:
+    """``conf/stage/annotate.yaml``."""
+
+    input: str | list[str]  # stage output(s), JSONL/Parquet files or source directories
+    out_dir: str
+    annotator: str = "llm"  # llm (the paper's method) | heuristic (an offline proxy)
+    sample_size: int = 100_000
+    seed: int = 0
+    threshold: int = 3  # label = score >= threshold
+    pattern: str = "**/*.py"  # files read inside source directories
+    text_field: str = "text"
+    id_field: str = "id"
+    max_file_bytes: int | None = 1_000_000
+    max_chars: int = 6000  # characters of each document shown to the LLM (its head)
+    max_bad_fraction: float = 0.01  # malformed input records tolerated
+    max_failed_fraction: float = 0.05  # LLM failures (no answer, or no parseable score) tolerated
+    rows_per_shard: int = 50_000
+    system_prompt: str = ""
+    prompt: str = "{text}"  # {text} is replaced by the document (its first max_chars characters)
+    sampling: dict[str, Any] = field(default_factory=dict)  # per-request overrides of llm sampling
+
+    def __post_init__(self) -> None:
+        if self.annotator not in ("llm", "heuristic"):
+            raise ConfigError(f"stage.annotator={self.annotator!r}: use llm or heuristic")
+        if "{text}" not in self.prompt:
+            raise ConfigError("stage.prompt must contain {text} (where the document goes)")
+        if self.sample_size < 1:
+            raise ConfigError(f"stage.sample_size must be >= 1 (got {self.sample_size})")
+        if not 0 <= self.threshold <= 5:
+            raise ConfigError(f"stage.threshold must be within 0..5 (got {self.threshold})")
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# -- the LLM's answer ------------------------------------------------------------------------------------
+
+_SCORE_LINE = re.compile(
+    r"^[\s>*_#`\-]*educational\s+score\s*[:=]\s*[*_`]*\s*(\d+(?:\.\d+)?)\s*(?:/\s*5|out of 5)?[\s*_`.]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def parse_score(answer: str) -> tuple[int, str] | None:
+    """``(score, rationale)`` from an answer ending in ``Educational score: N`` (the last such line wins;
+    markdown emphasis, ``/5`` and a trailing period are tolerated); ``None`` when there is no such line or
+    N is not an integer within 0..5."""
+    matches = list(_SCORE_LINE.finditer(answer))
+    if not matches:
+        return None
+    m = matches[-1]
+    value = float(m.group(1))
+    if value != int(value) or not 0 <= value <= 5:
+        return None
+    rationale = answer[: m.start()].strip()
+    return int(value), rationale[:2000]
+
+
+# -- the heuristic proxy ---------------------------------------------------------------------------------
+
+SIGNALS: dict[str, str] = {
+    # +1 each
+    "explained": "+1: comments and docstrings are 15-75% of the non-blank lines (prose interleaved with code)",
+    "documented_defs": "+1: it defines functions/classes and at least 60% of them have docstrings",
+    "examples": "+1: it shows usage: doctests (>>>), an `if __name__ == '__main__':` demo, or 'Example' text",
+    "readable": "+1: mean line length <= 70, <= 5% of lines over 100 chars, control flow nested <= 4 deep",
+    "meaningful_names": "+1: >= 5 distinct identifiers and >= 75% of them are 3+ characters long",
+    # penalties
+    "generated": "score 0: a generated-file marker ('auto-generated', 'generated by', 'do not edit') on top",
+    "data_dump": "-3: mostly literals (numbers/strings >= 55% of tokens) or very long lines (a table, a blob)",
+    "boilerplate": "-2: no functions or classes and >= 60% of statements are imports or plain assignments",
+    "test_file": "-1: a test module (test_*.py or mostly test_* functions): edge cases, not basics",
+    "magic_numbers": "-1: a test module with > 0.25 numeric literals (other than 0, 1, 2, -1) per line",
+    "unparseable": "-1: not valid Python 3 (structure signals could not be measured)",
+    "too_short": "-1: fewer than 5 non-blank lines",
+    "too_long": "-1: more than 1500 non-blank lines (no single lesson)",
+}
+_POINTS = {
+    "explained": 1,
+    "documented_defs": 1,
+    "examples": 1,
+    "readable": 1,
+    "meaningful_names": 1,
+    "data_dump": -3,
+    "boilerplate": -2,
+    "test_file": -1,
+    "magic_numbers": -1,
+    "unparseable": -1,
+    "too_short": -1,
+    "too_long": -1,
+}
+_GENERATED = re.compile(
+    r"auto-?generated|generated\s+(?:by|from|with|automatically)|do\s+not\s+edit|@generated|"
+    r"this\s+file\s+(?:is|was)\s+(?:automatically\s+)?generated|code\s+generated",
+    re.IGNORECASE,
+)
+_EXAMPLE = re.compile(r"\bfor example\b|\bexamples?\s*:|\bexample usage\b|\busage\s*:", re.IGNORECASE)
+_TEST_NAME = re.compile(r"(^|/)(test_[^/]*|[^/]*_test)\.py$")
+
+
+@dataclass
+class Heuristic:
+    """The heuristic's verdict on one document: the score, the signals that fired, and the measurements."""
+
+    score: int
+    signals: list[str]
+    measures: dict[str, float]
+
+    @property
+    def rationale(self) -> str:
+        fired = ", ".join(f"{s} ({_POINTS[s]:+d})" if s in _POINTS else f"{s} (=0)" for s in self.signals)
+        return f"heuristic proxy: {fired or 'no signal'}; " + ", ".join(
+            f"{k}={v:.3g}" for k, v in self.measures.items()
+        )
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_BLOCKS = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try, ast.Match)
+if sys.version_info >= (3, 11):
+    _BLOCKS += (ast.TryStar,)
+
+
+def _docstring(node: ast.AST) -> ast.Expr | None:
+    body = getattr(node, "body", None)
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+        and isinstance(body[0].value.value, str)
+    ):
+        return body[0]
+    return None
+
+
+def _block_depth(statements: list[ast.stmt], level: int = 0) -> int:
+    """Deepest nesting of control-flow blocks (if/for/while/with/try/match); defs and classes reset it,
+    so a method's loops count from the method."""
+    deepest = level
+    for s in statements:
+        inner = 0 if isinstance(s, _DEFS) else level + 1 if isinstance(s, _BLOCKS) else level
+        for name in ("body", "orelse", "finalbody"):
+            deepest = max(deepest, _block_depth(getattr(s, name, []) or [], inner))
+        for part in getattr(s, "handlers", []) or getattr(s, "cases", []) or []:
+            deepest = max(deepest, _block_depth(part.body, inner))
+    return deepest
+
+
+def _tokens(text: str) -> tuple[set[int], int, int, int]:
+    """Lines with comments, and the NAME / NUMBER / STRING token counts (``tokenize``; works on broken code
+    up to the first error)."""
+    comment_lines: set[int] = set()
+    names = numbers = strings = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT:
+                comment_lines.add(tok.start[0])
+            elif tok.type == tokenize.NAME:
+                names += 1
+            elif tok.type == tokenize.NUMBER:
+                numbers += 1
+            elif tok.type == tokenize.STRING:
+                strings += 1
+    except (tokenize.TokenError, SyntaxError):
+        pass  # what was read so far still counts
+    return comment_lines, names, numbers, strings
+
+
+def _is_main_guard(s: ast.stmt) -> bool:
+    test = getattr(s, "test", None) if isinstance(s, ast.If) else None
+    return (
+        isinstance(test, ast.Compare) and "__name__" in ast.unparse(test) and "__main__" in ast.unparse(test)
+    )
+
+
+def heuristic_score(text: str, path: str = "") -> Heuristic:
+    """Score ``text`` 0–5 for "educational value for learning basic coding" from the signals in ``SIGNALS``.
+
+    A PROXY for the paper's GPT-4 annotation, for offline runs: it rewards code that explains itself
+    (comments, docstrings, examples), is readable and names things well, and penalises generated files,
+    data dumps, configuration boilerplate and magic-number tests. ``path`` (optional) identifies test files.
+    """
+    lines = text.splitlines()
+    nonblank_lines = {i for i, ln in enumerate(lines, 1) if ln.strip()}
+    n = len(nonblank_lines)
+    if _GENERATED.search("\n".join(lines[:30])):
+        return Heuristic(0, ["generated"], {"lines": n})
+    comment_lines, n_names, n_numbers, n_strings = _tokens(text)
+    lengths = [len(lines[i - 1].rstrip()) for i in nonblank_lines] or [0]
+    measures: dict[str, float] = {
+        "lines": n,
+        "mean_line": statistics.fmean(lengths),
+        "long_lines": sum(x > 100 for x in lengths) / max(n, 1),
+        "literal_share": (n_numbers + n_strings) / max(n_names + n_numbers + n_strings, 1),
+    }
+    fired: list[str] = []
+    try:
+        tree: ast.Module | None = ast.parse(text)
+    except (SyntaxError, ValueError):
+        tree = None
+    if tree is None:
+        fired.append("unparseable")
+        explained = len(comment_lines) / max(n, 1)
+    else:
+        nodes = list(ast.walk(tree))
+        defs = [node for node in nodes if isinstance(node, _DEFS)]
+        docs = [d for d in map(_docstring, [tree, *defs]) if d is not None]
+        doc_lines = {i for d in docs for i in range(d.lineno, (d.end_lineno or d.lineno) + 1)}
+        docstrings = "\n".join(d.value.value for d in docs)  # type: ignore[attr-defined]
+        explained = len((comment_lines | doc_lines) & nonblank_lines) / max(n, 1)
+        documented = sum(_docstring(d) is not None for d in defs)
+        measures["documented_defs"] = documented / len(defs) if defs else 0.0
+        if defs and documented / len(defs) >= 0.6:
+            fired.append("documented_defs")
+        comments = "\n".join(lines[i - 1] for i in sorted(comment_lines) if i <= len(lines))
+        if (
+            any(map(_is_main_guard, tree.body))
+            or ">>>" in docstrings
+            or _EXAMPLE.search(docstrings + comments)
+        ):
+            fired.append("examples")
+        measures["depth"] = depth = _block_depth(tree.body)
+        if measures["mean_line"] <= 70 and measures["long_lines"] <= 0.05 and depth <= 4:
+            fired.append("readable")
+        idents = {
+            node.id if isinstance(node, ast.Name) else node.arg if isinstance(node, ast.arg) else node.name
+            for node in nodes
+            if isinstance(node, (ast.Name, ast.arg, *_DEFS))
+        } - {"self", "cls", "_"}
+        measures["identifiers"] = len(idents)
+        if len(idents) >= 5 and sum(len(i.strip("_")) >= 3 for i in idents) / len(idents) >= 0.75:
+            fired.append("meaningful_names")
+        plain = sum(
+            isinstance(s, (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign))
+            or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            for s in tree.body
+        )
+        if not defs and tree.body and plain / len(tree.body) >= 0.6:
+            fired.append("boilerplate")
+        tests = sum(d.name.lower().startswith("test") for d in defs)
+        if _TEST_NAME.search(path.replace("\\", "/")) or (defs and tests / len(defs) >= 0.5):
+            fired.append("test_file")
+            magic = sum(
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, (int, float, complex))
+                and not isinstance(node.value, bool)
+                and abs(node.value) not in (0, 1, 2)
+                for node in nodes
+            )
+            measures["magic_per_line"] = magic / max(n, 1)
+            if magic / max(n, 1) > 0.25:
+                fired.append("magic_numbers")
+    measures["explained"] = explained
+    if 0.15 <= explained <= 0.75:
+        fired.append("explained")
+    if (measures["literal_share"] >= 0.55 and n >= 10) or max(lengths) > 1000:
+        fired.append("data_dump")
+    if n < 5:
+        fired.append("too_short")
+    if n > 1500:
+        fired.append("too_long")
+    score = sum(_POINTS[s] for s in fired)
+    return Heuristic(max(0, min(5, score)), fired, measures)
+
+
+# -- the stage -------------------------------------------------------------------------------------------
+
+
+def sample_documents(cfg: AnnotateConfig, stats: ReadStats) -> tuple[list[Document], int]:
+    """A seeded random sample of ``cfg.sample_size`` documents, in input order, and the input's size.
+
+    Two passes over the input: one to count, one to collect the drawn positions (memory: the sample)."""
+
+    def read(counts: ReadStats) -> Iterator[Document]:
+        return iter_documents(
+            cfg.inputs,
+            pattern=cfg.pattern,
+            text_field=cfg.text_field,
+            id_field=cfg.id_field,
+            max_bytes=cfg.max_file_bytes,
+            stats=counts,
+        )
+
+    total = sum(1 for _ in read(stats))
+    stats.check(cfg.max_bad_fraction, f"annotate input {cfg.inputs}")
+    if total == 0:
+        raise DataError(
+            f"annotate: no documents in {cfg.inputs} (pattern {cfg.pattern!r}); check stage.input"
+        )
+    chosen = set(random.Random(cfg.seed).sample(range(total), min(cfg.sample_size, total)))
+    docs = [d for i, d in enumerate(read(ReadStats())) if i in chosen]  # (not counted twice)
+    return docs, total
+
+
+def _heuristic_rows(docs: list[Document], threshold: int, progress: bool) -> Iterator[dict[str, Any]]:
+    for doc in tqdm(docs, desc="annotate (heuristic)", unit="doc", disable=not progress):
+        h = heuristic_score(doc.text, doc.source)
+        yield {
+            "id": doc.id,
+            "text": doc.text,
+            "source": doc.source,
+            "score": h.score,
+            "label": h.score >= threshold,
+            "rationale": h.rationale,
+            "annotator": "heuristic",
+            "model": HEURISTIC_MODEL,
+            "prompt_hash": None,
+        }
+
+
+def run_stage(cfg: Any) -> dict:
+    """``textbooks-data stage=annotate``: label a sample of ``stage.input`` into ``stage.out_dir``."""
+    acfg = config_from(AnnotateConfig, cfg.stage, "stage (annotate)", drop=("name",))
+    llm = LLMConfig.from_dict(cfg.llm) if acfg.annotator == "llm" else None
+    return annotate(acfg, llm, progress=bool(cfg.get("progress", True)))
+
+
+def annotate(cfg: AnnotateConfig, llm: LLMConfig | None = None, *, progress: bool = True) -> dict:
+    """Run the stage (skipped when its manifest is current); returns the manifest."""
+    for p in cfg.inputs:
+        if not Path(p).exists():
+            raise DataError(
+                f"annotate input {p} does not exist: run the stage that writes it (textbooks-data stage=dedup) "
+                "or set stage.input to a corpus directory, JSONL or Parquet"
+            )
+    if cfg.annotator == "llm" and llm is None:
+        raise ConfigError("annotator=llm needs an llm config (llm=openai|vllm|llamacpp|ollama)")
+    stage_cfg = asdict(cfg)
+    stage_cfg.pop("out_dir")
+    template = prompt_hash(cfg.system_prompt, cfg.prompt) if cfg.annotator == "llm" else None
+    if llm is not None and cfg.annotator == "llm":
+        stage_cfg["llm"] = {"model": llm.model, "params": llm.params(**cfg.sampling), "prompt_hash": template}
+    else:
+        stage_cfg["heuristic"] = HEURISTIC_MODEL
+    stage = Stage("annotate", cfg.out_dir, stage_cfg, cfg.inputs)
+    if stage.is_current():
+        log.info("annotate: %s is current, skipping", cfg.out_dir)
+        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
+    stage.prepare()
+    client = None
+    if llm is not None and cfg.annotator == "llm":
+        llm.progress = llm.progress and progress
+        client = LLMClient(llm, seed=cfg.seed)
+    out = Path(cfg.out_dir)
+    for old in part_files(out):
+        old.unlink()
+    stats = ReadStats()
+    docs, total = sample_documents(cfg, stats)
+    counts: dict[str, Any] = {"input_documents": total, "sampled": len(docs)}
+    failures: list[dict[str, Any]] = []
+    writer = ShardWriter(out, cfg.rows_per_shard, schema=SCHEMA)
+    try:
+        if client is None:
+            for row in _heuristic_rows(docs, cfg.threshold, progress):
+                writer.add(row)
+        else:
+            _llm_rows(cfg, client, docs, template, writer, failures)
+            counts["llm"] = client.stats.to_dict()
+    finally:
+        if client is not None:
+            client.close()
+    files = writer.close()
+    with atomic_path(out / "failures.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(f) + "\n" for f in failures))
+    scores = _score_counts(files)
+    counts.update(
+        documents=writer.count,
+        failed=len(failures),
+        failed_by_reason=_by(failures, "reason"),
+        scores=scores,
+        labelled_positive=sum(v for k, v in scores.items() if int(k) >= cfg.threshold),
+        read=stats.to_dict(),
+    )
+    if docs and len(failures) / len(docs) > cfg.max_failed_fraction:
+        raise TextbooksError(
+            f"annotate: {len(failures)} of {len(docs)} documents got no usable score (more than "
+            f"max_failed_fraction={cfg.max_failed_fraction}); see {out / 'failures.jsonl'}. Answers already "
+            "received are cached: fix the endpoint or prompt and rerun (only the rest is asked)"
+        )
+    return stage.finish([*files, out / "failures.jsonl"], **counts)
+
+
+def _llm_rows(
+    cfg: AnnotateConfig,
+    client: LLMClient,
+    docs: list[Document],
+    template: str | None,
+    writer: ShardWriter,
+    failures: list[dict[str, Any]],
+) -> None:
+    requests = [
+        client.request(
+            fill_template(cfg.prompt, text=_clip(d.text, cfg.max_chars)),
+            system=cfg.system_prompt or None,
+            **cfg.sampling,
+        )
+        for d in docs
+    ]
+    try:
+        for doc, res in zip(docs, client.iter_results(requests, desc="annotate (llm)")):
+            if not res.ok:
+                failures.append(
+                    {"id": doc.id, "source": doc.source, "reason": res.error_kind, "error": res.error}
+                )
+                continue
+            parsed = parse_score(res.text or "")
+            if parsed is None:
+                failures.append(
+                    {
+                        "id": doc.id,
+                        "source": doc.source,
+                        "reason": "unparseable",
+                        "answer": (res.text or "")[-300:],
+                    }
+                )
+                continue
+            score, rationale = parsed
+            writer.add(
+                {
+                    "id": doc.id,
+                    "text": doc.text,
+                    "source": doc.source,
+                    "score": score,
+                    "label": score >= cfg.threshold,
+                    "rationale": rationale,
+                    "annotator": "llm",
+                    "model": res.response_model or res.request.model,
+                    "prompt_hash": template,
+                }
+            )
+    except LLMUnreachableError as e:
+        raise LLMUnreachableError(
+            f"{e} Offline, label with the heuristic proxy: stage.annotator=heuristic"
+        ) from None
+
+
+def _clip(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars] + "\n# ... (truncated)"
+
+
+def _by(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[str(r.get(key))] = out.get(str(r.get(key)), 0) + 1
+    return out
+
+
+def _score_counts(files: list[Path]) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    counts: dict[str, int] = {}
+    for f in files:
+        for s in pq.read_table(f, columns=["score"]).column("score").to_pylist():
+            counts[str(s)] = counts.get(str(s), 0) + 1
+    return dict(sorted(counts.items()))
