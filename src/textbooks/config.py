@@ -37,12 +37,20 @@ def format_count(value: int | float | str) -> str:
     return str(n)
 
 
+def _stdlib() -> Path:
+    from textbooks.data.documents import stdlib_dir
+
+    return stdlib_dir()
+
+
 def register_resolvers() -> None:
-    """``${count:26B}`` -> int, ``${human:...}`` -> short string (idempotent)."""
+    """``${count:26B}`` -> int, ``${human:...}`` -> short string, ``${stdlib:}`` -> the standard library dir."""
     if not OmegaConf.has_resolver("count"):
         OmegaConf.register_new_resolver("count", parse_count)
     if not OmegaConf.has_resolver("human"):
         OmegaConf.register_new_resolver("human", format_count)
+    if not OmegaConf.has_resolver("stdlib"):
+        OmegaConf.register_new_resolver("stdlib", lambda: str(_stdlib()))
 
 
 register_resolvers()

@@ -28,6 +28,7 @@ STAGES = {
     "exercises": "textbooks.data.exercises",
     "decontaminate": "textbooks.data.decontam",
     "pack": "textbooks.data.pack",
+    "tokenizer": "textbooks.data.bpe",
 }
 
 

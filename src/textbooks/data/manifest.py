@@ -39,13 +39,16 @@ def config_hash(config: Any) -> str:
     return sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())[:16]
 
 
-def fingerprint_input(path: str | os.PathLike) -> dict[str, Any]:
+def fingerprint_input(path: str | os.PathLike, pattern: str = "**/*") -> dict[str, Any]:
     """Identify an input cheaply but reliably.
 
     A stage output (a directory with ``manifest.json``) is identified by its manifest's hash; a file by
-    its content hash; a raw directory by the listing of (relative path, size, mtime) of its files, which
-    is what changes when a corpus changes, without reading terabytes.
+    its content hash; a raw directory by the listing of (relative path, size, mtime) of the files that
+    ``pattern`` selects (what a reader of it sees), which changes when the corpus does, without reading
+    terabytes.
     """
+    from textbooks.data.documents import list_source_files
+
     p = Path(path)
     if not p.exists():
         return {"path": str(p), "missing": True}
@@ -55,7 +58,7 @@ def fingerprint_input(path: str | os.PathLike) -> dict[str, Any]:
         return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
     h = hashlib.sha256()
     n = size = 0
-    for f in sorted(q for q in p.rglob("*") if q.is_file() and "__pycache__" not in q.parts):
+    for f in list_source_files(p, pattern):
         st = f.stat()
         h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         n += 1

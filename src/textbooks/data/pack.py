@@ -70,7 +70,7 @@ def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
     }
     stage_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "num_threads", "batch_docs")}
     stage_cfg["tokenizer_fingerprint"] = tok_info["fingerprint"]
-    stage = Stage("pack", cfg.out_dir, stage_cfg, cfg.inputs)
+    stage = Stage("pack", cfg.out_dir, stage_cfg, cfg.inputs, cfg.pattern)
     if stage.is_current():
         return read_manifest(cfg.out_dir)  # type: ignore[return-value]
     stage.prepare()
@@ -161,11 +161,24 @@ def pack_texts(texts: Iterable[str], out_dir: str | os.PathLike, tokenizer: str,
 
 
 def run_stage(cfg) -> dict:
-    """``textbooks-data stage=pack``: pack ``stage.inputs`` into ``stage.out_dir``."""
+    """``textbooks-data stage=pack``: pack a named component, or ``stage.inputs`` into ``stage.out_dir``."""
     from omegaconf import OmegaConf
+
+    from textbooks.errors import ConfigError
 
     s = OmegaConf.to_container(cfg.stage, resolve=True)
     s.pop("name")
+    component, components = s.pop("component"), s.pop("components")
+    if component is not None:
+        if component not in components:
+            raise ConfigError(f"stage.component={component!r}: choose one of {sorted(components)}")
+        s["inputs"] = s["inputs"] or components[component]
+        s["out_dir"] = s["out_dir"] or str(Path(cfg.paths.data) / "tokens" / cfg.tokenizer.tag / component)
+        s["extra"] = {"component": component}
+    if not s["inputs"] or not s["out_dir"]:
+        raise ConfigError(
+            "stage=pack needs stage.component=<name> or both stage.inputs=[...] and stage.out_dir=..."
+        )
     if isinstance(s["inputs"], str):
         s["inputs"] = [s["inputs"]]
     return pack(PackConfig(**s), progress=cfg.get("progress", True))

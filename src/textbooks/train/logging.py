@@ -1,0 +1,205 @@
+"""Loggers and callbacks: a CSV log that survives resumes, W&B that works without an account,
+throughput and MFU."""
+
+from __future__ import annotations
+
+import csv
+import netrc
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from textbooks.train.flops import peak_flops, precision_class
+
+METRICS = "metrics.csv"
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv; this one continues it."""
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if path.is_file():
+            with open(path, newline="") as f:
+                self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
+
+    def truncate(self, global_step: int) -> int:
+        """Drop rows of optimizer steps after ``global_step`` (logged after the checkpoint a run resumes
+        from, and about to be logged again). Rows are matched by ``train/step``/``val/step``, not by
+        Lightning's internal ``step`` column."""
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return 0
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            rows = list(reader)
+
+        def after(r: dict[str, str]) -> bool:
+            return any(r.get(k) and float(r[k]) > global_step for k in ("train/step", "val/step"))
+
+        keep = [r for r in rows if not after(r)]
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
+        return len(rows) - len(keep)
+
+
+class RunCSVLogger(CSVLogger):
+    """``metrics.csv`` directly in the run directory, appended to across resumes."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        super().__init__(save_dir=str(run_dir), name="", version="")
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        """Flush buffered rows whenever a checkpoint is written, so a kill loses nothing it has."""
+        self.save()
+
+    @property
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def wandb_mode(requested: str = "auto") -> str:
+    """``online`` when an API key is configured (env or ~/.netrc), else ``offline``; explicit modes win."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError):
+        pass
+    return "offline"
+
+
+def wandb_logger(
+    run_dir: str | os.PathLike,
+    *,
+    name: str,
+    group: str,
+    tags: list[str],
+    config: dict[str, Any],
+    project: str = "textbooks",
+    entity: str | None = None,
+    mode: str = "auto",
+    **kwargs: Any,
+):
+    """A ``WandbLogger`` whose files live in the run directory, resuming the same W&B run on restart.
+
+    Offline runs (no API key) can be uploaded later with ``wandb sync <run_dir>/wandb/offline-run-*``.
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    run_dir = Path(run_dir)
+    id_file = run_dir / "wandb_id.txt"
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = uuid.uuid4().hex[:12]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(run_id)
+    logger = WandbLogger(
+        project=project,
+        entity=entity,
+        name=name,
+        group=group,
+        tags=tags,
+        id=run_id,
+        resume="allow",
+        save_dir=str(run_dir),
+        mode=wandb_mode(mode),
+        config=config,
+        **kwargs,
+    )
+    return logger
+
+
+def define_wandb_metrics(logger: Any) -> None:
+    """Plot every metric against ``train/tokens_seen`` (the Figure 2.1 axis)."""
+    exp = logger.experiment
+    exp.define_metric("train/tokens_seen")
+    exp.define_metric("*", step_metric="train/tokens_seen", step_sync=True)
+
+
+class ResumeLogs(L.Callback):
+    """On resume, drop CSV rows logged after the checkpoint (they are logged again)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for lg in trainer.loggers:
+            if isinstance(lg, RunCSVLogger) and trainer.is_global_zero:
+                lg.experiment.truncate(trainer.global_step)
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs tokens/s (global and per device), step time and MFU every ``every`` optimizer steps."""
+
+    def __init__(
+        self,
+        tokens_per_step: int,
+        flops_per_token: float,
+        precision: str,
+        every: int = 10,
+        matmul_precision: str | None = None,
+    ) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.precision = precision_class(precision, matmul_precision)
+        self.every = max(1, every)
+        self.peak: float | None = None
+        self.peak_source = ""
+        self._t0 = 0.0
+        self._step0 = 0
+        self.train_seconds = 0.0
+        self.last: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.peak, self.peak_source = peak_flops(pl_module.device, self.precision)
+        self._sync(pl_module)
+        self._t0, self._step0 = time.perf_counter(), trainer.global_step
+        self._start = self._t0
+
+    @staticmethod
+    def _sync(pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self._step0 or step % self.every:
+            return
+        self._sync(pl_module)
+        now = time.perf_counter()
+        dt = now - self._t0
+        steps = step - self._step0
+        tps = steps * self.tokens_per_step / dt
+        world = trainer.world_size
+        metrics = {
+            "perf/tokens_per_sec": tps,
+            "perf/tokens_per_sec_per_device": tps / world,
+            "perf/step_seconds": dt / steps,
+        }
+        if self.peak:
+            metrics["perf/mfu"] = self.flops_per_token * tps / (self.peak * world)
+        self.last = metrics
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+        self._t0, self._step0 = now, step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.train_seconds = time.perf_counter() - self._start
