@@ -348,24 +348,16 @@ def test_killed_stage_reruns_to_the_same_output(tmp_path, corpus, repo_root):
         assert not (tmp_path / "annotate" / "manifest.json").exists()
         answered_before = server.answered
         server.reset_counts()
-        done = subprocess.run(
-            _app(tmp_path, corpus, server.url, "annotate"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        assert (
-            40 - answered_before <= server.received <= 40 - answered_before + 2
-        )  # only the rest (±2 in flight)
-        manifest = json.loads((tmp_path / "annotate" / "manifest.json").read_text())
-        assert manifest["llm"]["cache_hits"] == 40 - server.received
-        # the reference: the same command, uninterrupted, with its own empty cache (in-process)
-        overrides = _app(tmp_path, corpus, server.url, "reference")[3:]
-        overrides[2] = f"paths.cache={tmp_path / 'fresh-cache'}"
+        reference_overrides = _app(tmp_path, corpus, server.url, "reference")[3:]
+        reference_overrides[2] = f"paths.cache={tmp_path / 'fresh-cache'}"
         with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-            reference = run(compose("data", overrides=overrides))
+            # the rerun (the same command, in-process), then an uninterrupted run with an empty cache
+            manifest = run(compose("data", overrides=_app(tmp_path, corpus, server.url, "annotate")[3:]))
+            assert (
+                40 - answered_before <= server.received <= 40 - answered_before + 2
+            )  # the rest (±2 in flight)
+            assert manifest["llm"]["cache_hits"] == 40 - server.received
+            reference = run(compose("data", overrides=reference_overrides))
         assert reference["llm"]["cache_hits"] == 0
     killed_then_rerun = pq.read_table(tmp_path / "annotate" / "part-00000.parquet")
     assert killed_then_rerun.equals(read_table(tmp_path / "reference"))

@@ -405,6 +405,9 @@ class LLMClient:
 
     def __init__(self, config: LLMConfig, *, cache: ResponseCache | None = None, seed: int = 0) -> None:
         config.validate()
+        for name in ("httpx", "httpx2", "openai"):  # one INFO line per request would bury the progress bar
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
         self.config = config
         self.cache = cache if cache is not None else ResponseCache(config.cache)
         self.stats = LLMStats()
