@@ -197,6 +197,7 @@ class Server:
                 os.chown(self.root, 0, 0)
                 os.chmod(self.root, 0o711)
         self.subreaper = self._prctl(PR_SET_CHILD_SUBREAPER, 1)
+        self.user_tasks = None if self.is_root else _user_tasks(os.getuid())
         self.devnull = os.open(os.devnull, os.O_RDWR)
         self.count = 0
         self.has_pidfd = hasattr(os, "pidfd_open")
@@ -391,8 +392,15 @@ class Server:
                 (resource.RLIMIT_NOFILE, 1024, 1024),
                 (resource.RLIMIT_CORE, 0, 0),
             ]
-            if self.uid is not None:  # counts all processes of the uid: only meaningful for a dedicated one
+            # RLIMIT_NPROC counts every process of the uid (and is not enforced for root): under a dedicated
+            # uid it is the program's own allowance; under the user's uid, what the user ran at start-up
+            # plus the allowance.
+            if self.uid is not None:
                 rl.append((resource.RLIMIT_NPROC, lim["nproc"], lim["nproc"]))
+            elif self.user_tasks is not None:
+                rl.append(
+                    (resource.RLIMIT_NPROC, self.user_tasks + lim["nproc"], self.user_tasks + lim["nproc"])
+                )
             for which, soft, hard in rl:
                 resource.setrlimit(which, (soft, hard))
             os.chdir(workdir)
@@ -560,6 +568,7 @@ class Server:
             "filesystem_isolated": self.filesystem,
             "uid": self.uid,
             "subreaper": self.subreaper,
+            "nproc_base": self.user_tasks,
             "notes": self.notes,
         }
 
@@ -605,6 +614,24 @@ def _children() -> list[int]:
             except (OSError, ValueError, IndexError):
                 continue
     return kids
+
+
+def _user_tasks(uid: int) -> int | None:
+    """How many tasks (threads) processes of ``uid`` run now, or None where /proc cannot tell."""
+    if not os.path.isdir("/proc"):
+        return None
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+        except (OSError, KeyError, ValueError):
+            continue
+    return total
 
 
 def _empty_dir(path: str) -> None:

@@ -128,7 +128,8 @@ class Program:
     @property
     def source(self) -> str:
         """The whole program as one script (what a plain ``python`` would run)."""
-        return "\n".join([self.setup, *self.tests]) + "\n"
+        head = self.setup if self.setup.endswith("\n") or not self.setup else self.setup + "\n"
+        return head + "".join(t + "\n" for t in self.tests)
 
 
 @dataclass
@@ -370,6 +371,12 @@ class Sandbox:
             python=f"{self._args[0]} ({hellos[0]['python']})",
             notes=tuple(notes),
         )
+
+    @property
+    def program_uids(self) -> tuple[int, ...]:
+        """The dedicated uids programs run under, one per server (empty where none could be used)."""
+        with self._lock:
+            return tuple(s.hello["uid"] for s in self._all if s.hello and s.hello.get("uid") is not None)
 
     def __enter__(self) -> Sandbox:
         return self

