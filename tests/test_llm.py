@@ -283,6 +283,14 @@ def test_rejected_api_key_names_the_variable(tmp_path, monkeypatch):
         assert LLMClient(cfg).run([client.request("x0")])[0].text == "echo: x0"
 
 
+def test_wrong_url_or_model_is_a_clear_error(server, tmp_path):
+    url = server.url.replace("/v1", "/api")  # the fake server answers 404 off /v1/chat/completions
+    client = LLMClient(make_config(url, tmp_path / "c.sqlite"))
+    with pytest.raises(LLMError, match=r"404.*llm\.model.*llm\.base_url"):
+        client.run([client.request("x")])
+    assert server.received == 0  # (404s for unknown paths are not counted as chat requests)
+
+
 def test_run_works_inside_a_running_event_loop(server, tmp_path):
     client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
 

@@ -17,8 +17,9 @@ What it promises:
   ``failures`` table; other requests carry on. The ``openai`` package's own retries are off
   (``max_retries=0``) so every attempt is visible here.
 * **Configuration mistakes stop the run with one clear error** (``LLMError``): an unreachable endpoint
-  (every request so far failed to connect, ``LLMUnreachableError``), a rejected API key (401/403) or an
-  unknown model or URL (404). What was received before stays cached.
+  (``LLMUnreachableError``: no request succeeded and ``unreachable_after`` requests, or all of them if
+  fewer, failed to connect after their retries), a rejected API key (401/403) or an unknown model or URL
+  (404). What was received before stays cached.
 
 Use ``LLMClient(config).run(requests)`` from sync code (a progress bar, results in input order), or
 ``await client.complete(request)`` inside ``async with client:``.
