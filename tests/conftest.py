@@ -35,3 +35,41 @@ def stdlib_dir() -> Path:
     from textbooks.data.documents import stdlib_dir
 
     return stdlib_dir()
+
+
+TINY_PACKAGES = ("json", "email", "collections", "logging", "urllib", "http")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, stdlib_dir):
+    """A small real corpus (a few stdlib packages), a 512-token BPE trained on it and its packed shards,
+    laid out as the configs expect under ``root`` (``paths.root=<root>``)."""
+    from textbooks.data.pack import PackConfig, pack
+    from textbooks.tokenizer import train_bpe
+
+    root = tmp_path_factory.mktemp("tiny")
+    inputs = [str(stdlib_dir / p) for p in TINY_PACKAGES]
+    from textbooks.data.documents import iter_texts
+
+    tok = root / "data" / "tokenizer" / "bpe-512.tiktoken"
+    train_bpe(iter_texts(inputs), 512, tok, show_progress=False)
+    out = root / "data" / "tokens" / "bpe512" / "stdlib"
+    manifest = pack(
+        PackConfig(inputs=inputs, out_dir=str(out), tokenizer=str(tok), docs_per_shard=40), progress=False
+    )
+    overrides = [
+        f"paths.root={root}",
+        "tokenizer=bpe",
+        "tokenizer.vocab_size=512",
+        "dataset=stdlib",
+        "model=cpu_tiny",
+        "progress=false",
+    ]
+    return {
+        "root": root,
+        "inputs": inputs,
+        "tokenizer": tok,
+        "shards": out,
+        "manifest": manifest,
+        "overrides": overrides,
+    }

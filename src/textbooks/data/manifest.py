@@ -117,12 +117,17 @@ class Stage:
     """One run of a stage into ``out_dir``: decides whether it is current, and writes its manifest."""
 
     def __init__(
-        self, name: str, out_dir: str | os.PathLike, config: dict[str, Any], inputs: list[Any]
+        self,
+        name: str,
+        out_dir: str | os.PathLike,
+        config: dict[str, Any],
+        inputs: list[Any],
+        pattern: str = "**/*",
     ) -> None:
         self.name = name
         self.out_dir = Path(out_dir)
         self.config = config
-        self.inputs = [fingerprint_input(i) for i in inputs]
+        self.inputs = [fingerprint_input(i, pattern) for i in inputs]
         self.started = dt.datetime.now(dt.timezone.utc)
 
     @property
@@ -139,13 +144,18 @@ class Stage:
             for o in m.get("outputs", [])
         )
 
-    def prepare(self) -> None:
-        """Create the output directory, clear leftovers of killed runs and invalidate an old manifest."""
+    def prepare(self, clear: tuple[str, ...] = ("part-*.parquet",)) -> None:
+        """Create the output directory, clear leftovers of killed runs, invalidate an old manifest and
+        delete outputs of an earlier run matching ``clear`` (so a rerun that writes fewer parts leaves no
+        stale ones; pass ``()`` to keep them, e.g. for a stage that resumes part by part)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
         m = self.out_dir / MANIFEST
         if m.exists() and not self.is_current():
             m.unlink()
+        for pattern in clear:
+            for f in self.out_dir.glob(pattern):
+                f.unlink()
 
     def finish(self, outputs: list[str | os.PathLike], **extra: Any) -> dict[str, Any]:
         """Write ``manifest.json`` listing ``outputs`` (paths relative to ``out_dir`` or absolute)."""

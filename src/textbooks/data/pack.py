@@ -73,7 +73,7 @@ def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
     stage = Stage("pack", cfg.out_dir, stage_cfg, cfg.inputs, cfg.pattern)
     if stage.is_current():
         return read_manifest(cfg.out_dir)  # type: ignore[return-value]
-    stage.prepare()
+    stage.prepare(clear=())  # finished shards of a killed run are kept and reused
     key = config_hash(stage.key)
     out = Path(cfg.out_dir)
     threads = cfg.num_threads or os.cpu_count() or 1

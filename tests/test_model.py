@@ -1,0 +1,152 @@
+"""The phi-1 model: sizes, parity with transformers' PhiForCausalLM, KV-cache decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from textbooks.model import KVCache, ModelConfig, PhiForCausalLM
+
+transformers = pytest.importorskip("transformers")
+
+
+def small_config(**kw) -> ModelConfig:
+    base = dict(
+        name="t", vocab_size=311, n_layer=3, d_model=64, n_head=4, d_mlp=256, rotary_dim=8, max_seq_len=96
+    )
+    return ModelConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch.manual_seed(0)
+    cfg = transformers.PhiConfig(
+        vocab_size=311,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=96,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+    model = transformers.PhiForCausalLM(cfg).eval()
+    with torch.no_grad():  # move LayerNorms and biases off their 1/0 init so they are really compared
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_presets_count_parameters():
+    with torch.device("meta"):
+        phi1 = PhiForCausalLM(ModelConfig())
+        small = PhiForCausalLM(
+            ModelConfig(name="phi1_small", n_layer=20, d_model=1024, n_head=16, d_mlp=4096)
+        )
+    assert phi1.num_params() == pytest.approx(1.418e9, rel=1e-3)
+    assert 0.33e9 < small.num_params() < 0.37e9
+    assert phi1.config.head_dim == 64 and phi1.config.rotary_dim == 32
+
+
+def test_from_hf_matches_logits_and_converts_back(hf_model):
+    ours = PhiForCausalLM.from_hf(hf_model).eval()
+    assert ours.config.rotary_dim == 8 and ours.config.vocab_size == 311
+    x = torch.randint(0, 311, (3, 40))
+    with torch.no_grad():
+        ref = hf_model(x).logits
+        assert (ours(x) - ref).abs().max() < 1e-4
+        back = ours.to_hf().eval()
+        assert (back(x).logits - ref).abs().max() < 1e-5
+    for k, v in hf_model.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_left_padded_batch_matches_hf_attention_mask(hf_model):
+    ours = PhiForCausalLM.from_hf(hf_model).eval()
+    x = torch.randint(0, 311, (2, 30))
+    mask = torch.ones_like(x)
+    mask[0, :9] = 0
+    with torch.no_grad():
+        ref = hf_model(x, attention_mask=mask).logits
+        got = ours(x, attention_mask=mask)
+    real = mask.bool()
+    assert (got - ref)[real].abs().max() < 1e-4
+    assert torch.isfinite(got).all()
+
+
+def test_kv_cache_greedy_equals_full_recompute():
+    torch.manual_seed(1)
+    m = PhiForCausalLM(small_config()).eval()
+    prompt = torch.randint(0, 311, (2, 11))
+    with_cache = m.generate(prompt, 40, use_cache=True)
+    without = m.generate(prompt, 40, use_cache=False)
+    assert with_cache.shape == (2, 40)
+    assert torch.equal(with_cache, without)
+
+
+def test_cache_logits_equal_prefix_logits():
+    torch.manual_seed(2)
+    m = PhiForCausalLM(small_config()).eval()
+    x = torch.randint(0, 311, (2, 20))
+    cache = KVCache(m.config, 2, 20)
+    with torch.no_grad():
+        full = m(x)
+        parts = [m(x[:, :12], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(12, 20)]
+    assert cache.length == 20
+    assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
+
+
+def test_batched_left_padded_decoding_equals_one_by_one():
+    torch.manual_seed(3)
+    m = PhiForCausalLM(small_config()).eval()
+    prompts = [torch.randint(0, 311, (n,)) for n in (5, 13, 9)]
+    width = max(len(p) for p in prompts)
+    batch = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for i, p in enumerate(prompts):
+        batch[i, width - len(p) :] = p
+        mask[i, width - len(p) :] = 1
+    together = m.generate(batch, 25, attention_mask=mask)
+    for i, p in enumerate(prompts):
+        assert torch.equal(together[i], m.generate(p[None], 25)[0])
+
+
+def test_generate_stops_at_eos_and_pads_finished_rows():
+    torch.manual_seed(4)
+    m = PhiForCausalLM(small_config()).eval()
+    prompt = torch.randint(0, 311, (2, 6))
+    free = m.generate(prompt, 20)
+    eos = int(free[0, 3])
+    out = m.generate(prompt, 20, eos_token_id=eos)
+    assert torch.equal(out[0, :4], free[0, :4])
+    assert (out[0, 3:] == eos).all()
+
+
+def test_sampling_is_seeded():
+    torch.manual_seed(5)
+    m = PhiForCausalLM(small_config()).eval()
+    prompt = torch.randint(0, 311, (1, 6))
+    a = m.generate(prompt, 15, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    b = m.generate(prompt, 15, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+
+
+def test_context_and_config_errors():
+    with pytest.raises(ValueError, match="unknown keys"):
+        ModelConfig.from_dict({"n_layers": 3})
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=100, n_head=3)
+    m = PhiForCausalLM(small_config(max_seq_len=16))
+    with pytest.raises(ValueError, match="context"):
+        m(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_dropout_only_in_training_and_flops():
+    m = PhiForCausalLM(small_config(attn_dropout=0.5, resid_dropout=0.5, embd_dropout=0.5))
+    x = torch.randint(0, 311, (1, 16))
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), m(x))
+    m.train()
+    assert not torch.equal(m(x), m(x))
+    n = m.num_params(exclude_embedding=True)
+    assert m.flops_per_token(64) == 6 * n + 12 * 3 * 64 * 64
