@@ -23,8 +23,9 @@ dumps), a scrubbed environment, stdin from ``/dev/null``, stdout/stderr captured
 drained and counted, never buffered), a CPU-time budget per test raised inside the program and a
 wall-clock deadline after which the whole session, the uid and any orphan (the server is a child
 subreaper) are SIGKILLed. A pass is only counted when the runner writes ``PASS <nonce>`` on a private pipe
-after the last test returned; the nonce is drawn per program, so exiting early (``sys.exit(0)``,
-``os._exit(0)``) or printing fake markers can never count as a pass.
+after the last test returned; the nonce is drawn per program and never shown to it, so exiting early
+(``sys.exit(0)``, ``os._exit(0)``), exiting inside a test or printing fake markers on every fd does not
+count as a pass (a program that searched its own interpreter's memory for the nonce could forge one).
 """
 
 from __future__ import annotations

@@ -13,8 +13,15 @@ set up is reported in ``Sandbox.isolation`` and ends up in every results file:
   ``RLIMIT_NPROC`` and signal permissions apply, and every leftover process is killed by uid.
 
 Without root none of the three is available: programs then run under the harness's uid, in their own
-temp dir, with the same rlimits, session kill, orphan sweep and timeouts (documented, and recorded as
-``false`` in the results).
+temp dir, with the same rlimits (``RLIMIT_NPROC`` = the processes the user already ran when the server
+started + the allowance), session kill, orphan sweep and timeouts; the results record ``false``. Servers
+run ``python -s -P`` with an environment built from scratch rather than ``python -I``, which is the same
+isolation except that ``-I`` would ignore the fixed ``PYTHONHASHSEED``.
+
+Known limits: ``RLIMIT_AS`` is per process, so a program that forks its allowance of processes could use
+that many times the address space (a cgroup would cap the sum); ``/proc`` still lists the machine's
+processes (their command lines are readable, not their environments); the pass marker stops early exits
+and printed fakes, not a program that digs the nonce out of its own interpreter's memory.
 
 Default limits (``Limits``) follow evalplus in budgeting per test rather than per program: each test
 (an MBPP ``assert`` line, HumanEval's ``check(...)`` call) gets ``test_cpu_s`` = 10 CPU seconds, the code
