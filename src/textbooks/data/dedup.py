@@ -24,6 +24,7 @@ faster than hashing shingles one by one.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -31,7 +32,8 @@ import multiprocessing as mp
 import operator
 import os
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -87,7 +89,7 @@ class DedupConfig:
     lsh_weights: tuple[float, float] = (0.5, 0.5)  # false-positive / false-negative weights of LSH bands
     pattern: str = "**/*.py"  # files read inside source directories
     write_removed: bool = True
-    workers: int = 0  # processes computing signatures; 0 = one per CPU, 1 = in process
+    workers: int = 1  # processes computing signatures: 1 = in process, 0 = one per CPU (~2 s to start)
     batch_docs: int = 256  # documents per worker task
     rows_per_shard: int = 50_000
     max_bad_fraction: float = 0.01
@@ -149,8 +151,10 @@ class MinHasher:
         self.shingle_size = shingle_size
         self.seed = seed
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
-        self.a = np.asarray(a, dtype=np.uint32)[None, :]
-        self.b = np.asarray(b, dtype=np.uint32)[None, :]
+        self.a = np.asarray(a, dtype=np.uint32)[:, None]
+        self.b = np.asarray(b, dtype=np.uint32)[:, None]
+        self.block = 4096
+        self.buf = np.empty((num_perm, self.block), dtype=np.uint32)
         self.tokens = _TokenHashes()
         self.empty = np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
 
@@ -170,12 +174,20 @@ class MinHasher:
             acc = acc * _MIX + h[j : j + n]
         return ((acc >> np.uint64(32)) ^ (acc & _MASK32)).astype(np.uint32)
 
-    def signature(self, shingles: np.ndarray, chunk: int = 2048) -> np.ndarray:
-        """The MinHash values (``uint32[num_perm]``) of a set of 32-bit shingle hashes."""
+    def signature(self, shingles: np.ndarray) -> np.ndarray:
+        """The MinHash values (``uint32[num_perm]``) of a set of 32-bit shingle hashes.
+
+        Computed as ``min over shingles of (a * fmix32(h) + b) mod 2^32`` per permutation, in blocks of
+        ``[num_perm, block]`` in a reused buffer so the reduction runs along contiguous memory.
+        """
         sig = self.empty.copy()
-        hv = _fmix32(shingles)[:, None]
-        for i in range(0, len(hv), chunk):  # chunks of rows stay in cache
-            np.minimum(sig, (hv[i : i + chunk] * self.a + self.b).min(axis=0), out=sig)
+        hv = _fmix32(shingles)[None, :]
+        for i in range(0, hv.shape[1], self.block):
+            x = hv[:, i : i + self.block]
+            m = self.buf[:, : x.shape[1]]
+            np.multiply(self.a, x, out=m)
+            np.add(m, self.b, out=m)
+            np.minimum(sig, m.min(axis=1), out=sig)
         return sig
 
     def __call__(self, text: str) -> np.ndarray | None:
@@ -216,7 +228,11 @@ def _sketch_batch(texts: list[str]) -> list[Sketch]:
 
 
 class SketchPool:
-    """Sketches of lists of texts, in order, computed by ``cfg.workers`` processes (or in process)."""
+    """Sketches of documents, in order, computed by ``cfg.workers`` processes (or in process).
+
+    ``sketch(items, text)`` streams: at most ``2 * workers`` batches are in flight, so memory stays
+    bounded while the workers hash and this process runs the LSH index.
+    """
 
     def __init__(self, cfg: DedupConfig) -> None:
         self.workers = cfg.workers or os.cpu_count() or 1
@@ -228,21 +244,36 @@ class SketchPool:
             if self.local
             else mp.get_context("spawn").Pool(self.workers, initializer=_init_worker, initargs=(cfg,))
         )
+        self.slots = threading.Semaphore(2 * self.workers)
+        self.closing = False
 
-    @property
-    def chunk(self) -> int:
-        """How many documents to hand over at once (enough to keep every worker busy)."""
-        return self.batch * self.workers * 2
-
-    def __call__(self, texts: list[str]) -> list[Sketch]:
+    def sketch(self, items: Iterable[T], text: Callable[[T], str]) -> Iterator[tuple[T, Sketch]]:
+        """``(item, sketch of text(item))`` for every item, in order."""
         if self.local is not None:
-            return self.local(texts)
+            for batch in batched(items, self.batch):
+                yield from zip(batch, self.local([text(x) for x in batch]))
+            return
         assert self.pool is not None
-        parts = [texts[i : i + self.batch] for i in range(0, len(texts), self.batch)]
-        return [s for part in self.pool.map(_sketch_batch, parts) for s in part]
+        pending: collections.deque[list[T]] = collections.deque()
+
+        def feed() -> Iterator[list[str]]:  # runs in the pool's task thread
+            for batch in batched(items, self.batch):
+                self.slots.acquire()
+                if self.closing:
+                    return
+                pending.append(batch)
+                yield [text(x) for x in batch]
+
+        for result in self.pool.imap(_sketch_batch, feed()):
+            batch = pending.popleft()
+            self.slots.release()
+            yield from zip(batch, result)
 
     def close(self) -> None:
         if self.pool is not None:
+            self.closing = True
+            for _ in range(2 * self.workers + 1):
+                self.slots.release()  # unblock the feeder so the pool can stop
             self.pool.terminate()
             self.pool.join()
 
@@ -314,7 +345,7 @@ def deduplicate(texts: Iterable[str], cfg: DedupConfig) -> list[Verdict]:
     """Verdicts for in-memory texts (the stage's decisions without files)."""
     d = Deduplicator(cfg)
     with SketchPool(cfg) as pool:
-        return [d.add(s) for chunk in batched(texts, pool.chunk) for s in pool(chunk)]
+        return [d.add(s) for _, s in pool.sketch(texts, str)]
 
 
 def dedup(cfg: DedupConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -347,31 +378,30 @@ def dedup(cfg: DedupConfig, *, progress: bool = True) -> dict[str, Any]:
     records = iter_records(inputs, columns=names, pattern=cfg.pattern, stats=stats)
     try:
         with SketchPool(cfg) as pool:
-            for chunk in batched(records, pool.chunk):
-                for rec, sketch in zip(chunk, pool([r["text"] for r in chunk])):
-                    i = dd.n
-                    v = dd.add(sketch)
-                    n_chars += len(rec["text"])
-                    counts["input"] += 1
-                    if v.duplicate_of is None:
-                        counts["kept"] += 1
-                        kept_ids[i] = str(rec["id"])
-                        kept_w.add({n: rec.get(n) for n in names} | {"minhash_cluster": v.cluster})
-                        continue
-                    counts[f"{v.reason}_duplicates"] += 1
-                    clusters_with_dups.add(v.cluster)
-                    if cfg.write_removed:
-                        removed_w.add(
-                            {
-                                "id": str(rec["id"]),
-                                "source": rec.get("source"),
-                                "duplicate_of": kept_ids[v.duplicate_of],
-                                "minhash_cluster": v.cluster,
-                                "reason": v.reason,
-                                "jaccard": v.jaccard,
-                            }
-                        )
-                bar.update(len(chunk))
+            for rec, sketch in pool.sketch(records, operator.itemgetter("text")):
+                i = dd.n
+                v = dd.add(sketch)
+                n_chars += len(rec["text"])
+                counts["input"] += 1
+                bar.update()
+                if v.duplicate_of is None:
+                    counts["kept"] += 1
+                    kept_ids[i] = str(rec["id"])
+                    kept_w.add({n: rec.get(n) for n in names} | {"minhash_cluster": v.cluster})
+                    continue
+                counts[f"{v.reason}_duplicates"] += 1
+                clusters_with_dups.add(v.cluster)
+                if cfg.write_removed:
+                    removed_w.add(
+                        {
+                            "id": str(rec["id"]),
+                            "source": rec.get("source"),
+                            "duplicate_of": kept_ids[v.duplicate_of],
+                            "minhash_cluster": v.cluster,
+                            "reason": v.reason,
+                            "jaccard": v.jaccard,
+                        }
+                    )
         bar.close()
         stats.check(cfg.max_bad_fraction, f"dedup {inputs}")
         kept_w.close()
