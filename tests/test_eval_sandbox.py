@@ -187,6 +187,10 @@ except OSError:
         ),
         "memory_bomb": Program("blocks = []\nwhile True:\n    blocks.append(b'x' * (32 << 20))\n", t),
         "infinite_loop": Program("def f():\n    while True:\n        pass\n", ("assert f() == 1",)),
+        "swallow_timeout": Program(
+            "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass\n",
+            t,
+        ),
         "files": Program(touch, (sentinel_gone,)),
         "socket": Program(
             f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\ns.sendall(b'escaped')\n",
@@ -273,6 +277,9 @@ def test_memory_bomb(hostile: Hostile) -> None:
 def test_infinite_loop(hostile: Hostile) -> None:
     r = hostile.results["infinite_loop"]
     assert r.status == "timeout" and r.error_type in ("CpuTimeout", "WallTimeout"), r
+    # catching the in-program budget exception only defers the kill: RLIMIT_CPU or the wall clock
+    r = hostile.results["swallow_timeout"]
+    assert r.status == "timeout" and r.error_type in ("CpuLimit", "WallTimeout"), r
 
 
 def test_files_outside_the_temp_dir_are_untouched(hostile: Hostile, sandbox: Sandbox) -> None:

@@ -129,26 +129,33 @@ def run_program(req: dict, nonce: str, res_fd: int) -> None:
     setup_cpu, test_cpu = float(req["limits"]["setup_cpu_s"]), float(req["limits"]["test_cpu_s"])
     del req
     phase: str | int = "setup"
+    failure: BaseException | None = None
     try:
-        code = compile(setup, "solution.py", "exec")
-        arm(setup_cpu)
-        exec(code, main.__dict__)
-        disarm()
-        for i, test in enumerate(tests):
-            phase = i
-            code = compile(test, f"<test {i}>", "exec")
-            arm(test_cpu)
+        try:
+            code = compile(setup, "solution.py", "exec")
+            arm(setup_cpu)
             exec(code, main.__dict__)
             disarm()
-    except _CpuBudgetExceeded:
+            for i, test in enumerate(tests):
+                phase = i
+                code = compile(test, f"<test {i}>", "exec")
+                arm(test_cpu)
+                exec(code, main.__dict__)
+                disarm()
+        except BaseException as e:
+            signal.signal(signal.SIGPROF, signal.SIG_IGN)
+            failure = e
+    except _CpuBudgetExceeded as e:  # the budget ran out just as another exception was being handled
+        failure = e
+    disarm()
+    if isinstance(failure, _CpuBudgetExceeded):
         report({"event": "timeout", "phase": phase})
-    except BaseException as e:
-        disarm()
+    elif failure is not None:
         try:
-            message = str(e)[:2000]
+            message = str(failure)[:2000]
         except BaseException:
             message = "<unprintable>"
-        report({"event": "error", "type": type(e).__name__, "message": message, "phase": phase})
+        report({"event": "error", "type": type(failure).__name__, "message": message, "phase": phase})
     else:
         with contextlib.suppress(OSError):
             write(res_fd, marker)

@@ -188,7 +188,10 @@ class Isolation:
 def classify(raw: dict[str, Any], limits: Limits, n_tests: int) -> ExecResult:
     """Turn a server's raw report into an ``ExecResult``; only the nonce marker means passed."""
     sig = raw.get("signal")
-    sig_name = signal.Signals(sig).name if sig else None
+    try:
+        sig_name = signal.Signals(sig).name if sig else None
+    except ValueError:
+        sig_name = f"SIG{sig}"
     common = {
         "wall_s": round(raw["wall_s"], 4),
         "cpu_s": None if raw.get("cpu_s") is None else round(raw["cpu_s"], 4),
