@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from textbooks.eval.sandbox import ExecResult, Limits, Program, Sandbox
+from textbooks.eval.sandbox import ExecResult, Limits, Program, Sandbox, run_programs
 
 TIGHT = Limits(test_cpu_s=1.5, setup_cpu_s=1.5, wall_s=6.0, memory_bytes=256 << 20, output_bytes=64 << 10)
 BATCH_WALL_LIMIT_S = 45.0
@@ -77,6 +77,11 @@ def test_statuses_and_error_types(sandbox: Sandbox) -> None:
 def test_results_come_back_in_order(sandbox: Sandbox) -> None:
     programs = [Program(f"print({i})\n", ()) for i in range(40)]
     assert [r.stdout for r in sandbox.run_many(programs)] == [f"{i}\n" for i in range(40)]
+
+
+def test_run_programs_starts_and_closes_its_own_sandbox() -> None:
+    r = run_programs([Program("x = 1\n", ("assert x == 1",)), Program("", ("assert False",))], workers=2)
+    assert [x.status for x in r] == ["passed", "failed"]
 
 
 def test_environment_is_scrubbed_and_the_harness_is_not_imported(monkeypatch: pytest.MonkeyPatch) -> None:
