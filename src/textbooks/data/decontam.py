@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -183,12 +184,11 @@ _DOC_OWNERS = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
-def _const_chars(value: object) -> str:
-    kind = _CONST_TYPE_CHAR.get(type(value).__name__, chr(0xE3FF))
-    h = int.from_bytes(
-        hashlib.blake2b(repr(value).encode("utf-8", "surrogatepass"), digest_size=2).digest(), "big"
-    )
-    return kind + chr(0xE400 + h % 4096)
+@functools.lru_cache(maxsize=65536)
+def _const_chars(kind: str, text: str) -> tuple[str, str]:
+    """A constant as two characters: its type and a 12-bit hash of its ``repr``."""
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=2).digest(), "big")
+    return _CONST_TYPE_CHAR.get(kind, chr(0xE3FF)), chr(0xE400 + h % 4096)
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
@@ -200,20 +200,41 @@ def _is_docstring(stmt: ast.stmt) -> bool:
 
 
 def _children(node: ast.AST) -> list[ast.AST]:
+    """Child nodes in field order, without load/store contexts and without a leading docstring."""
     out: list[ast.AST] = []
     for name in node._fields:
         value = getattr(node, name, None)
-        if isinstance(value, ast.AST):
-            if not isinstance(value, ast.expr_context):
-                out.append(value)
-        elif isinstance(value, list):
-            items = (
-                value[1:]
-                if name == "body" and isinstance(node, _DOC_OWNERS) and value and _is_docstring(value[0])
-                else value
-            )
-            out.extend(v for v in items if isinstance(v, ast.AST))
+        if type(value) is list:
+            if value and name == "body" and isinstance(node, _DOC_OWNERS) and _is_docstring(value[0]):
+                value = value[1:]
+            out.extend(v for v in value if isinstance(v, ast.AST))  # lists of names hold str
+        elif isinstance(value, ast.AST) and not isinstance(value, ast.expr_context):
+            out.append(value)
     return out
+
+
+def _serialise(root: ast.AST) -> tuple[str, list[tuple[int, int]]]:
+    """``ast_sequence(root)`` and the ``(start, end)`` of every function's own sequence within it."""
+    out: list[str] = []
+    funcs: list[tuple[int, int]] = []
+    stack: list[Any] = [root]
+    while stack:
+        item = stack.pop()
+        if item is None:
+            out.append(_CLOSE)
+        elif type(item) is int:  # a function that started at position `item` ends here
+            funcs.append((item, len(out)))
+        elif type(item) is ast.Constant:
+            out.extend(_const_chars(type(item.value).__name__, repr(item.value)))
+        else:
+            if isinstance(item, _FUNCS):
+                stack.append(len(out))
+            out.append(_NODE_CHAR.get(type(item), "?"))
+            children = _children(item)
+            if children:
+                stack.append(None)
+                stack.extend(reversed(children))
+    return "".join(out), funcs
 
 
 def ast_sequence(node: ast.AST) -> str:
@@ -222,22 +243,7 @@ def ast_sequence(node: ast.AST) -> str:
     Names (identifiers, arguments, attributes, imports), load/store contexts, comments and docstrings do
     not appear; constants appear as their type and a hash of their value (one character each).
     """
-    out: list[str] = []
-    stack: list[ast.AST | None] = [node]
-    while stack:
-        item = stack.pop()
-        if item is None:
-            out.append(_CLOSE)
-            continue
-        if isinstance(item, ast.Constant):
-            out.append(_const_chars(item.value))
-            continue
-        out.append(_NODE_CHAR.get(type(item), "?"))
-        children = _children(item)
-        if children:
-            stack.append(None)
-            stack.extend(reversed(children))
-    return "".join(out)
+    return _serialise(node)[0]
 
 
 def _parse(code: str) -> ast.Module:
@@ -254,7 +260,8 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTAL
 
 def ast_units(text: str, unit: str = "functions", min_unit: int = 24) -> list[str]:
     """The AST sequences an item is compared by: the whole program and (``functions``) each function in it
-    whose sequence has at least ``min_unit`` nodes (tiny helpers look like every tiny solution).
+    whose sequence has at least ``min_unit`` characters, about as many nodes (tiny helpers look like
+    every tiny solution).
 
     Text that is not Python is searched for fenced code blocks (textbook style); nothing parses -> [].
     """
@@ -269,11 +276,11 @@ def ast_units(text: str, unit: str = "functions", min_unit: int = 24) -> list[st
                 continue
     units = []
     for tree in trees:
-        units.append(ast_sequence(tree))
-        if unit == "functions":
-            funcs = [n for n in ast.walk(tree) if isinstance(n, _FUNCS)]
-            if len(funcs) > 1 or len(tree.body) > 1:
-                units.extend(u for u in map(ast_sequence, funcs) if len(u) >= min_unit)
+        seq, funcs = _serialise(tree)
+        units.append(seq)
+        if unit == "functions" and (len(funcs) > 1 or len(tree.body) > 1):
+            # a function's sequence is a contiguous slice of its module's (pre-order with close marks)
+            units.extend(seq[i:j] for i, j in sorted(funcs) if j - i >= min_unit)
     return [u for u in units if u]
 
 
