@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from textbooks.config import CONF_DIR
-from textbooks.data.corpus import FILTERS, IngestConfig, config_from, ingest
+from textbooks.data.corpus import FILTERS, IngestConfig, config_from, ingest, resolve_input
 from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table
@@ -147,6 +147,12 @@ def test_hub_dataset_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.M
     spec = {"hf": "bigcode/the-stack-dedup", "allow_patterns": ["data/python/train-00000-of-00144.parquet"]}
     with pytest.raises(DataError, match=r"bigcode/the-stack-dedup.*HF_HUB_OFFLINE is set.*stage.inputs"):
         ingest(_cfg([spec], tmp_path / "out", hf_cache_dir=str(tmp_path / "hf")), progress=False)
+
+
+def test_input_aliases(stdlib_dir: Path) -> None:
+    assert resolve_input("stdlib") == (stdlib_dir, "stdlib")
+    path, label = resolve_input("site-packages")
+    assert label == "site-packages" and (path / "pyarrow").is_dir()  # this environment's packages
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:

@@ -180,7 +180,9 @@ def test_renamed_copies_found_and_pruned(
     assert any(r["task_id"] == "HumanEval/10" and "ngram" in r["selected_by"] for r in closest)
     assert {r["task_id"] for r in closest} >= {"HumanEval/0", "Mbpp/11", "Mbpp/510"}  # nearest by embedding
     report = (out / "report/report.md").read_text()
-    assert f"| 0.95 | {len(COPIED)} | {len(COPIED)} |" in report and "HumanEval/10 | doc-copy" in report
+    assert (
+        f"| 0.95 | {len(COPIED)} | {len(COPIED)} |" in report and "| HumanEval/10 | doc-copy | t |" in report
+    )
     assert (out / "report/closest.csv").read_text().splitlines()[0].startswith("benchmark,task_id,item_id")
 
     # another pruning rule reuses the cached scores; the 13-gram rule prunes the docstring copy
@@ -235,6 +237,11 @@ def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: 
     assert m["counts"]["removed"] == 1
     row = read_table(tmp_path / "out" / "removed").to_pylist()[0]
     assert row["ast_problem"] == "HumanEval/12" and row["ast_match"] >= 0.99
+    # without the tokenizer, removed tokens are counted as whitespace-separated words, and the manifest says so
+    cfg = _cfg([ex], tmp_path / "ws", benchmarks_dir, benchmarks=["humaneval"], tokenizer="no_such_encoding")
+    m = decontaminate(cfg, progress=False)
+    assert m["counts"]["token_counter"] == "whitespace (tokenizer no_such_encoding unavailable)"
+    assert m["counts"]["removed_tokens"] == len((prompt + solution).split())
 
 
 def test_missing_mbpp_warns_or_fails(training: dict, tmp_path: Path, benchmarks_dir: Path) -> None:

@@ -802,15 +802,17 @@ def _prune_reasons(cfg: DecontamConfig, scores: pa.Table) -> list[str | None]:
 
 def _pair_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| problem | item | τ | embedding L2 | docstring n-grams | code n-grams |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| problem | item | source | τ | embedding L2 | docstring n-grams | code n-grams |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         emb = "" if r["embed_distance"] is None else f"{r['embed_distance']:.3f}"
         tau = "" if r["ast_match"] is None else f"{r['ast_match']:.3f}"
+        src = str(r["item_source"])
+        src = src if len(src) <= 48 else "…" + src[-47:]
         lines.append(
-            f"| {r['task_id']} | {r['item_id']} | {tau} | {emb} | {r['ngram_doc']} ({r['ngram_doc_frac']:.0%})"
-            f" | {r['ngram_code']} ({r['ngram_code_frac']:.0%}) |"
+            f"| {r['task_id']} | {r['item_id']} | {src} | {tau} | {emb} | {r['ngram_doc']} "
+            f"({r['ngram_doc_frac']:.0%}) | {r['ngram_code']} ({r['ngram_code_frac']:.0%}) |"
         )
     return lines
 
