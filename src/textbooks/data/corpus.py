@@ -171,10 +171,8 @@ def iter_records(
                     if not isinstance(rec.get("text"), str):
                         stats.skip(where, "text is not a string")
                         continue
-                    rec.setdefault("id", where)
-                    rec.setdefault("source", where)
-                    if rec["id"] is None:
-                        rec["id"] = where
+                    rec["id"] = where if rec.get("id") is None else str(rec["id"])
+                    rec["source"] = where if rec.get("source") is None else str(rec["source"])
                     stats.documents += 1
                     yield rec
 
@@ -197,7 +195,7 @@ def common_columns(paths: list[str | os.PathLike]) -> pa.Schema:
 
 
 class StagedOutput:
-    """Outputs written into a hidden sibling directory and moved into ``out_dir`` only when complete.
+    """Outputs written into a hidden directory inside ``out_dir`` and moved into place only when complete.
 
     A killed or failed run leaves the previous outputs untouched (the hidden directory of a killed run is
     removed by the next one); ``publish`` replaces the old Parquet parts with the new files.
