@@ -481,7 +481,7 @@ def ingest(cfg: IngestConfig, *, progress: bool = True) -> dict[str, Any]:
         if not path.exists():
             raise DataError(f"ingest: input {label} ({path}) does not exist; fix stage.inputs")
     stage_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "hf_cache_dir")}
-    stage = Stage("ingest", cfg.out_dir, stage_cfg, [str(p) for p, _ in resolved])
+    stage = Stage("ingest", cfg.out_dir, stage_cfg, [str(p) for p, _ in resolved], pattern=cfg.pattern)
     if stage.is_current():
         log.info("ingest: %s is current, skipping", cfg.out_dir)
         return read_manifest(cfg.out_dir)  # type: ignore[return-value]

@@ -715,7 +715,7 @@ def _score(
         embedder_name = embedder.name
     key = config_hash(
         {
-            "inputs": [fingerprint_input(i) for i in inputs],
+            "inputs": [fingerprint_input(i, cfg.pattern) for i in inputs],
             "problems": hashlib.sha256(json.dumps([asdict(p) for p in problems]).encode()).hexdigest(),
             "embedder": embedder_name,
             "version": SCORES_VERSION,
@@ -902,6 +902,7 @@ def decontaminate(cfg: DecontamConfig, *, progress: bool = True) -> dict[str, An
         cfg.out_dir,
         {k: v for k, v in asdict(cfg).items() if k not in skip},
         inputs + bench_files,
+        pattern=cfg.pattern,
     )
     if stage.is_current():
         log.info("decontaminate: %s is current, skipping", cfg.out_dir)

@@ -357,7 +357,7 @@ def dedup(cfg: DedupConfig, *, progress: bool = True) -> dict[str, Any]:
         raise ConfigError("dedup: both exact and near are false; enable at least one")
     check_inputs_exist(inputs, "dedup")
     stage_cfg = {k: v for k, v in asdict(cfg).items() if k != "out_dir"}
-    stage = Stage("dedup", cfg.out_dir, stage_cfg, inputs)
+    stage = Stage("dedup", cfg.out_dir, stage_cfg, inputs, pattern=cfg.pattern)
     if stage.is_current():
         log.info("dedup: %s is current, skipping", cfg.out_dir)
         return read_manifest(cfg.out_dir)  # type: ignore[return-value]
