@@ -146,6 +146,8 @@ def load_mbpp(path: str | Path, task_ids: list[int] | None = None) -> list[Probl
     p = Path(path)
     if not p.is_file():
         raise DataError(f"MBPP file {p} not found")
+    if task_ids and len(task_ids) != 2:
+        raise ConfigError(f"mbpp_task_ids={task_ids}: give an inclusive range [first, last] or null")
     lo, hi = (task_ids[0], task_ids[1]) if task_ids else (None, None)
     problems = []
     for r in _read_jsonl(p):
