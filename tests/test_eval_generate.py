@@ -1,0 +1,294 @@
+"""Generation: batch-size-independent greedy decoding, reproducible sampling, stop sequences, prompt
+truncation, and a transformers model loaded by path giving what the textbooks model gives."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from textbooks.errors import ConfigError, TextbooksError
+from textbooks.eval.generate import GenerationConfig, HFCodec, TextbooksLM, load_lm
+from textbooks.eval.problems import Problem, load_humaneval
+from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
+from textbooks.model import ModelConfig, PhiForCausalLM
+from textbooks.tokenizer import eot_token, load_tokenizer
+
+# ------------------------------------------------------------------------- helpers (other eval tests too)
+
+
+def tiny_model(vocab_size: int, *, max_seq_len: int = 512, seed: int = 0, **kw) -> PhiForCausalLM:
+    """A small randomly initialised phi model (LayerNorms and biases moved off their 1/0 init)."""
+    torch.manual_seed(seed)
+    cfg = dict(name="tiny", n_layer=2, d_model=64, n_head=4, d_mlp=256, rotary_dim=8, max_seq_len=max_seq_len)
+    model = PhiForCausalLM(ModelConfig(vocab_size=vocab_size, **{**cfg, **kw}))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def memorize(
+    model: PhiForCausalLM, sequences: Sequence[Sequence[int]], max_steps: int = 200
+) -> PhiForCausalLM:
+    """Train ``model`` on ``sequences`` (one batch, padding ignored) until it has learnt them by heart."""
+    T = max(len(s) for s in sequences)
+    x = torch.zeros((len(sequences), T), dtype=torch.long)
+    y = torch.full((len(sequences), T - 1), -100, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = torch.tensor(s)
+        y[i, : len(s) - 1] = torch.tensor(s[1:])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    model.train()
+    for _ in range(max_steps):
+        loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), y.flatten(), ignore_index=-100)
+        if loss.item() < 0.01:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01, f"did not memorize: loss {loss.item():.3f}"
+    return model.eval()
+
+
+def memorized_humaneval_model(tokenizer_path: str | Path, vocab_size: int = 512) -> PhiForCausalLM:
+    """Knows HumanEval/0 and /2 by heart as the eval sees them (prompt tokens, then the solution and the
+    next ``def``, then end-of-text), and HumanEval/4's solution followed directly by end-of-text."""
+    enc = load_tokenizer(tokenizer_path)
+    he = load_humaneval()
+    eot = eot_token(enc)
+    seqs = [
+        enc.encode_ordinary(he[t].prompt) + enc.encode_ordinary(he[t].canonical_solution + "\n\ndef") + [eot]
+        for t in ("HumanEval/0", "HumanEval/2")
+    ]
+    p4 = he["HumanEval/4"]
+    seqs.append(enc.encode_ordinary(p4.prompt) + enc.encode_ordinary(p4.canonical_solution) + [eot])
+    return memorize(tiny_model(vocab_size), seqs)
+
+
+def spread_problems(n: int) -> list[Problem]:
+    problems = list(load_humaneval())
+    return [problems[(i * len(problems)) // n] for i in range(n)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models decode faster on one thread (no OpenMP hand-offs on a loaded 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def bpe_lm(tiny_data) -> TextbooksLM:
+    """A random float64 model with the tests' 512-token BPE (the logits of a 50k vocabulary would
+    dominate the time; p50k_base is used where the tokenizer matters)."""
+    return TextbooksLM(tiny_model(512).double(), load_tokenizer(tiny_data["tokenizer"]))
+
+
+# ----------------------------------------------------------------------------------------------- greedy
+
+
+def test_greedy_is_independent_of_batch_size_and_matches_the_models_own_decoder(bpe_lm):
+    prompts = [p.prompt for p in spread_problems(8)]
+    assert len({len(bpe_lm.encode(p)) for p in prompts}) == 8  # different lengths: real left padding
+    runs = {}
+    for bs in (1, 3, 8):
+        cfg = GenerationConfig(max_new_tokens=20, batch_size=bs, stop=HUMANEVAL_STOP)
+        runs[bs] = [(c[0].token_ids, c[0].text, c[0].finish_reason) for c in bpe_lm.generate(prompts, cfg)]
+    assert runs[1] == runs[3] == runs[8]
+    no_cache = GenerationConfig(max_new_tokens=20, batch_size=3, stop=HUMANEVAL_STOP, use_cache=False)
+    assert [(c[0].token_ids, c[0].text) for c in bpe_lm.generate(prompts, no_cache)] == [
+        r[:2] for r in runs[1]
+    ]
+    # the model's own greedy decoder, one unpadded prompt at a time, without stops
+    plain = GenerationConfig(max_new_tokens=20, batch_size=8, stop_at_eos=False)
+    ours = bpe_lm.generate(prompts, plain)
+    for prompt, got in zip(prompts, ours):
+        ids = torch.tensor([bpe_lm.encode(prompt)])
+        ref = bpe_lm.model.generate(ids, 20)[0].tolist()
+        assert list(got[0].token_ids) == ref and got[0].finish_reason == "length"
+        assert got[0].text == bpe_lm.decode(ref)
+    # with stop sequences, a decoding is the one without them cut at the first stop
+    for (_, text, reason), full in zip(runs[1], ours):
+        assert reason != "eos" and text == truncate(full[0].text, HUMANEVAL_STOP)
+        assert (reason == "stop") == (text != full[0].text)
+
+
+def test_greedy_samples_are_one_decoding_copied(bpe_lm):
+    prompts = [p.prompt for p in spread_problems(2)]
+    out = bpe_lm.generate(prompts, GenerationConfig(max_new_tokens=8, n=3))
+    for samples in out:
+        assert [c.sample for c in samples] == [0, 1, 2]
+        assert len({c.token_ids for c in samples}) == 1
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def test_sampling_is_reproducible_per_sample_whatever_the_batch(bpe_lm):
+    problems = spread_problems(4)
+    prompts, keys = [p.prompt for p in problems], [p.task_id for p in problems]
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0.8, top_p=0.95, n=3, seed=7, batch_size=4)
+    a = bpe_lm.generate(prompts, cfg, keys)
+    tokens = [[c.token_ids for c in s] for s in a]
+    assert all(len(set(s)) > 1 for s in tokens)  # samples of one prompt differ
+    again = bpe_lm.generate(prompts, cfg, keys)
+    assert [[c.token_ids for c in s] for s in again] == tokens
+    # other batch sizes, the prompts in another order, a subset: each sample is the same
+    other = GenerationConfig(max_new_tokens=12, temperature=0.8, top_p=0.95, n=3, seed=7, batch_size=5)
+    rev = bpe_lm.generate(prompts[::-1][:3], other, keys[::-1][:3])
+    assert [[c.token_ids for c in s] for s in rev] == tokens[::-1][:3]
+    seed8 = bpe_lm.generate(prompts, GenerationConfig(**{**cfg.as_dict(), "seed": 8}), keys)
+    assert [[c.token_ids for c in s] for s in seed8] != tokens
+
+
+def test_top_p_keeps_only_the_nucleus(bpe_lm):
+    prompt = spread_problems(1)[0].prompt
+    with torch.no_grad():
+        logits = bpe_lm.model(torch.tensor([bpe_lm.encode(prompt)]))[0, -1]
+    p, order = torch.softmax(logits.double(), -1).sort(descending=True)
+    top_p = float(p[:4].sum() + p[4] / 2)  # the nucleus is the 5 most likely tokens
+    cfg = GenerationConfig(max_new_tokens=1, temperature=1.0, top_p=top_p, n=40, stop_at_eos=False)
+    firsts = {c.token_ids[0] for c in bpe_lm.generate([prompt], cfg)[0]}
+    assert len(firsts) > 1 and firsts <= set(order[:5].tolist())
+
+
+# ----------------------------------------------------------------------------- stops, end of text, length
+
+
+@pytest.fixture(scope="module")
+def memorized(tiny_data) -> TextbooksLM:
+    model = memorized_humaneval_model(tiny_data["tokenizer"])
+    return TextbooksLM(model, load_tokenizer(tiny_data["tokenizer"]))
+
+
+def test_stop_sequences_end_of_text_and_length(memorized):
+    he = load_humaneval()
+    tasks = ["HumanEval/0", "HumanEval/2", "HumanEval/4"]
+    cfg = GenerationConfig(max_new_tokens=200, batch_size=3, stop=HUMANEVAL_STOP)
+    out = memorized.generate([he[t].prompt for t in tasks], cfg)
+    for t, (c,) in zip(tasks[:2], out[:2]):
+        assert c.finish_reason == "stop"
+        assert c.text == he[t].canonical_solution + "\n"  # cut before "\ndef"
+        assert memorized.decode(c.token_ids).startswith(c.text + "\ndef")
+    last = out[2][0]
+    assert last.finish_reason == "eos" and last.text == he["HumanEval/4"].canonical_solution
+    assert last.n_tokens == len(last.token_ids) + 1  # the end-of-text token counts, is not kept
+    short = memorized.generate([he["HumanEval/0"].prompt], GenerationConfig(max_new_tokens=5))[0][0]
+    assert short.finish_reason == "length" and short.n_tokens == 5
+    assert he["HumanEval/0"].canonical_solution.startswith(short.text)
+
+
+def test_prompts_longer_than_the_context_are_cut_from_the_left():
+    enc = load_tokenizer("p50k_base")
+    lm = TextbooksLM(tiny_model(50304, max_seq_len=64).double(), enc)
+    prompt = load_humaneval()["HumanEval/10"].prompt
+    ids = enc.encode_ordinary(prompt)
+    assert len(ids) > 64
+    c = lm.generate([prompt], GenerationConfig(max_new_tokens=16, stop_at_eos=False))[0][0]
+    assert c.prompt_tokens == 48 and c.prompt_dropped == len(ids) - 48
+    ref = lm.model.generate(torch.tensor([ids[-48:]]), 16)[0].tolist()
+    assert list(c.token_ids) == ref
+    with pytest.raises(ConfigError, match="max_new_tokens=64 leaves no room"):
+        lm.generate([prompt], GenerationConfig(max_new_tokens=64))
+
+
+# ------------------------------------------------------------------------------------------ transformers
+
+
+def hf_tokenizer_and_model(out: Path, *, seed: int = 0):
+    """A byte-level BPE trained on a few stdlib files and a random transformers Phi, saved to ``out``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PhiConfig, PreTrainedTokenizerFast
+    from transformers import PhiForCausalLM as HFPhi
+
+    from textbooks.data.documents import stdlib_dir
+
+    files = sorted((stdlib_dir() / "json").glob("*.py"))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([f.read_text() for f in files], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    cfg = PhiConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        eos_token_id=fast.eos_token_id,
+        bos_token_id=fast.eos_token_id,
+    )
+    model = HFPhi(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+def test_transformers_model_by_path_decodes_like_the_textbooks_model(tmp_path):
+    pytest.importorskip("transformers")
+    hf_dir = hf_tokenizer_and_model(tmp_path / "hf")
+    hf = load_lm(hf_model=str(hf_dir), device="cpu", dtype="float64")
+    assert hf.describe()["kind"] == "transformers" and hf.context_length == 256
+    ours = TextbooksLM(PhiForCausalLM.from_hf(hf.model).double().eval(), HFCodec(hf.codec.tokenizer))
+    prompts = [p.prompt for p in spread_problems(5)]
+    for cfg in (
+        GenerationConfig(max_new_tokens=16, batch_size=3, stop=HUMANEVAL_STOP),
+        GenerationConfig(max_new_tokens=16, batch_size=2, temperature=1.0, n=2, seed=3),
+        GenerationConfig(max_new_tokens=16, batch_size=5, use_cache=False),
+    ):
+        a, b = hf.generate(prompts, cfg), ours.generate(prompts, cfg)
+        assert [[c.token_ids for c in s] for s in a] == [[c.token_ids for c in s] for s in b], cfg
+        assert [[c.text for c in s] for s in a] == [[c.text for c in s] for s in b]
+    by_size = [
+        [s[0].token_ids for s in hf.generate(prompts, GenerationConfig(max_new_tokens=16, batch_size=bs))]
+        for bs in (1, 5)
+    ]
+    assert by_size[0] == by_size[1]
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"top_p": 0.0}, "top_p"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"n": 0}, "samples per prompt"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"stop": ("",)}, "stop sequences"),
+    ],
+)
+def test_bad_generation_settings_are_named(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        GenerationConfig(**kw)
+
+
+def test_load_lm_refuses_ambiguous_or_missing_models(tmp_path):
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_lm()
+    with pytest.raises(ConfigError, match="exactly one of"):
+        load_lm(checkpoint="a", hf_model="b")
+    with pytest.raises(TextbooksError, match="no model at"):
+        load_lm(checkpoint=tmp_path / "nothing", device="cpu")
+    with pytest.raises(TextbooksError, match="cannot load it with transformers"):
+        load_lm(hf_model=str(tmp_path / "nothing"), device="cpu")
