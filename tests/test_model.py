@@ -150,3 +150,21 @@ def test_dropout_only_in_training_and_flops():
     assert not torch.equal(m(x), m(x))
     n = m.num_params(exclude_embedding=True)
     assert m.flops_per_token(64) == 6 * n + 12 * 3 * 64 * 64
+
+
+def test_gradients_match_hf(hf_model):
+    ours = PhiForCausalLM.from_hf(hf_model).train()
+    hf = hf_model.train()
+    x = torch.randint(0, 311, (2, 24))
+    try:
+        hf(x, labels=x).loss.backward()
+        logits = ours(x)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        layer = hf.model.layers[1].self_attn
+        hf_qkv = torch.cat([layer.q_proj.weight.grad, layer.k_proj.weight.grad, layer.v_proj.weight.grad])
+        assert torch.allclose(ours.blocks[1].attn.qkv.weight.grad, hf_qkv, atol=1e-5)
+        assert torch.allclose(ours.embed.weight.grad, hf.model.embed_tokens.weight.grad, atol=1e-5)
+    finally:
+        hf.zero_grad(set_to_none=True)
+        hf.eval()

@@ -107,12 +107,9 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor, rotary_dim: int) -> Tensor:
-    """Rotary embedding on the first ``rotary_dim`` dims of each head (rotate-half convention)."""
-    rot, keep = x[..., :rotary_dim], x[..., rotary_dim:]
-    a, b = rot.chunk(2, dim=-1)
-    rot = rot * cos + torch.cat((-b, a), dim=-1) * sin
-    return torch.cat((rot, keep), dim=-1)
+def _rotate_half(x: Tensor) -> Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
 
 
 class Attention(nn.Module):
@@ -133,10 +130,12 @@ class Attention(nn.Module):
     ) -> Tensor:
         c = self.config
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, c.n_head, c.head_dim).permute(2, 0, 3, 1, 4)
-        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q = _rotate(q, cos, sin, c.rotary_dim)
-        k = _rotate(k, cos, sin, c.rotary_dim)
+        qkv = self.qkv(x).view(B, T, 3, c.n_head, c.head_dim)
+        # rotary on the first rotary_dim dims of q and k at once, written in place (rotate-half convention)
+        qk = qkv[:, :, :2, :, : c.rotary_dim]
+        cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
+        qkv[:, :, :2, :, : c.rotary_dim] = qk * cos + _rotate_half(qk) * sin
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.update(layer, k, v, cache.length)
         y = F.scaled_dot_product_attention(
@@ -249,8 +248,8 @@ class PhiForCausalLM(nn.Module):
             else:
                 position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
         cos_table, sin_table = self.rope_tables(input_ids.device)
-        cos = cos_table[position_ids].unsqueeze(1)  # [B, 1, T, rotary_dim]
-        sin = sin_table[position_ids].unsqueeze(1)
+        cos = cos_table[position_ids][:, :, None, None]  # [B, T, 1, 1, rotary_dim]
+        sin = sin_table[position_ids][:, :, None, None]
         mask = self._attention_mask(B, T, past, attention_mask, input_ids.device)
         x = self.drop(self.embed(input_ids))
         for i, block in enumerate(self.blocks):

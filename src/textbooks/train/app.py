@@ -190,6 +190,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "accumulate": accumulate,
         "seq_len": seq_len,
         "seed": int(cfg.seed),
+        "log_every": int(cfg.train.log_every_steps),
     }
     init_from = cfg.train.init_from
     module = CausalLMModule(

@@ -43,6 +43,7 @@ class TrainPlan:
     accumulate: int
     seq_len: int
     seed: int = 0
+    log_every: int = 1  # log train metrics every this many optimizer steps (and at the last one)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,6 +121,8 @@ class CausalLMModule(L.LightningModule):
                 block.compile()
         self._micro_total = 0
         self._loss_sum: torch.Tensor | None = None
+        c = self.model.config
+        self._dropout = max(c.attn_dropout, c.resid_dropout, c.embd_dropout) > 0
 
     def _load_initial_weights(self, path: str) -> None:
         from textbooks.checkpoint import load_pretrained
@@ -150,11 +153,13 @@ class CausalLMModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         A = self.plan.accumulate
         step, micro = divmod(self._micro_total, A)
-        torch.manual_seed(step_seed(self.plan.seed, step, micro, self.global_rank))
+        if self._dropout:
+            torch.manual_seed(step_seed(self.plan.seed, step, micro, self.global_rank))
         loss = self._loss(batch)
         self._micro_total += 1
         self._loss_sum = loss.detach() if micro == 0 else self._loss_sum + loss.detach()
-        if micro == A - 1:
+        last = step + 1 == self.plan.total_steps
+        if micro == A - 1 and ((step + 1) % self.plan.log_every == 0 or last):
             tokens_seen = (step + 1) * self.plan.tokens_per_step
             self.log_dict(
                 {
