@@ -169,12 +169,14 @@ def run_stage(cfg) -> dict:
     s = OmegaConf.to_container(cfg.stage, resolve=True)
     s.pop("name")
     component, components = s.pop("component"), s.pop("components")
+    tau = s.pop("tau")
     if component is not None:
         if component not in components:
             raise ConfigError(f"stage.component={component!r}: choose one of {sorted(components)}")
         s["inputs"] = s["inputs"] or components[component]
-        s["out_dir"] = s["out_dir"] or str(Path(cfg.paths.data) / "tokens" / cfg.tokenizer.tag / component)
-        s["extra"] = {"component": component}
+        name = f"{component}-tau{tau}" if component == "exercises" else component
+        s["out_dir"] = s["out_dir"] or str(Path(cfg.paths.data) / "tokens" / cfg.tokenizer.tag / name)
+        s["extra"] = {"component": component} | ({"tau": tau} if component == "exercises" else {})
     if not s["inputs"] or not s["out_dir"]:
         raise ConfigError(
             "stage=pack needs stage.component=<name> or both stage.inputs=[...] and stage.out_dir=..."
