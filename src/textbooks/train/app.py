@@ -220,6 +220,20 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if wandb is not None and trainer.is_global_zero:
         define_wandb_metrics(wandb)
 
+    keys = {
+        "run_name": cfg.run_name,
+        "stage": cfg.stage,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "tokenizer": cfg.tokenizer.tag,
+        "tokens": tokens,
+        "seed": int(cfg.seed),
+        "tau": cfg.dataset.get("tau"),
+        "init_from": str(init_from) if init_from else None,
+        "sweep_name": cfg.sweep_name,
+    }
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "run.json", keys)
     last = ckpt_dir / "last.ckpt"
     resume = str(last) if last.exists() else None
     log.info(
@@ -246,13 +260,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         )
     results = {
         "status": "complete" if complete else "interrupted",
-        "run_name": cfg.run_name,
-        "stage": cfg.stage,
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "tokenizer": cfg.tokenizer.name,
-        "seed": int(cfg.seed),
-        "tokens": tokens,
+        **keys,
         "tokens_seen": trainer.global_step * plan["global_batch_size"] * seq_len,
         "steps": trainer.global_step,
         "total_steps": total_steps,
@@ -263,7 +271,6 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "mfu": monitor.last.get("perf/mfu"),
         "device_hours": world * monitor.train_seconds / 3600,
         "wall_seconds": wall,
-        "init_from": str(init_from) if init_from else None,
     }
     if trainer.is_global_zero and complete:
         if cfg.train.export:

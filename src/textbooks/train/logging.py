@@ -165,7 +165,9 @@ class ThroughputMonitor(L.Callback):
         self.peak: float | None = None
         self.peak_source = ""
         self._t0 = 0.0
+        self._start = time.perf_counter()
         self._step0 = 0
+        self._before = 0.0  # training seconds of earlier sessions of a resumed run
         self.train_seconds = 0.0
         self.last: dict[str, float] = {}
 
@@ -202,4 +204,11 @@ class ThroughputMonitor(L.Callback):
         self._t0, self._step0 = now, step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.train_seconds = time.perf_counter() - self._start
+        self.train_seconds = self._before + time.perf_counter() - self._start
+
+    def state_dict(self) -> dict[str, float]:
+        """Training time so far, so that device-hours add up over resumed sessions."""
+        return {"train_seconds": self._before + time.perf_counter() - self._start}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self._before = float(state.get("train_seconds", 0.0))
