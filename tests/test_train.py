@@ -62,7 +62,14 @@ def config(tiny_data, *overrides: str):
 
 def test_train_cli_writes_a_complete_run_and_skips_it_after(tiny_data):
     root = tiny_data["root"]
-    r = cli([*tiny_data["overrides"], *FAST, "train.tokens=60K", "logger=[csv,wandb]"], cwd=root)
+    evals = [
+        "eval.enabled=true",
+        "eval.every_tokens=30K",
+        "eval.bpb_problems=8",
+        "eval.pass_problems=2",
+        "eval.max_new_tokens=16",
+    ]
+    r = cli([*tiny_data["overrides"], *FAST, "train.tokens=60K", "logger=[csv,wandb]", *evals], cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = root / "runs" / "pretrain-stdlib-cpu_tiny-60K-s0"
     res = json.loads((run_dir / "results.json").read_text())
@@ -74,6 +81,8 @@ def test_train_cli_writes_a_complete_run_and_skips_it_after(tiny_data):
     with open(run_dir / "metrics.csv", newline="") as f:
         header = next(csv.reader(f))
     assert {"train/lr", "train/tokens_seen", "perf/tokens_per_sec", "perf/mfu", "val/loss"} <= set(header)
+    bpb = losses(run_dir, "eval/humaneval_bpb")  # in-training eval at 30K tokens and at the end
+    assert len(bpb) == 2 and all(float(v) > 0 for _, v in bpb) and "eval/humaneval_pass@1" in header
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (
         run_dir / "checkpoints" / "last.ckpt"
     ).is_file()

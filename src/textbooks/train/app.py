@@ -217,6 +217,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         matmul_precision=cfg.trainer.matmul_precision,
     )
     trainer.callbacks.append(monitor)
+    if cfg.eval.enabled:
+        from textbooks.eval.callback import EvalCallback
+
+        ev = OmegaConf.to_container(cfg.eval, resolve=True)
+        ev.pop("enabled")
+        trainer.callbacks.append(EvalCallback(enc, plan["global_batch_size"] * seq_len, ev))
     if wandb is not None and trainer.is_global_zero:
         define_wandb_metrics(wandb)
 
