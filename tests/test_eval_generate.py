@@ -187,7 +187,7 @@ def test_stop_sequences_end_of_text_and_length(memorized):
 
 def test_prompts_longer_than_the_context_are_cut_from_the_left():
     enc = load_tokenizer("p50k_base")
-    lm = TextbooksLM(tiny_model(50304, max_seq_len=64).double(), enc)
+    lm = TextbooksLM(tiny_model(enc.n_vocab, max_seq_len=64).double(), enc)
     prompt = load_humaneval()["HumanEval/10"].prompt
     ids = enc.encode_ordinary(prompt)
     assert len(ids) > 64
@@ -197,6 +197,17 @@ def test_prompts_longer_than_the_context_are_cut_from_the_left():
     assert list(c.token_ids) == ref
     with pytest.raises(ConfigError, match="max_new_tokens=64 leaves no room"):
         lm.generate([prompt], GenerationConfig(max_new_tokens=64))
+
+
+def test_padding_rows_of_the_vocabulary_are_never_generated():
+    enc = load_tokenizer("p50k_base")
+    model = tiny_model(50304).double()  # p50k's 50281 ids padded to a multiple of 64, as training does
+    with torch.no_grad():
+        model.lm_head.bias[enc.n_vocab :] = 100.0  # an untrained model could well prefer them
+    lm = TextbooksLM(model, enc)
+    for cfg in (GenerationConfig(max_new_tokens=6), GenerationConfig(max_new_tokens=6, temperature=1.0)):
+        (c,) = lm.generate([spread_problems(1)[0].prompt], cfg)[0]
+        assert c.n_tokens == 6 and max(c.token_ids) < enc.n_vocab
 
 
 # ------------------------------------------------------------------------------------------ transformers

@@ -4,7 +4,7 @@ For a problem with context ``c`` (the prompt the model is evaluated with) and re
 
     bpb = -sum_i ln p(s_i | c, s_<i) / ln 2 / len(s.encode("utf-8"))
 
-over the solution's tokens ``s_i``. HumanEval(+): ``c`` = the code prompt, ``s`` = ``canonical_solution``
+over the solution's tokens ``s_i`` (``s`` as scored: see the tokenization below). HumanEval(+): ``c`` = the code prompt, ``s`` = ``canonical_solution``
 (the body). MBPP variants: ``c`` = the prompt of the format in use (bigcode's 0-shot docstring by
 default, or the 3-shot prompt), ``s`` = the reference code with ``\\r\\n`` normalised to ``\\n``.
 

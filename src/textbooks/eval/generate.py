@@ -100,6 +100,7 @@ class Codec(abc.ABC):
 
     name: str
     eos_token_id: int | None
+    n_vocab: int  # ids the tokenizer can decode; the model's padded embedding rows beyond are never picked
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -120,11 +121,15 @@ class TiktokenCodec(Codec):
     """A ``tiktoken.Encoding`` (``p50k_base`` or a trained BPE); special tokens in text are plain text."""
 
     def __init__(self, encoding: Any) -> None:
-        from textbooks.tokenizer import ENDOFTEXT
+        from textbooks.tokenizer import TokenizerError, eot_token
 
         self.encoding = encoding
         self.name = encoding.name
-        self.eos_token_id = encoding._special_tokens.get(ENDOFTEXT)
+        self.n_vocab = encoding.n_vocab
+        try:
+            self.eos_token_id = eot_token(encoding)
+        except TokenizerError:
+            self.eos_token_id = None
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)
@@ -145,6 +150,7 @@ class HFCodec(Codec):
     def __init__(self, tokenizer: Any, eos_token_id: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        self.n_vocab = len(tokenizer)
         self.eos_token_id = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
 
     def encode(self, text: str) -> list[int]:
@@ -343,7 +349,10 @@ class LM(abc.ABC):
         seq = ids
         logits = self._forward(ids, mask, positions, cache, 1)[:, -1]
         for _ in range(max_new):
-            nxt = _pick(logits.float(), cfg, [gens[i] for i in alive] if gens else None)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            if logits.shape[-1] > self.codec.n_vocab:  # padding rows of the embedding are not tokens
+                logits[:, self.codec.n_vocab :] = -torch.inf
+            nxt = _pick(logits, cfg, [gens[i] for i in alive] if gens else None)
             keep: list[int] = []
             for pos, (i, tok) in enumerate(zip(alive, nxt.tolist())):
                 r, t = rows[i], texts[i]
