@@ -232,3 +232,18 @@ def test_distributed_strategies_build_from_configs(tiny_data, tmp_path, trainer)
         }
     else:
         assert isinstance(t.strategy, DDPStrategy)
+
+
+def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_path):
+    from textbooks.train.app import resume_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    assert resume_checkpoint(ckpts) is None
+    for step in (10, 20):
+        torch.save({"global_step": step}, ckpts / f"step{step:07d}.ckpt")
+    good = (ckpts / "step0000020.ckpt").read_bytes()
+    (ckpts / "last.ckpt").write_bytes(good[: len(good) // 2])  # killed while writing
+    assert resume_checkpoint(ckpts) == ckpts / "step0000020.ckpt"
+    (ckpts / "last.ckpt").write_bytes(good)
+    assert resume_checkpoint(ckpts) == ckpts / "last.ckpt"

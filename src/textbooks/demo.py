@@ -1,12 +1,11 @@
-"""``textbooks-demo``: the main job on a fresh 2-core machine, offline, in a few minutes.
+"""``textbooks-demo``: Figure 2.1 at CPU scale, on the code of this machine, offline (see conf/demo.yaml).
 
-Every step is one of the library's own command lines (printed before it runs), so the demo is also a
-transcript of how to use the library.
+Every step is one of the library's own command lines, printed before it runs, so the demo is also a
+transcript of the workflow a GPU study runs with other configs (experiments/figure_2_1/README.md).
 """
 
 from __future__ import annotations
 
-import csv
 import shlex
 import subprocess
 import sys
@@ -14,10 +13,22 @@ import time
 from pathlib import Path
 
 import hydra
+import pandas as pd
 from omegaconf import DictConfig
 
-from textbooks.config import CONF_DIR, format_count
+from textbooks.config import CONF_DIR
 from textbooks.errors import TextbooksError, cli_errors
+
+TABLE_COLUMNS = [
+    "run_name",
+    "stage",
+    "dataset",
+    "seed",
+    "tokens",
+    "val_loss",
+    "humaneval_bpb",
+    "humaneval_pass@1",
+]
 
 
 def _bin(name: str) -> str:
@@ -34,74 +45,152 @@ def sh(args: list[str]) -> None:
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
 
 
-def loss_curve(metrics_csv: Path, points: int = 8) -> list[dict[str, float]]:
-    """Train and validation loss at ~``points`` evenly spaced steps of a run's metrics.csv."""
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    train = [(float(r["train/tokens_seen"]), float(r["train/loss"])) for r in rows if r.get("train/loss")]
-    val = {float(r["val/tokens_seen"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
-    if not train:
-        return []
-    idx = sorted({round(i * (len(train) - 1) / (points - 1)) for i in range(points)})
-    out = []
-    for i in idx:
-        tokens, loss = train[i]
-        near = min(val, key=lambda t: abs(t - tokens)) if val else None
-        out.append(
-            {
-                "tokens": tokens,
-                "train_loss": loss,
-                "val_loss": val[near] if near is not None and abs(near - tokens) <= tokens * 0.1 else None,
-            }
-        )
-    return out
-
-
 def complete(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
-    """Greedy completion of ``prompt`` by the exported model, cut at HumanEval's stop sequences."""
+    """Greedy completion of ``prompt`` by an exported model, cut at HumanEval's stop sequences."""
     import torch
 
     from textbooks.checkpoint import load_pretrained
     from textbooks.eval.prompts import stop_sequences, truncate
 
     model, enc = load_pretrained(model_dir)
-    ids = torch.tensor([enc.encode_ordinary(prompt)])
-    out = model.generate(ids, max_new_tokens)[0].tolist()
+    out = model.generate(torch.tensor([enc.encode_ordinary(prompt)]), max_new_tokens)[0].tolist()
     return truncate(enc.decode(out), stop_sequences("humaneval"))
+
+
+def table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The printed table: one row per run, the Figure 2.1 metrics."""
+    cols = [c for c in TABLE_COLUMNS if c in runs]
+    return (
+        runs[cols]
+        .sort_values(["stage", "dataset", "seed"], ascending=[False, True, True])
+        .reset_index(drop=True)
+    )
+
+
+def run_demo(cfg: DictConfig) -> dict:
+    work = Path(cfg.workdir).resolve()
+    data, runs = work / "data", work / "runs"
+    seeds = ",".join(str(s) for s in cfg.train.seeds)
+    common = [f"paths.root={work}", "tokenizer=bpe", f"tokenizer.vocab_size={cfg.vocab_size}"]
+    d = [_bin("textbooks-data"), *common]
+    dx = list(cfg.data_overrides)
+    t = cfg.train
+    train = [_bin("textbooks-train"), "-m", *common, f"scale={t.scale}", f"seed={seeds}"]
+    tx = [
+        *([f"model={t.model}"] if t.model else []),
+        *([f"scale.tokens={t.tokens}"] if t.tokens else []),
+        *t.overrides,
+    ]
+    corpus = "[" + ",".join(str(c) for c in cfg.corpus) + "]"
+    benchmarks = str(Path(cfg.benchmarks).resolve())
+    print(f"textbooks demo: Figure 2.1 at CPU scale; everything goes to {work}")
+
+    # data: raw code -> dedup -> labels -> token shards of The Stack+ and of the exercises
+    sh([*d, "stage=ingest", f"stage.inputs={corpus}", *dx])
+    sh([*d, "stage=dedup", *dx])
+    sh([*d, "stage=tokenizer", f"stage.inputs=[{data / 'dedup'}]", *dx])
+    sh([*d, "stage=annotate", "stage.annotator=heuristic", f"stage.sample_size={cfg.annotate_sample}", *dx])
+    sh([*d, "stage=pack", "stage.component=stack_plus", *dx])
+    sh([*d, "stage=exercises", "stage.source=mined", f"stage.input={data / 'dedup'}", *dx])
+    sh(
+        [
+            *d,
+            "stage=decontaminate",
+            f"paths.benchmarks={benchmarks}",
+            f"stage.embedder={cfg.decontam_embedder or 'null'}",
+            *dx,
+        ]
+    )
+    sh([*d, "stage=pack", "stage.component=exercises", *dx])
+
+    # pretraining on The Stack+, whose model then embeds the corpus for the quality classifier
+    sh([*train, "experiment=demo", "dataset=stack_plus", *tx])
+    embedder = cfg.embedder
+    if embedder == "pretrained":
+        first = [
+            *common,
+            f"scale={t.scale}",
+            f"seed={t.seeds[0]}",
+            "experiment=demo",
+            "dataset=stack_plus",
+            *tx,
+        ]
+        embedder = f"textbooks:{run_dir(first) / 'model'}"
+    sh([*d, "stage=classify", f"stage.embedder={embedder}", *dx])
+    sh([*d, "stage=pack", "stage.component=filtered", *dx])
+    sh([*train, "experiment=demo", "dataset=filtered", *tx])
+    sh([*train, "experiment=demo_finetune", *tx, f"train.tokens={t.finetune_tokens}"])
+
+    # evaluation of every model, then one table and the figure
+    models = sorted(str(p) for p in (runs / "demo").glob("*/model") if p.is_dir())
+    ev = [
+        f"paths.root={work}",
+        f"benchmark={cfg.eval_benchmark}",
+        "bpb=true",
+        f"generation.max_new_tokens={cfg.eval_max_new_tokens}",
+        f"hydra.sweep.dir={work / 'logs' / 'eval'}",
+    ]
+    if cfg.eval_limit:
+        ev.append(f"limit={cfg.eval_limit}")
+    sh([_bin("textbooks-eval"), "-m", f"checkpoint={','.join(models)}", *ev, *cfg.eval_overrides])
+    sh([_bin("textbooks-collect"), str(runs / "demo"), f"out={work}"])
+    return report(cfg, work)
+
+
+def run_dir(overrides: list[str]) -> Path:
+    """Where ``textbooks-train -m <overrides>`` puts its run (the run name composed by Hydra itself)."""
+    from hydra import compose
+
+    c = compose("train", overrides=overrides)
+    return Path(c.paths.runs) / c.sweep_name / c.run_name
+
+
+def report(cfg: DictConfig, work: Path) -> dict:
+    """Print the runs table, draw Figure 2.1 and the loss curves, from the tables textbooks-collect wrote."""
+    from textbooks.sweep.plots import bars_table, plot_curves, plot_figure_2_1
+
+    runs = pd.read_parquet(work / "runs.parquet")
+    curves = pd.read_parquet(work / "curves.parquet")
+    metrics = tuple(m for m in (f"{cfg.eval_benchmark}_pass@1", f"{cfg.eval_benchmark}_bpb") if m in runs)
+    fig = plot_figure_2_1(
+        runs, metrics, title=f"Figure 2.1 at CPU scale ({cfg.train.scale}, {len(cfg.train.seeds)} seed(s))"
+    )
+    fig.savefig(work / "figure_2_1.png", dpi=120)
+    plot_curves(curves, runs, ("train/loss", "val/loss", "eval/humaneval_bpb")).savefig(
+        work / "curves.png", dpi=110
+    )
+    bars = pd.concat([bars_table(runs, m).assign(metric=m) for m in metrics], ignore_index=True)
+    bars.to_csv(work / "figure_2_1.csv", index=False)
+
+    pd.set_option("display.width", 160)
+    pd.set_option("display.max_columns", 20)
+    print("\nRuns (from", work / "runs.csv", "):")
+    print(table(runs).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("\nFigure 2.1 bars (pass@1 in %, bits/byte: lower is better):")
+    print(
+        bars[["metric", "group", "bar", "mean", "std", "n"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"
+        )
+    )
+    finetuned = runs[(runs["stage"] == "finetune") & (runs["status"] == "complete")]
+    if len(finetuned):
+        model_dir = Path(finetuned.iloc[0]["run_dir"]) / "model"
+        print(f"\nGreedy completion by {finetuned.iloc[0]['run_name']}:")
+        print(cfg.prompt + complete(model_dir, cfg.prompt, 96).rstrip())
+    print(f"\nFigure: {work / 'figure_2_1.png'}   curves: {work / 'curves.png'}")
+    print(
+        "At this scale the bars measure a few million tokens of training; the paper's effect (filtered and\n"
+        "synthetic data >> raw code, then a large jump from CodeExercises) needs the GPU runs of\n"
+        "experiments/figure_2_1. Read the bits/byte panel first: pass@1 of tiny models is mostly 0."
+    )
+    return {"runs": runs, "bars": bars}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="demo")
 @cli_errors
 def main(cfg: DictConfig) -> None:
-    work = Path(cfg.workdir).resolve()
-    common = [f"paths.root={work}", "tokenizer=bpe", f"tokenizer.vocab_size={cfg.vocab_size}"]
     t0 = time.time()
-    print(f"textbooks demo: everything goes to {work}")
-    sh([_bin("textbooks-data"), "stage=tokenizer", *common])
-    sh([_bin("textbooks-data"), "stage=pack", "stage.component=stdlib", *common])
-    run_name = f"pretrain-stdlib-{cfg.model}-{format_count(cfg.tokens)}-s{cfg.seed}"
-    sh(
-        [
-            _bin("textbooks-train"),
-            *common,
-            "dataset=stdlib",
-            f"model={cfg.model}",
-            f"train.tokens={cfg.tokens}",
-            f"seed={cfg.seed}",
-            "experiment=cpu",
-            "logger=[csv,wandb]",
-        ]
-    )
-    run_dir = work / "runs" / run_name
-
-    print(f"\nLoss curve of {run_dir.name} (nats/token):")
-    print(f"  {'tokens':>8}  {'train':>6}  {'val':>6}")
-    for p in loss_curve(run_dir / "metrics.csv"):
-        val = f"{p['val_loss']:6.3f}" if p["val_loss"] is not None else "     -"
-        print(f"  {format_count(p['tokens']):>8}  {p['train_loss']:6.3f}  {val}")
-    print("\nGreedy completion of a HumanEval-style prompt:")
-    print(cfg.prompt + complete(run_dir / "model", cfg.prompt, cfg.max_new_tokens))
-    print(f"\nRun directory: {run_dir}  (metrics.csv, checkpoints/, model/, wandb/ offline run)")
+    run_demo(cfg)
     print(f"Demo finished in {time.time() - t0:.0f} s.")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from textbooks.config import CONF_DIR
 from textbooks.errors import ConfigError, cli_errors
@@ -44,14 +44,22 @@ TRAIN_METRICS = (
 
 
 def find_runs(roots: list[str | Path]) -> list[Path]:
-    """Run directories (holding ``.hydra/config.yaml``) below ``roots``, sorted."""
+    """Training run directories (holding ``.hydra/config.yaml``) below ``roots``, sorted."""
     found: set[Path] = set()
     for root in roots:
         r = Path(root)
         if not r.exists():
             raise ConfigError(f"textbooks-collect: {r} does not exist")
-        found.update(p.parent.parent for p in r.rglob(".hydra/config.yaml"))
+        found.update(p.parent.parent for p in r.rglob(".hydra/config.yaml") if _is_training_run(p))
     return sorted(found)
+
+
+def _is_training_run(hydra_config: Path) -> bool:
+    """A ``textbooks-train`` run's composed config (not another app's, e.g. an evaluation sweep's)."""
+    if (hydra_config.parent.parent / "run.json").is_file():
+        return True
+    cfg = OmegaConf.load(hydra_config)
+    return "train" in cfg and "recipe" in cfg
 
 
 def _keys(run_dir: Path) -> dict[str, Any]:

@@ -77,10 +77,7 @@ def plot_figure_2_1(
     title: str | None = None,
 ) -> Figure:
     """Figure 2.1: one panel per metric, grouped bars with error bars over seeds and value labels."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -129,10 +126,7 @@ def plot_curves(
     metrics: tuple[str, ...] = ("train/loss", "val/loss"),
 ) -> Figure:
     """Each metric against tokens seen, one line per run (coloured by training data)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.2), squeeze=False)
     info = runs.set_index("run_name")

@@ -53,6 +53,21 @@ def read_results(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def resume_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``last.ckpt``, or the newest periodic one if a kill left ``last.ckpt``
+    missing or half-written (each candidate's zip directory is read, not its tensors)."""
+    candidates = [ckpt_dir / "last.ckpt", *sorted(ckpt_dir.glob("step*.ckpt"), reverse=True)]
+    for c in candidates:
+        if not c.is_file():
+            continue
+        try:
+            torch.load(c, map_location="cpu", mmap=True, weights_only=False)
+            return c
+        except Exception as e:  # truncated by a kill: try the next one
+            log.warning("checkpoint %s is unreadable (%s); trying an older one", c, type(e).__name__)
+    return None
+
+
 def model_config(cfg: DictConfig, n_vocab: int) -> dict[str, Any]:
     """The model preset with the vocabulary resolved and the recipe's dropout applied."""
     mc = OmegaConf.to_container(cfg.model, resolve=True)
@@ -240,8 +255,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "run.json", keys)
-    last = ckpt_dir / "last.ckpt"
-    resume = str(last) if last.exists() else None
+    last = resume_checkpoint(ckpt_dir)
+    resume = str(last) if last else None
     log.info(
         "%s: %s tokens = %d steps x %d sequences x %d tokens (accumulate %d, %d devices, %.2f epochs)%s",
         cfg.run_name,

@@ -1,0 +1,151 @@
+"""Figure 2.1 end to end at toy scale: the demo, the runs table, the notebook, sweeps that resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from textbooks.sweep.collect import collect
+
+BIN = Path(sys.executable).parent
+PACKAGES = ("json", "email", "logging", "importlib")
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, stdlib_dir, benchmarks_dir):
+    """textbooks-demo at toy scale: a few stdlib packages, a tiny model, two seeds, 5 HumanEval problems."""
+    root = tmp_path_factory.mktemp("demo")
+    corpus = ",".join(str(stdlib_dir / p) for p in PACKAGES)
+    r = run(
+        [
+            str(BIN / "textbooks-demo"),
+            f"workdir={root / 'demo'}",
+            f"corpus=[{corpus}]",
+            "vocab_size=512",
+            "train.model=cpu_tiny",
+            "train.tokens=40K",
+            "train.finetune_tokens=10K",
+            "train.seeds=[0,1]",
+            "annotate_sample=150",
+            "eval_limit=5",
+            "eval_max_new_tokens=24",
+            f"benchmarks={benchmarks_dir}",
+            "decontam_embedder=null",
+            'train.overrides=["train.seq_len=64","eval.every_tokens=20K","eval.bpb_problems=10"]',
+        ],
+        cwd=root,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root / "demo", r.stdout
+
+
+def test_demo_table_and_figure_come_from_its_runs(demo):
+    work, out = demo
+    runs = pd.read_csv(work / "runs.csv")
+    assert (work / "figure_2_1.png").stat().st_size > 10_000 and (work / "curves.png").is_file()
+    run_dirs = sorted(p.parent for p in (work / "runs" / "demo").glob("*/results.json"))
+    assert len(run_dirs) == 6  # {stack_plus, filtered} pretraining + finetune, two seeds
+    assert sorted(runs["run_dir"]) == sorted(map(str, run_dirs))
+    for d in run_dirs:
+        row = runs[runs["run_dir"] == str(d)].iloc[0]
+        res = json.loads((d / "results.json").read_text())
+        ev = json.loads((d / "eval" / "humaneval" / "results.json").read_text())
+        assert row["status"] == "complete" and row["val_loss"] == pytest.approx(res["val_loss"])
+        assert row["humaneval_bpb"] == pytest.approx(ev["bpb"]["bpb"])
+        assert row["humaneval_pass@1"] == pytest.approx(ev["pass@k"]["pass@1"])
+        assert row["run_name"] in out  # the printed table lists every run
+    bars = pd.read_csv(work / "figure_2_1.csv")
+    bpb = bars[bars["metric"] == "humaneval_bpb"].set_index("bar")
+    assert set(bpb.index) == {"The Stack+", "Filtered code", "Filtered code → CodeExercises"}
+    assert (bpb["n"] == 2).all()
+    stack = runs[(runs["dataset"] == "stack_plus")]["humaneval_bpb"]
+    assert bpb.loc["The Stack+", "mean"] == pytest.approx(stack.mean())
+    assert bpb.loc["The Stack+", "std"] == pytest.approx(stack.std())
+    ft = runs[runs["stage"] == "finetune"]
+    assert set(ft["base_dataset"]) == {"filtered"} and set(ft["base_tokens"]) == {40_000}
+
+
+def test_notebook_redraws_the_figure(demo, repo_root):
+    import nbformat
+    from nbclient import NotebookClient
+
+    work, _ = demo
+    nb = nbformat.read(repo_root / "notebooks" / "figure_2_1.ipynb", as_version=4)
+    os.environ["TEXTBOOKS_RUNS"] = str(work)
+    try:
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+        ).execute()
+    finally:
+        os.environ.pop("TEXTBOOKS_RUNS")
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= 2  # Figure 2.1 and the curves
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "6 runs from" in text
+
+
+def test_collect_reports_runs_without_results(demo, tmp_path):
+    work, _ = demo
+    src = next((work / "runs" / "demo").glob("pretrain-filtered-*-s0"))
+    broken = tmp_path / "sweep" / src.name
+    broken.mkdir(parents=True)
+    (broken / ".hydra").mkdir()
+    (broken / ".hydra" / "config.yaml").write_text((src / ".hydra" / "config.yaml").read_text())
+    (broken / "run.json").write_text((src / "run.json").read_text())
+    _, rows = collect([tmp_path / "sweep"])
+    assert [r["status"] for r in rows] == ["missing"] and rows[0]["dataset"] == "filtered"
+    r = run([str(BIN / "textbooks-collect"), str(tmp_path / "sweep")], cwd=tmp_path)
+    assert r.returncode == 0 and "missing" in r.stdout and str(broken) in r.stdout
+
+
+def test_killed_sweep_finishes_only_the_missing_runs(tiny_data, tmp_path):
+    args = [
+        str(BIN / "textbooks-train"),
+        "-m",
+        *tiny_data["overrides"],
+        "logger=[csv]",
+        "train.seq_len=64",
+        "recipe.global_batch_size=8",
+        "trainer.micro_batch_size=8",
+        "train.export=false",
+        f"paths.runs={tmp_path}",
+        "sweep_name=grid",
+        "train.tokens=12K,60K",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen(
+        args, cwd=tiny_data["root"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    second = tmp_path / "grid" / "pretrain-stdlib-cpu_tiny-60K-s0"
+    deadline = time.time() + 300
+    while not (second / "checkpoints" / "last.ckpt").is_file() and time.time() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    first = tmp_path / "grid" / "pretrain-stdlib-cpu_tiny-12K-s0" / "results.json"
+    assert first.is_file() and not (second / "results.json").exists()
+    before = first.stat().st_mtime_ns
+    r = run(args, cwd=tiny_data["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert first.stat().st_mtime_ns == before  # the finished run was skipped
+    assert "is complete" in r.stdout + r.stderr and "Restored all states" in r.stdout + r.stderr
+    assert json.loads((second / "results.json").read_text())["status"] == "complete"
