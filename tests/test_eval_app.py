@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_eval_generate import memorized_humaneval_model, tiny_model
+from models import memorized_humaneval_model, tiny_model
 
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR

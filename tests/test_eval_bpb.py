@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_eval_generate import memorize, tiny_model
+from models import memorize, tiny_model
 
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb, gold_pair, gold_solution, move_whitespace, sequence_nats

@@ -168,3 +168,13 @@ def test_gradients_match_hf(hf_model):
     finally:
         hf.zero_grad(set_to_none=True)
         hf.eval()
+
+
+def test_generate_never_picks_padding_rows_of_the_embedding():
+    torch.manual_seed(6)
+    m = PhiForCausalLM(small_config()).eval()
+    with torch.no_grad():
+        m.lm_head.bias[300:] = 100.0  # padding ids (>= the tokenizer's 300) would win every step
+    prompt = torch.randint(0, 300, (2, 5))
+    assert (m.generate(prompt, 8) >= 300).all()
+    assert (m.generate(prompt, 8, vocab_limit=300) < 300).all()

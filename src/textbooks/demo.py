@@ -51,9 +51,13 @@ def complete(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
 
     from textbooks.checkpoint import load_pretrained
     from textbooks.eval.prompts import stop_sequences, truncate
+    from textbooks.tokenizer import eot_token
 
     model, enc = load_pretrained(model_dir)
-    out = model.generate(torch.tensor([enc.encode_ordinary(prompt)]), max_new_tokens)[0].tolist()
+    eot = eot_token(enc)
+    ids = torch.tensor([enc.encode_ordinary(prompt)])
+    out = model.generate(ids, max_new_tokens, eos_token_id=eot, vocab_limit=enc.n_vocab)[0].tolist()
+    out = out[: out.index(eot)] if eot in out else out
     return truncate(enc.decode(out), stop_sequences("humaneval"))
 
 

@@ -97,6 +97,10 @@ class KVCache:
         self.max_len = max_len
         self.length = 0
 
+    def select(self, rows: Tensor) -> None:
+        """Keep only the batch rows ``rows`` (finished sequences leave the batch)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
     def update(self, layer: int, k: Tensor, v: Tensor, start: int) -> tuple[Tensor, Tensor]:
         """Store ``k, v`` (``[B, H, T, hd]``) at ``start`` and return all keys/values up to ``start + T``."""
         end = start + k.shape[2]
@@ -312,11 +316,13 @@ class PhiForCausalLM(nn.Module):
         eos_token_id: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        vocab_limit: int | None = None,
     ) -> Tensor:
         """Continue ``input_ids`` (``[B, T]``, left-padded when ``attention_mask`` is given).
 
         Greedy when ``temperature == 0``, else nucleus sampling. Returns the new tokens ``[B, n]``; rows that
         produced ``eos_token_id`` are filled with it afterwards, and decoding stops once every row has.
+        ``vocab_limit`` (the tokenizer's ``n_vocab``) keeps the embedding's padding rows from being picked.
         """
         B, T = input_ids.shape
         max_new_tokens = min(max_new_tokens, self.config.max_seq_len - T)
@@ -333,6 +339,8 @@ class PhiForCausalLM(nn.Module):
         seq, step_in = input_ids, input_ids
         for _ in range(max_new_tokens):
             logits = self(step_in if use_cache else seq, attention_mask=mask, cache=cache)[:, -1].float()
+            if vocab_limit is not None:
+                logits[:, vocab_limit:] = float("-inf")
             nxt = _pick(logits, temperature, top_p, generator)
             if eos_token_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)

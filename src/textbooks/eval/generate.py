@@ -440,7 +440,7 @@ class TextbooksLM(LM):
         return self.model.lm_head(h[:, -keep:])
 
     def _select(self, cache: KVCache, rows: Tensor) -> KVCache:
-        cache.k, cache.v = cache.k[:, rows], cache.v[:, rows]
+        cache.select(rows)
         return cache
 
     def describe(self) -> dict[str, Any]:
