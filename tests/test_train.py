@@ -86,8 +86,15 @@ def test_train_cli_writes_a_complete_run_and_skips_it_after(tiny_data):
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (
         run_dir / "checkpoints" / "last.ckpt"
     ).is_file()
+    from wandb_records import summarize
+
     offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert offline and any(offline[0].rglob("*.wandb"))
+    wb = summarize(next(offline[0].rglob("run-*.wandb")))
+    assert wb["run"].display_name == run_dir.name and wb["run"].run_group == "stdlib-cpu_tiny"
+    assert set(wb["run"].tags) == {"pretrain", "stdlib", "cpu_tiny"} and wb["run"].project == "textbooks"
+    assert ("*", "train/tokens_seen") in wb["metrics"]  # every metric plotted against tokens seen
+    assert {"train/loss", "val/loss", "eval/humaneval_bpb", "train/tokens_seen"} <= wb["history_keys"]
+    assert float(wb["summary"]["final/steps"]) == res["steps"]
     model, enc = load_pretrained(run_dir / "model")
     assert model.config.vocab_size == 512 and enc.n_vocab == 512 and not model.training
     again = cli([*tiny_data["overrides"], *FAST, "train.tokens=60K", "logger=[csv]"], cwd=root)

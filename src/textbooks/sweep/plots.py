@@ -68,7 +68,16 @@ def bars_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
         .reset_index()
     )
     out["std"] = out["std"].fillna(0.0)
-    return out.sort_values(["params", "pretrain_tokens"], kind="stable").reset_index(drop=True)
+    out["bar_order"] = [_bar_rank(b) for b in out["bar"]]
+    out = out.sort_values(["params", "pretrain_tokens", "bar_order"], kind="stable").reset_index(drop=True)
+    return out.drop(columns="bar_order")
+
+
+def _bar_rank(bar: str) -> tuple[int, str]:
+    """The paper's order within a group: The Stack+, then the other pretraining data, then finetunes."""
+    if bar == DATA_LABELS["stack_plus"]:
+        return (0, bar)
+    return (2, bar) if "→" in bar else (1, bar)
 
 
 def plot_figure_2_1(
@@ -76,47 +85,53 @@ def plot_figure_2_1(
     metrics: tuple[str, ...] = ("humaneval_pass@1", "humaneval_bpb"),
     title: str | None = None,
 ) -> Figure:
-    """Figure 2.1: one panel per metric, grouped bars with error bars over seeds and value labels."""
+    """Figure 2.1: one panel per metric, grouped bars with error bars over seeds and value labels.
+
+    Percent metrics (pass@k) start at 0; bits-per-byte panels zoom on the bars, whose differences are a few
+    percent, so their axis does not start at 0."""
     import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.8), squeeze=False)
+    handles: dict[str, object] = {}
+    seeds = 0
     for ax, metric in zip(axes[0], metrics):
         t = bars_table(runs, metric)
         groups = list(dict.fromkeys(t["group"]))
-        bars = list(dict.fromkeys(t["bar"]))
+        bars = sorted(dict.fromkeys(t["bar"]), key=_bar_rank)
         width = 0.8 / max(1, len(bars))
         for j, bar in enumerate(bars):
             sub = t[t["bar"] == bar].set_index("group").reindex(groups)
             x = np.arange(len(groups)) + (j - (len(bars) - 1) / 2) * width
+            err = np.where(sub["n"] > 1, sub["std"], 0) if (sub["n"] > 1).any() else None
             rects = ax.bar(
-                x,
-                sub["mean"],
-                width,
-                yerr=np.where(sub["n"] > 1, sub["std"], 0),
-                capsize=3,
-                label=bar,
-                color=BAR_COLORS[j % len(BAR_COLORS)],
+                x, sub["mean"], width, yerr=err, capsize=3, label=bar, color=BAR_COLORS[j % len(BAR_COLORS)]
             )
             ax.bar_label(
-                rects,
-                labels=[("" if np.isnan(v) else f"{v:.3g}") for v in sub["mean"]],
-                fontsize=8,
-                padding=2,
+                rects, labels=["" if np.isnan(v) else f"{v:.3g}" for v in sub["mean"]], fontsize=8, padding=2
             )
+            handles.setdefault(bar, rects)
         ax.set_xticks(np.arange(len(groups)), [g.replace(", ", "\n") for g in groups])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-        seeds = int(t["n"].max()) if len(t) else 0
-        ax.set_title(
-            f"{METRIC_LABELS.get(metric, metric).split(' (')[0]}  (error bars: std over {seeds} seeds)"
-            if seeds > 1
-            else METRIC_LABELS.get(metric, metric).split(" (")[0],
-            fontsize=10,
-        )
-        ax.legend(fontsize=8)
-        ax.margins(y=0.15)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        ax.set_title(METRIC_LABELS.get(metric, metric).split(" (")[0], fontsize=10)
+        values = (t["mean"] + t["std"]).to_numpy(dtype=float)
+        if any(p in metric for p in PERCENT):
+            ax.set_ylim(0, max(1.0, 1.2 * np.nanmax(values)) if len(values) else 1.0)
+        elif len(values):
+            lo, hi = np.nanmin((t["mean"] - t["std"]).to_numpy(dtype=float)), np.nanmax(values)
+            pad = max(0.05 * (hi - lo), 0.02 * hi)
+            ax.set_ylim(max(0.0, lo - 3 * pad), hi + 2 * pad)
+        seeds = max(seeds, int(t["n"].max()) if len(t) else 0)
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=9,
+        frameon=False,
+    )
+    note = f"mean over {seeds} seeds, error bars: standard deviation" if seeds > 1 else "one seed"
+    fig.suptitle(f"{title or 'Figure 2.1'}  ({note})", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
