@@ -39,13 +39,19 @@ def main() -> None:
             base.append(time.perf_counter() - t0)
             tokens = sum(map(len, ids)) + len(ids)
             t0 = time.perf_counter()
-            m = pack(PackConfig(inputs=[a.input], out_dir=f"{tmp}/{r}", tokenizer=a.tokenizer, num_threads=a.threads),
-                     progress=False)
+            m = pack(
+                PackConfig(
+                    inputs=[a.input], out_dir=f"{tmp}/{r}", tokenizer=a.tokenizer, num_threads=a.threads
+                ),
+                progress=False,
+            )
             ours.append(time.perf_counter() - t0)
             assert m["tokens"] == tokens, (m["tokens"], tokens)
     b, o = mb / statistics.median(base), mb / statistics.median(ours)
-    print(f"{len(texts)} files, {mb:.1f} MB, {tokens:,} tokens ({a.tokenizer}), {a.threads} threads, "
-          f"median of {a.rounds} rounds")
+    print(
+        f"{len(texts)} files, {mb:.1f} MB, {tokens:,} tokens ({a.tokenizer}), {a.threads} threads, "
+        f"median of {a.rounds} rounds"
+    )
     print(f"tiktoken encode_ordinary_batch (in memory) : {b:6.2f} MB/s")
     print(f"textbooks pack (files -> shards, manifest)  : {o:6.2f} MB/s")
     print(f"ratio pack/encode = {o / b:.2f}x  (goal >= 0.8x)")

@@ -156,9 +156,7 @@ def report(cfg: DictConfig, work: Path) -> dict:
     runs = pd.read_parquet(work / "runs.parquet")
     curves = pd.read_parquet(work / "curves.parquet")
     metrics = tuple(m for m in (f"{cfg.eval_benchmark}_pass@1", f"{cfg.eval_benchmark}_bpb") if m in runs)
-    fig = plot_figure_2_1(
-        runs, metrics, title=f"Figure 2.1 at CPU scale ({cfg.train.scale})"
-    )
+    fig = plot_figure_2_1(runs, metrics, title=f"Figure 2.1 at CPU scale ({cfg.train.scale})")
     fig.savefig(work / "figure_2_1.png", dpi=120)
     plot_curves(curves, runs, ("train/loss", "val/loss", "eval/humaneval_bpb")).savefig(
         work / "curves.png", dpi=110
