@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from textbooks.config import CONF_DIR
-from textbooks.data.corpus import FILTERS, IngestConfig, config_from, ingest, resolve_input
+from textbooks.config import CONF_DIR, dataclass_from
+from textbooks.data.corpus import FILTERS, IngestConfig, ingest, resolve_input
 from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table
@@ -158,7 +158,7 @@ def test_input_aliases(stdlib_dir: Path) -> None:
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("data", overrides=["stage=ingest", f"paths.data={tmp_path}"])
-    c = config_from(IngestConfig, cfg.stage, "stage ingest")
+    c = dataclass_from(IngestConfig, cfg.stage, "stage ingest")
     assert c.inputs == ["stdlib"] and c.out_dir == f"{tmp_path}/corpus"
     with pytest.raises(ConfigError, match=r"unknown keys \['max_size'\]"):
-        config_from(IngestConfig, {"inputs": [], "out_dir": "x", "max_size": 1}, "stage ingest")
+        dataclass_from(IngestConfig, {"inputs": [], "out_dir": "x", "max_size": 1}, "stage ingest")

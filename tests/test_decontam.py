@@ -14,8 +14,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from textbooks.checkpoint import save_pretrained
-from textbooks.config import CONF_DIR
-from textbooks.data.corpus import config_from
+from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.decontam import (
     DecontamConfig,
     ast_match,
@@ -259,6 +258,6 @@ def test_missing_mbpp_warns_or_fails(training: dict, tmp_path: Path, benchmarks_
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("data", overrides=["stage=decontaminate", f"paths.data={tmp_path}", "stage.tau=0.9"])
-    c = config_from(DecontamConfig, cfg.stage, "stage decontaminate")
+    c = dataclass_from(DecontamConfig, cfg.stage, "stage decontaminate")
     assert c.inputs == [f"{tmp_path}/exercises"] and c.out_dir == f"{tmp_path}/decontaminated-tau0.9"
     assert c.mbpp.endswith("benchmarks/mbpp.jsonl") and json.dumps(c.mbpp_task_ids) == "[11, 510]"

@@ -137,7 +137,7 @@ def test_multirun_sweep_over_models_and_tokens(tiny_data):
             "-m",
             *tiny_data["overrides"],
             *FAST,
-            "logger=[csv]",
+            "logger=[csv,wandb]",
             "sweep_name=grid",
             "model=cpu_tiny,cpu_small",
             "train.tokens=10K,15K",
@@ -148,6 +148,16 @@ def test_multirun_sweep_over_models_and_tokens(tiny_data):
     assert r.returncode == 0, r.stderr[-3000:]
     done = sorted(p.parent.name for p in (root / "runs" / "grid").glob("*/results.json"))
     assert done == [f"pretrain-stdlib-{m}-{t}-s0" for m in ("cpu_small", "cpu_tiny") for t in ("10K", "15K")]
+    from wandb_records import summarize
+
+    # one W&B run per job of the sweep (all jobs share one process), each named and grouped after its run
+    runs = [
+        summarize(next((root / "runs" / "grid" / d).glob("wandb/offline-run-*/run-*.wandb"))) for d in done
+    ]
+    assert [w["run"].display_name for w in runs] == done
+    assert len({w["run"].run_id for w in runs}) == 4
+    assert [w["run"].run_group for w in runs] == ["stdlib-cpu_small"] * 2 + ["stdlib-cpu_tiny"] * 2
+    assert all("final/val_loss" in w["summary"] for w in runs)
 
 
 def test_finetune_from_exported_weights_keeps_the_best(tiny_data, tmp_path):

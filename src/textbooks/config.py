@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
 # conf/ sits at the repository root (src/textbooks/config.py -> ../../conf); an installed copy without it
 # can point Hydra elsewhere with --config-dir.
+T = TypeVar("T")
+
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -54,3 +59,36 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+
+
+def to_plain(node: Any) -> dict[str, Any]:
+    """A resolved plain dict from an OmegaConf node or a mapping."""
+    if isinstance(node, Mapping) and not type(node).__module__.startswith("omegaconf"):
+        return dict(node)
+    return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+
+
+def dataclass_from(cls: type[T], node: Any, where: str, drop: tuple[str, ...] = ("name",)) -> T:
+    """The dataclass ``cls`` from a config node (a stage's ``name`` key is dropped unless ``cls`` has it);
+    unknown or missing keys are one ``ConfigError`` naming ``where`` and the valid keys."""
+    from textbooks.errors import ConfigError
+
+    d = to_plain(node)
+    known = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    for k in drop:
+        if k not in known:
+            d.pop(k, None)
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; valid keys are {sorted(known)}")
+    missing = sorted(
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.init
+        and f.name not in d
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ConfigError(f"{where}: missing keys {missing}")
+    return cls(**d)

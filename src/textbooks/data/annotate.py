@@ -38,12 +38,12 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.documents import DataError, Document, ReadStats, iter_documents
 from textbooks.data.llm import (
     LLMClient,
     LLMConfig,
     LLMUnreachableError,
-    config_from,
     fill_template,
     prompt_hash,
 )
@@ -383,7 +383,7 @@ def _heuristic_rows(docs: list[Document], threshold: int, progress: bool) -> Ite
 
 def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=annotate``: label a sample of ``stage.input`` into ``stage.out_dir``."""
-    acfg = config_from(AnnotateConfig, cfg.stage, "stage (annotate)", drop=("name",))
+    acfg = dataclass_from(AnnotateConfig, cfg.stage, "stage (annotate)")
     llm = LLMConfig.from_dict(cfg.llm) if acfg.annotator == "llm" else None
     return annotate(acfg, llm, progress=bool(cfg.get("progress", True)))
 

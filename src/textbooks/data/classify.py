@@ -51,12 +51,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.corpus import (
     StagedOutput,
     as_list,
     check_inputs_exist,
     common_columns,
-    config_from,
     iter_records,
 )
 from textbooks.data.dedup import batched
@@ -720,5 +720,5 @@ def classify(cfg: ClassifyConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def run_stage(cfg: Any) -> dict[str, Any]:
     """``textbooks-data stage=classify``: train the quality classifier and filter ``stage.input``."""
-    c = config_from(ClassifyConfig, cfg.stage, "stage classify")
+    c = dataclass_from(ClassifyConfig, cfg.stage, "stage classify")
     return classify(c, progress=bool(cfg.get("progress", True)))

@@ -16,13 +16,11 @@ counts drops per reason. Output columns: ``id`` (content hash + hash of the path
 ``path`` (path inside the input or repository), ``bytes``, ``lang``.
 
 Also here, for the stages after ``ingest``: ``iter_records`` (rows of earlier stage outputs with all their
-columns, or documents of raw inputs), ``config_from`` (a stage dataclass from a Hydra node) and
-``StagedOutput`` (write into a hidden directory, publish into the stage directory only on success).
+columns, or documents of raw inputs) and ``StagedOutput`` (write into a hidden directory, publish into the stage directory only on success).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import hashlib
 import json
@@ -35,12 +33,13 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.documents import (
     JSONL_SUFFIXES,
     PARQUET_SUFFIXES,
@@ -57,7 +56,6 @@ from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # Filter reasons, in the order they are applied.
 FILTERS = (
@@ -86,28 +84,6 @@ _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
 # -- helpers shared by the stages -----------------------------------------------------------------------------
-def config_from(cls: type[T], node: Any, what: str) -> T:
-    """A stage dataclass from a Hydra/OmegaConf node (or dict), naming unknown keys clearly."""
-    from omegaconf import DictConfig, OmegaConf
-
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    values.pop("name", None)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"{what}: unknown keys {unknown}; valid keys are {sorted(fields)}")
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-        and f.name not in values
-    ]
-    if missing:
-        raise ConfigError(f"{what}: missing keys {missing}")
-    return cls(**values)
-
-
 def as_list(value: Any) -> list[Any]:
     """A config value that may be one item or a list, as a list."""
     if value is None:
@@ -546,6 +522,6 @@ def ingest(cfg: IngestConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def run_stage(cfg: Any) -> dict[str, Any]:
     """``textbooks-data stage=ingest``: filter ``stage.inputs`` into ``stage.out_dir``."""
-    c = config_from(IngestConfig, cfg.stage, "stage ingest")
+    c = dataclass_from(IngestConfig, cfg.stage, "stage ingest")
     c.inputs = as_list(c.inputs)
     return ingest(c, progress=cfg.get("progress", True))

@@ -50,12 +50,12 @@ from rapidfuzz import process
 from rapidfuzz.distance import Levenshtein
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.corpus import (
     StagedOutput,
     as_list,
     check_inputs_exist,
     common_columns,
-    config_from,
     iter_records,
 )
 from textbooks.data.dedup import batched
@@ -1019,7 +1019,7 @@ def _write_report(
 
 def run_stage(cfg: Any) -> dict[str, Any]:
     """``textbooks-data stage=decontaminate``: score, report and prune ``stage.inputs``."""
-    c = config_from(DecontamConfig, cfg.stage, "stage decontaminate")
+    c = dataclass_from(DecontamConfig, cfg.stage, "stage decontaminate")
     c.inputs = as_list(c.inputs)
     c.benchmarks = as_list(c.benchmarks)
     return decontaminate(c, progress=cfg.get("progress", True))

@@ -42,12 +42,12 @@ import pyarrow as pa
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.corpus import (
     StagedOutput,
     as_list,
     check_inputs_exist,
     common_columns,
-    config_from,
     iter_records,
 )
 from textbooks.data.documents import ReadStats
@@ -426,7 +426,7 @@ def dedup(cfg: DedupConfig, *, progress: bool = True) -> dict[str, Any]:
 
 def run_stage(cfg: Any) -> dict[str, Any]:
     """``textbooks-data stage=dedup``: deduplicate ``stage.inputs`` into ``stage.out_dir``."""
-    c = config_from(DedupConfig, cfg.stage, "stage dedup")
+    c = dataclass_from(DedupConfig, cfg.stage, "stage dedup")
     c.inputs = as_list(c.inputs)
     c.lsh_weights = tuple(c.lsh_weights)  # type: ignore[assignment]
     return dedup(c, progress=cfg.get("progress", True))

@@ -43,12 +43,12 @@ from typing import Any
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.documents import DataError, ReadStats, iter_documents, stdlib_dir
 from textbooks.data.llm import (
     LLMClient,
     LLMConfig,
     LLMUnreachableError,
-    config_from,
     fill_template,
     prompt_hash,
 )
@@ -476,7 +476,7 @@ def synthetic_rows(
 
 def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=exercises``: synthetic (``stage.source=synthetic``) or mined exercises."""
-    ecfg = config_from(ExercisesConfig, cfg.stage, "stage (exercises)", drop=("name",))
+    ecfg = dataclass_from(ExercisesConfig, cfg.stage, "stage (exercises)")
     llm = LLMConfig.from_dict(cfg.llm) if ecfg.source == "synthetic" else None
     return build_exercises(ecfg, llm, progress=bool(cfg.get("progress", True)))
 

@@ -42,16 +42,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from, to_plain
 from textbooks.errors import ConfigError, TextbooksError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # request parameters the chat-completions call takes by name; anything else goes in the JSON body as is
 _NAMED_PARAMS = (
@@ -76,34 +76,6 @@ class LLMUnreachableError(LLMError):
 
 class MalformedResponse(ValueError):
     """A 200 reply whose body is not a chat completion with message content."""
-
-
-def to_plain(node: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """A resolved plain dict from an OmegaConf node or a mapping."""
-    if not isinstance(node, Mapping) or type(node).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return dict(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
-    return dict(node)
-
-
-def config_from(cls: type[T], node: Mapping[str, Any] | Any, where: str, drop: tuple[str, ...] = ()) -> T:
-    """Build the dataclass ``cls`` from a config node; unknown keys are a ``ConfigError`` naming ``where``."""
-    d = to_plain(node)
-    for k in drop:
-        d.pop(k, None)
-    known = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
-    missing = sorted(
-        f.name
-        for f in fields(cls)  # type: ignore[arg-type]
-        if f.init and f.name not in d and f.default is MISSING and f.default_factory is MISSING
-    )
-    if missing:
-        raise ConfigError(f"{where}: missing keys {missing}")
-    return cls(**d)
 
 
 @dataclass
@@ -147,8 +119,8 @@ class LLMConfig:
         """From a plain dict or an OmegaConf node (``cfg.llm``); unknown keys are a ``ConfigError``."""
         d = to_plain(d)
         if isinstance(d.get("backoff"), Mapping):
-            d["backoff"] = config_from(Backoff, d["backoff"], "llm.backoff")
-        cfg = config_from(cls, d, "llm")
+            d["backoff"] = dataclass_from(Backoff, d["backoff"], "llm.backoff")
+        cfg = dataclass_from(cls, d, "llm")
         cfg.validate()
         return cfg
 

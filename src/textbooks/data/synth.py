@@ -33,13 +33,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from textbooks.config import dataclass_from
 from textbooks.data.documents import DataError, ReadStats, iter_documents
 from textbooks.data.llm import (
     ChatResult,
     LLMClient,
     LLMConfig,
     LLMUnreachableError,
-    config_from,
     fill_template,
     prompt_hash,
 )
@@ -249,7 +249,7 @@ class Deduplicator:
 
 def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=textbooks``: generate ``stage.n`` textbook sections into ``stage.out_dir``."""
-    scfg = config_from(SynthConfig, cfg.stage, "stage (textbooks)", drop=("name",))
+    scfg = dataclass_from(SynthConfig, cfg.stage, "stage (textbooks)")
     return synthesize(scfg, LLMConfig.from_dict(cfg.llm), progress=bool(cfg.get("progress", True)))
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from textbooks.config import parse_count
+from textbooks.config import dataclass_from, parse_count
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import LM, GenerationConfig, TextbooksLM, TiktokenCodec
@@ -70,11 +70,7 @@ class InTrainingEvalConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InTrainingEvalConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"eval config: unknown keys {unknown}; valid keys are {sorted(known)}")
-        return cls(**d)
+        return dataclass_from(cls, d, "eval config")
 
 
 @dataclass(frozen=True)

@@ -269,56 +269,63 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         dm.epochs_for(total_steps),
         f"; resuming from {last}" if resume else "",
     )
-    t0 = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
-    wall = time.time() - t0
-    complete = trainer.global_step >= total_steps and not trainer.interrupted
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if complete and total_steps % every:
-        # the last step was not a validation step: measure the final model too
-        metrics.update(
-            {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
-        )
-    results = {
-        "status": "complete" if complete else "interrupted",
-        **keys,
-        "tokens_seen": trainer.global_step * plan["global_batch_size"] * seq_len,
-        "steps": trainer.global_step,
-        "total_steps": total_steps,
-        "params": module.model.num_params(),
-        "train_loss": metrics.get("train/loss"),
-        "val_loss": metrics.get("val/loss"),
-        "tokens_per_sec": monitor.last.get("perf/tokens_per_sec"),
-        "mfu": monitor.last.get("perf/mfu"),
-        "device_hours": world * monitor.train_seconds / 3600,
-        "wall_seconds": wall,
-    }
-    if trainer.is_global_zero and complete:
-        if cfg.train.export:
-            from textbooks.checkpoint import load_pretrained, save_pretrained
-
-            src, step = module.model, trainer.global_step
-            if (
-                best is not None
-                and best.best_model_path
-                and _better(float(best.best_model_score), metrics.get(ck.best), ck.mode)
-            ):
-                src, _ = load_pretrained(best.best_model_path)
-                step = int(torch.load(best.best_model_path, map_location="cpu", mmap=True)["global_step"])
-            results["exported_step"] = step
-            save_pretrained(
-                src,
-                run_dir / "model",
-                tokenizer=cfg.tokenizer.name,
-                extra={"run_name": cfg.run_name, "steps": step},
+    ok = False
+    try:
+        t0 = time.time()
+        trainer.fit(module, datamodule=dm, ckpt_path=resume)
+        wall = time.time() - t0
+        complete = trainer.global_step >= total_steps and not trainer.interrupted
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if complete and total_steps % every:
+            # the last step was not a validation step: measure the final model too
+            metrics.update(
+                {k: float(v) for k, v in trainer.validate(module, datamodule=dm, verbose=False)[0].items()}
             )
-            results["model_dir"] = str(run_dir / "model")
-        write_json_atomic(run_dir / RESULTS, results)
-    if wandb is not None and trainer.is_global_zero:
-        wandb.experiment.summary.update(
-            {f"final/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
-        )
-    return results
+        results = {
+            "status": "complete" if complete else "interrupted",
+            **keys,
+            "tokens_seen": trainer.global_step * plan["global_batch_size"] * seq_len,
+            "steps": trainer.global_step,
+            "total_steps": total_steps,
+            "params": module.model.num_params(),
+            "train_loss": metrics.get("train/loss"),
+            "val_loss": metrics.get("val/loss"),
+            "tokens_per_sec": monitor.last.get("perf/tokens_per_sec"),
+            "mfu": monitor.last.get("perf/mfu"),
+            "device_hours": world * monitor.train_seconds / 3600,
+            "wall_seconds": wall,
+        }
+        if trainer.is_global_zero and complete:
+            if cfg.train.export:
+                from textbooks.checkpoint import load_pretrained, save_pretrained
+
+                src, step = module.model, trainer.global_step
+                if (
+                    best is not None
+                    and best.best_model_path
+                    and _better(float(best.best_model_score), metrics.get(ck.best), ck.mode)
+                ):
+                    src, _ = load_pretrained(best.best_model_path)
+                    step = int(torch.load(best.best_model_path, map_location="cpu", mmap=True)["global_step"])
+                results["exported_step"] = step
+                save_pretrained(
+                    src,
+                    run_dir / "model",
+                    tokenizer=cfg.tokenizer.name,
+                    extra={"run_name": cfg.run_name, "steps": step},
+                )
+                results["model_dir"] = str(run_dir / "model")
+            write_json_atomic(run_dir / RESULTS, results)
+        if wandb is not None and trainer.is_global_zero:
+            wandb.experiment.summary.update(
+                {f"final/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+            )
+        ok = True
+        return results
+    finally:
+        if wandb is not None and trainer.is_global_zero:
+            # Lightning leaves the W&B run open; the next run of a multirun in this process would reuse it
+            wandb.experiment.finish(exit_code=0 if ok else 1)
 
 
 def _better(a: float, b: float | None, mode: str) -> bool:
