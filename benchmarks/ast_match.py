@@ -1,7 +1,7 @@
 """AST match rate throughput: (training function, HumanEval problem) pairs per second.
 
 Pairs: real functions of the standard library (a seeded sample of files, every function in them) × the
-164 HumanEval programs, both as ``textbooks.data.decontam.ast_sequence`` strings (names, comments and
+164 HumanEval programs, both as ``textbooks.data.similarity.ast_sequence`` strings (names, comments and
 docstrings removed).
 
 * ``difflib`` (baseline): ``difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()`` per pair, the
@@ -27,8 +27,10 @@ from collections.abc import Callable
 
 from rapidfuzz.distance import Levenshtein
 
-from textbooks.data.decontam import ast_match_matrix, ast_sequence, load_humaneval
+from textbooks.data.decontam import measured
 from textbooks.data.documents import list_source_files, stdlib_dir
+from textbooks.data.similarity import ast_match_matrix, ast_sequence
+from textbooks.eval.problems import load_humaneval
 
 
 def function_sequences(n_files: int, seed: int = 0) -> list[str]:
@@ -52,7 +54,7 @@ def main() -> None:
     ap.add_argument("--difflib-pairs", type=int, default=3000)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    problems = [ast_sequence(ast.parse(p.code)) for p in load_humaneval()]
+    problems = [ast_sequence(ast.parse(p.code)) for p in measured(load_humaneval())]
     funcs = function_sequences(args.files)
     serialise = (len(problems) + len(funcs)) / (time.perf_counter() - t0)
     pairs = [(a, b) for a in funcs for b in problems]

