@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from textbooks.data.documents import DataError, iter_documents
+from textbooks.data.documents import EXCLUDE_DIRS, DataError, iter_documents, list_source_files
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.shards import TokenShards
 from textbooks.tokenizer import load_tokenizer
@@ -37,6 +37,33 @@ def test_shards_hold_every_document_separated_by_eot(tiny_data):
     assert side["dtype"] == "uint16" and side["eot_token"] == 511
     assert side["tokenizer"]["fingerprint"] == m["tokenizer"]["fingerprint"]
     assert side["tokens"] * 2 == (tiny_data["shards"] / "shard-00000.bin").stat().st_size
+
+
+def test_tokens_are_encode_ordinary_even_for_special_token_text(tmp_path, tiny_data):
+    texts = ["x = '<|endoftext|>'\n", "", "def f():\n    return 1\n" * 50, "é ü ∑ 🐍"]
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    tok = str(tiny_data["tokenizer"])
+    pack(
+        PackConfig(inputs=[str(src)], out_dir=str(tmp_path / "out"), tokenizer=tok, batch_docs=3),
+        progress=False,
+    )
+    enc = load_tokenizer(tok)
+    expected = [t for text in texts for t in [*enc.encode_ordinary(text), enc.eot_token]]
+    shards = TokenShards(tmp_path / "out")
+    assert shards.read(0, shards.n_tokens).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "pattern", ["**/*.py", "*.py", "email/**/*.py", "**/test_[a-c]*.py", "[!_]*.py", "**/?.py", "json/*"]
+)
+def test_source_listing_is_path_glob_without_excluded_dirs(stdlib_dir, pattern):
+    expected = sorted(
+        p
+        for p in stdlib_dir.glob(pattern)
+        if p.is_file() and not set(p.relative_to(stdlib_dir).parts[:-1]) & set(EXCLUDE_DIRS)
+    )
+    assert list_source_files(stdlib_dir, pattern) == expected and expected
 
 
 def test_reads_cross_shard_boundaries(tiny_data):

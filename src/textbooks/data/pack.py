@@ -6,18 +6,23 @@ Output directory::
     shard-00000.bin          flat uint16 (vocab <= 65536) or uint32 token ids
     shard-00000.json         sidecar: dtype, tokenizer name + fingerprint, EOT id, documents, tokens
 
-Each document is encoded with ``encode_ordinary`` (special-token text inside documents stays ordinary
-text) and followed by ``<|endoftext|>``. Shard ``k`` holds documents ``[k * docs_per_shard, (k + 1) *
+Each document is encoded as ordinary text (special-token text inside documents stays ordinary text;
+``encode_to_numpy``, so no Python list of ints is ever built) and followed by ``<|endoftext|>``. Files
+are read in a background thread while the tokenizer threads encode the previous batch. Shard ``k`` holds documents ``[k * docs_per_shard, (k + 1) *
 docs_per_shard)`` of the deterministic input order, so a killed run keeps its finished shards and a rerun
 only encodes the missing ones.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -54,6 +59,46 @@ def _chunks(docs: Iterator[Document], n: int) -> Iterator[list[Document]]:
         yield chunk
 
 
+_DONE = object()
+
+
+def prefetch(items: Iterator, depth: int = 4) -> Iterator:
+    """``items`` produced by a background thread, up to ``depth`` ahead; its exceptions re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+
+    t = threading.Thread(target=work, name="prefetch", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
+def ordinary_encoder(enc) -> Callable[[str], np.ndarray]:
+    """``text -> uint32 token ids`` like ``enc.encode_ordinary`` (special-token text is ordinary text)."""
+    return functools.partial(enc.encode_to_numpy, disallowed_special=())
+
+
 def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
     """Encode ``cfg.inputs`` into token shards under ``cfg.out_dir``; returns the manifest.
 
@@ -88,27 +133,30 @@ def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
     )
     shards: list[dict] = []
     bar = tqdm(desc=f"pack {out.name}", unit="doc", disable=not progress)
-    for k, chunk in enumerate(_chunks(docs, cfg.docs_per_shard)):
-        name = f"shard-{k:05d}"
-        sidecar = out / f"{name}.json"
-        done = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-        if done and done.get("stage_key") == key and (out / f"{name}.bin").is_file():
-            shards.append(done)  # finished by an earlier (killed) run
-            bar.update(len(chunk))
-            continue
-        meta = _write_shard(out / f"{name}.bin", chunk, enc, eot, dtype, cfg.batch_docs, threads, bar)
-        meta.update(
-            {
-                "dtype": dtype.name,
-                "tokenizer": tok_info,
-                "eot_token": eot,
-                "stage_key": key,
-                "first_document": chunk[0].id,
-                "last_document": chunk[-1].id,
-            }
-        )
-        write_json_atomic(sidecar, meta)
-        shards.append(meta)
+    read_ahead = itertools.chain.from_iterable(prefetch(_chunks(docs, 256)))
+    with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
+        encode = functools.partial(pool.map, ordinary_encoder(enc))
+        for k, chunk in enumerate(_chunks(read_ahead, cfg.docs_per_shard)):
+            name = f"shard-{k:05d}"
+            sidecar = out / f"{name}.json"
+            done = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+            if done and done.get("stage_key") == key and (out / f"{name}.bin").is_file():
+                shards.append(done)  # finished by an earlier (killed) run
+                bar.update(len(chunk))
+                continue
+            meta = _write_shard(out / f"{name}.bin", chunk, encode, eot, dtype, cfg.batch_docs, bar)
+            meta.update(
+                {
+                    "dtype": dtype.name,
+                    "tokenizer": tok_info,
+                    "eot_token": eot,
+                    "stage_key": key,
+                    "first_document": chunk[0].id,
+                    "last_document": chunk[-1].id,
+                }
+            )
+            write_json_atomic(sidecar, meta)
+            shards.append(meta)
     bar.close()
     stats.check(cfg.max_bad_fraction, f"pack {cfg.inputs}")
     # shards beyond the current count belong to an older, larger input: remove them
@@ -134,17 +182,26 @@ def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
 
 
 def _write_shard(
-    path: Path, docs: list[Document], enc, eot: int, dtype: np.dtype, batch: int, threads: int, bar
+    path: Path,
+    docs: list[Document],
+    encode: Callable[[Iterable[str]], Iterator[np.ndarray]],
+    eot: int,
+    dtype: np.dtype,
+    batch: int,
+    bar,
 ) -> dict:
     n_tokens = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for i in range(0, len(docs), batch):
             part = docs[i : i + batch]
-            ids = enc.encode_ordinary_batch([d.text for d in part], num_threads=threads)
-            total = sum(map(len, ids)) + len(ids)
-            arr = np.fromiter(itertools.chain.from_iterable([*x, eot] for x in ids), dtype=dtype, count=total)
-            f.write(arr.tobytes())
-            n_tokens += total
+            ids = list(encode([d.text for d in part]))
+            ends = np.cumsum([len(x) + 1 for x in ids])
+            arr = np.empty(int(ends[-1]), dtype=dtype)
+            for x, end in zip(ids, ends, strict=True):
+                arr[end - 1 - len(x) : end - 1] = x
+            arr[ends - 1] = eot
+            arr.tofile(f)
+            n_tokens += len(arr)
             bar.update(len(part))
     return {"documents": len(docs), "tokens": n_tokens, "bytes": path.stat().st_size}
 
