@@ -10,11 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from models import memorized_humaneval_model, tiny_model
 
@@ -23,6 +21,8 @@ from textbooks.config import CONF_DIR
 from textbooks.errors import ConfigError
 from textbooks.eval.app import EvalError, run
 from textbooks.eval.problems import load_humaneval
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs
 
 BIN = Path(sys.executable).parent
 
@@ -47,14 +47,6 @@ def config(*overrides: str):
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +84,7 @@ def test_canonical_humaneval_passes_everything(tmp_path):
 def test_every_benchmark_config_loads_and_its_references_pass(
     benchmark, label, fmt, benchmarks_dir, tmp_path
 ):
+
     res = run(
         config(
             "completions=canonical",

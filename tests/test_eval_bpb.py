@@ -4,7 +4,6 @@ and a model that has learnt a solution by heart scores it far below the others."
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,7 @@ from textbooks.eval.problems import load_humaneval, load_mbpp
 from textbooks.eval.prompts import build_prompt, mbpp_fewshot_examples
 from textbooks.tokenizer import load_tokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs
 
 
 @pytest.fixture(scope="module")

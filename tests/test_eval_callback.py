@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from textbooks.eval.callback import EvalCallback, InTrainingEvalConfig, spread
 from textbooks.eval.problems import load_humaneval
 from textbooks.train.logging import RunCSVLogger, define_wandb_metrics, wandb_logger
 from textbooks.train.module import CausalLMModule
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs
 
 SEQ, GLOBAL, MICRO = 64, 8, 4
 TOKENS_PER_STEP = SEQ * GLOBAL
@@ -39,15 +40,6 @@ class ModeProbe(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self.train_batches.append((pl_module.model.training, torch.is_grad_enabled()))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models train and decode faster on one thread (no OpenMP hand-offs on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_training(tiny_data, run_dir: Path, callback: EvalCallback, steps: int, wandb: bool = False):

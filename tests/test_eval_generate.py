@@ -3,7 +3,6 @@ truncation, and a transformers model loaded by path giving what the textbooks mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,19 +16,12 @@ from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
 from textbooks.model import PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs
+
 
 def spread_problems(n: int) -> list[Problem]:
     problems = list(load_humaneval())
     return [problems[(i * len(problems)) // n] for i in range(n)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models decode faster on one thread (no OpenMP hand-offs on a loaded 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
