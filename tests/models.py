@@ -25,6 +25,13 @@ def tiny_model(vocab_size: int, *, max_seq_len: int = 512, seed: int = 0, **kw) 
     return model.eval()
 
 
+def saved_tiny_model(out: Path, vocab_size: int = 50304, tokenizer: str = "p50k_base", **kw) -> Path:
+    """``tiny_model`` exported to ``out`` (config.json + model.safetensors + tokenizer), as ``checkpoint=`` takes it."""
+    from textbooks.checkpoint import save_pretrained
+
+    return save_pretrained(tiny_model(vocab_size, **kw), out, tokenizer=tokenizer)
+
+
 def memorize(
     model: PhiForCausalLM, sequences: Sequence[Sequence[int]], max_steps: int = 200
 ) -> PhiForCausalLM:

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
+from models import saved_tiny_model
 
 from textbooks.config import CONF_DIR
 from textbooks.data.app import run
@@ -205,36 +206,18 @@ def test_killed_run_resumes_without_re_embedding(
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised textbooks model with the p50k tokenizer (as in test_embed)."""
-    import torch
-
-    from textbooks.checkpoint import save_pretrained
-    from textbooks.model import ModelConfig, PhiForCausalLM
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="tiny",
-        vocab_size=50304,
-        n_layer=2,
-        d_model=64,
-        n_head=4,
-        d_mlp=128,
-        rotary_dim=8,
-        max_seq_len=128,
-    )
-    return save_pretrained(
-        PhiForCausalLM(cfg), tmp_path_factory.mktemp("tiny") / "model", tokenizer="p50k_base"
-    )
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised textbooks model with the p50k tokenizer."""
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny") / "model", max_seq_len=128)
 
 
-def test_textbooks_checkpoint_embedder(corpus: Path, tiny_model: Path) -> None:
+def test_textbooks_checkpoint_embedder(corpus: Path, tiny_checkpoint: Path) -> None:
     out = corpus / "data/filtered-textbooks"
     m = stage(
         corpus,
         "stage=classify",
         *FAST,
-        f"stage.embedder=textbooks:{tiny_model}",
+        f"stage.embedder=textbooks:{tiny_checkpoint}",
         "stage.embed_max_tokens=64",
         "stage.embed_batch_size=16",
         f"stage.out_dir={out}",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from models import saved_tiny_model
 
-from textbooks.checkpoint import save_pretrained
 from textbooks.data.embed import (
     CheckpointEmbedder,
     Embedder,
@@ -18,7 +18,6 @@ from textbooks.data.embed import (
     load_embedder,
     normalize,
 )
-from textbooks.model import ModelConfig, PhiForCausalLM
 
 
 @pytest.fixture(scope="module")
@@ -36,20 +35,8 @@ def snippets(stdlib_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="tiny",
-        vocab_size=50304,
-        n_layer=2,
-        d_model=64,
-        n_head=4,
-        d_mlp=128,
-        rotary_dim=8,
-        max_seq_len=256,
-    )
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    return save_pretrained(PhiForCausalLM(cfg), out, tokenizer="p50k_base")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return saved_tiny_model(tmp_path_factory.mktemp("tiny") / "model", max_seq_len=256)
 
 
 def test_distances_of_unit_vectors() -> None:
@@ -75,9 +62,11 @@ def test_minilm_copy_is_near_and_unrelated_is_far(snippets: dict[str, str]) -> N
     assert emb.embed([]).shape == (0, 384)
 
 
-def test_checkpoint_embedder_pools_real_tokens_only(tiny_model: Path, snippets: dict[str, str]) -> None:
-    emb = load_embedder(f"textbooks:{tiny_model}", batch_size=4)
-    assert isinstance(emb, CheckpointEmbedder) and emb.dim == 64 and str(tiny_model.resolve()) in emb.name
+def test_checkpoint_embedder_pools_real_tokens_only(tiny_checkpoint: Path, snippets: dict[str, str]) -> None:
+    emb = load_embedder(f"textbooks:{tiny_checkpoint}", batch_size=4)
+    assert (
+        isinstance(emb, CheckpointEmbedder) and emb.dim == 64 and str(tiny_checkpoint.resolve()) in emb.name
+    )
     texts = [snippets["problem"], snippets["unrelated"], snippets["short"]]
     together = emb.embed(texts)  # padded to the longest text in one batch
     alone = np.concatenate([emb.embed([t]) for t in texts])
@@ -90,7 +79,7 @@ def test_checkpoint_embedder_pools_real_tokens_only(tiny_model: Path, snippets: 
     np.testing.assert_allclose(together[2], ref / np.linalg.norm(ref), atol=1e-5)
     assert l2_distances(together[:1], together[1:2])[0, 0] > 1e-3
     # a plain model directory path works too, and truncation keeps long texts within the context
-    long = CheckpointEmbedder(tiny_model, max_tokens=16).embed([snippets["problem"] * 20])
+    long = CheckpointEmbedder(tiny_checkpoint, max_tokens=16).embed([snippets["problem"] * 20])
     assert long.shape == (1, 64) and np.isfinite(long).all()
 
 
