@@ -52,14 +52,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.corpus import (
-    StagedOutput,
-    as_list,
-    check_inputs_exist,
-    common_columns,
-    iter_records,
-)
-from textbooks.data.dedup import batched
 from textbooks.data.documents import DataError, ReadStats
 from textbooks.data.embed import MINILM, Embedder, EmbedderError
 from textbooks.data.manifest import (
@@ -71,6 +63,14 @@ from textbooks.data.manifest import (
     write_json_atomic,
 )
 from textbooks.data.parquet import part_files
+from textbooks.data.records import (
+    StagedOutput,
+    as_list,
+    batched,
+    check_inputs_exist,
+    common_columns,
+    iter_records,
+)
 from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -45,14 +45,6 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.corpus import (
-    StagedOutput,
-    as_list,
-    check_inputs_exist,
-    common_columns,
-    iter_records,
-)
-from textbooks.data.dedup import batched
 from textbooks.data.documents import DataError, ReadStats
 from textbooks.data.manifest import (
     Stage,
@@ -61,6 +53,14 @@ from textbooks.data.manifest import (
     fingerprint_input,
     read_manifest,
     write_bytes_atomic,
+)
+from textbooks.data.records import (
+    StagedOutput,
+    as_list,
+    batched,
+    check_inputs_exist,
+    common_columns,
+    iter_records,
 )
 from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, parse_python
 from textbooks.errors import ConfigError

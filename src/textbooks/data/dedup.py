@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import itertools
 import logging
 import multiprocessing as mp
 import operator
@@ -43,15 +42,16 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.corpus import (
+from textbooks.data.documents import ReadStats
+from textbooks.data.manifest import Stage, read_manifest
+from textbooks.data.records import (
     StagedOutput,
     as_list,
+    batched,
     check_inputs_exist,
     common_columns,
     iter_records,
 )
-from textbooks.data.documents import ReadStats
-from textbooks.data.manifest import Stage, read_manifest
 from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -282,13 +282,6 @@ class SketchPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def batched(it: Iterable[T], n: int) -> Iterator[list[T]]:
-    """Lists of ``n`` items (the last one shorter)."""
-    it = iter(it)
-    while batch := list(itertools.islice(it, n)):
-        yield batch
 
 
 @dataclass

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from textbooks.data.documents import Document, ReadStats, iter_documents
 from textbooks.data.manifest import Stage, atomic_path, config_hash, read_manifest, write_json_atomic
+from textbooks.data.records import batched
 from textbooks.tokenizer import eot_token, fingerprint, load_tokenizer
 
 
@@ -52,11 +53,6 @@ class PackConfig:
 
 def token_dtype(n_vocab: int) -> np.dtype:
     return np.dtype(np.uint16) if n_vocab <= 65536 else np.dtype(np.uint32)
-
-
-def _chunks(docs: Iterator[Document], n: int) -> Iterator[list[Document]]:
-    while chunk := list(itertools.islice(docs, n)):
-        yield chunk
 
 
 _DONE = object()
@@ -133,10 +129,10 @@ def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
     )
     shards: list[dict] = []
     bar = tqdm(desc=f"pack {out.name}", unit="doc", disable=not progress)
-    read_ahead = itertools.chain.from_iterable(prefetch(_chunks(docs, 256)))
+    read_ahead = itertools.chain.from_iterable(prefetch(batched(docs, 256)))
     with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
         encode = functools.partial(pool.map, ordinary_encoder(enc))
-        for k, chunk in enumerate(_chunks(read_ahead, cfg.docs_per_shard)):
+        for k, chunk in enumerate(batched(read_ahead, cfg.docs_per_shard)):
             name = f"shard-{k:05d}"
             sidecar = out / f"{name}.json"
             done = json.loads(sidecar.read_text()) if sidecar.is_file() else None
