@@ -12,6 +12,7 @@ import pytest
 from textbooks.errors import TextbooksError
 from textbooks.eval.passk import aggregate_pass_at_k
 from textbooks.eval.problems import ProblemSet, load_benchmark, load_humaneval, load_mbpp
+from textbooks.eval.prompts import PLUS_CHUNK, build_program
 from textbooks.eval.sandbox import Limits, Sandbox
 from textbooks.eval.score import TIMING_FIELDS, SamplesError, main, score_canonical, score_samples
 
@@ -74,12 +75,57 @@ def test_sanitized_mbpp_reference_solutions_all_pass(
     assert s["n_samples"] == 427
 
 
-@pytest.mark.parametrize(("name", "n"), [("humaneval+", 164), ("mbpp+", 378)])
-def test_evalplus_reference_solutions_pass_their_base_tests(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path, name: str, n: int
+def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
+    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
 ) -> None:
-    s = assert_all_pass(load_benchmark(name, data_dir=benchmarks_dir), sandbox, tmp_path)
-    assert s["n_samples"] == n
+    problems = load_benchmark("humaneval+", data_dir=benchmarks_dir)
+    s = assert_all_pass(problems, sandbox, tmp_path)
+    assert s["n_samples"] == 164 and s["pass@k"] == s["pass@k_base"] == {"pass@1": 1.0}
+    program = build_program(problems["HumanEval/0"], problems["HumanEval/0"].canonical_solution)
+    assert len(program.tests) == 1 + -(-len(problems["HumanEval/0"].extra["plus_input"]) // PLUS_CHUNK)
+
+
+def test_mbpp_plus_reference_solutions_pass_their_base_tests(
+    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
+) -> None:
+    s = assert_all_pass(load_benchmark("mbpp+", data_dir=benchmarks_dir), sandbox, tmp_path)
+    assert s["n_samples"] == 378 and "pass@k_base" not in s
+
+
+def test_humaneval_plus_catches_what_the_base_tests_miss(
+    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
+) -> None:
+    problems = load_benchmark("humaneval+", data_dir=benchmarks_dir)
+    body0 = problems["HumanEval/0"].canonical_solution
+    rows = [
+        {"task_id": "HumanEval/0", "completion": body0},
+        # right on the base tests (lists of at most 6 numbers), wrong on longer ones
+        {"task_id": "HumanEval/0", "completion": "    if len(numbers) > 6:\n        return False\n" + body0},
+        {  # the same, trying to switch the differential tests off
+            "task_id": "HumanEval/0",
+            "completion": "    if len(numbers) > 6:\n        return False\n"
+            + body0
+            + "__textbooks_plus_run = print\n",
+        },
+        {
+            "task_id": "HumanEval/2",
+            "completion": "    return (number * 10 - int(number) * 10) / 10\n",
+        },  # off by < 1e-6
+        {"task_id": "HumanEval/2", "completion": "    return round(number % 1.0, 3)\n"},  # base tests pass
+    ]
+    report = score_samples(write_jsonl(tmp_path / "s.jsonl", rows), problems, sandbox=sandbox)
+    got = [(r["passed"], r["base_passed"], r["status"]) for r in report.records]
+    assert got == [
+        (True, True, "passed"),
+        (False, True, "failed"),
+        (False, True, "failed"),
+        (True, True, "passed"),
+        (False, True, "failed"),
+    ]
+    assert report.records[1]["phase"] >= 1 and "plus input" in report.records[1]["message"]
+    assert report.summary["pass@k"]["pass@1"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert report.summary["pass@k_base"]["pass@1"] == 1.0
+    assert report.records[2]["phase"] >= 1
 
 
 # ------------------------------------------------------------------------------- samples

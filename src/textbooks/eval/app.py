@@ -449,6 +449,7 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
         "benchmark": results["benchmark"]["label"],
         "prompt_format": results.get("prompt_format"),
         "pass@k": results.get("pass@k"),
+        **({"pass@k_base": results["pass@k_base"]} if "pass@k_base" in results else {}),
         "bpb": (results.get("bpb") or {}).get("bpb"),
         "n_samples": results.get("n_samples"),
         "skipped": results.get("skipped", False),

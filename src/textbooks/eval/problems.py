@@ -18,7 +18,7 @@ MBPP variant, ``Mbpp/<n>`` (evalplus's spelling), so samples carry over between 
 number in a samples file is accepted for MBPP (see ``ProblemSet.resolve``).
 
 Tests run for each variant (see ``prompts.build_program``): HumanEval(+) ``test`` then
-``check(entry_point)`` -- for HumanEval+ these are its base tests, not the extra ``plus_input`` ones;
+``check(entry_point)``, and for HumanEval+ its ``plus_input`` differential tests after them;
 MBPP the three ``test_list`` asserts after ``test_setup_code`` (``challenge_test_list`` on request);
 sanitized MBPP its ``test_imports`` and ``test_list``; MBPP+ its ``assertion`` block (the base tests),
 after importing the modules it uses (``math``), as evalplus's harness does.

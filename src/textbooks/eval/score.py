@@ -37,11 +37,13 @@ from typing import Any
 from textbooks.data.manifest import atomic_path, write_json_atomic
 from textbooks.errors import TextbooksError, cli_errors
 from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
-from textbooks.eval.problems import BENCHMARKS, ProblemSet, load_benchmark
+from textbooks.eval.problems import BENCHMARKS, Problem, ProblemSet, load_benchmark
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
+    base_tests,
     build_program,
     default_format,
+    plus_inputs,
     reference_program,
     stop_sequences,
     truncate,
@@ -144,7 +146,19 @@ def read_samples(
     return SamplesFile(p, samples, malformed, n_lines)
 
 
-def _record(base: dict[str, Any], task_id: str, completion: str, cid: int, r: ExecResult) -> dict[str, Any]:
+def base_passed(problem: Problem, r: ExecResult, *, include_challenge: bool = False) -> bool | None:
+    """Whether the base tests passed, for problems with extra tests (HumanEval+); None for the others."""
+    if not plus_inputs(problem):
+        return None
+    return r.passed or (
+        isinstance(r.phase, int) and r.phase >= base_tests(problem, include_challenge=include_challenge)
+    )
+
+
+def _record(
+    base: dict[str, Any], task_id: str, completion: str, cid: int, r: ExecResult, base_ok: bool | None = None
+) -> dict[str, Any]:
+    extra = {} if base_ok is None else {"base_passed": base_ok}
     return {
         **base,
         "task_id": task_id,
@@ -158,6 +172,7 @@ def _record(base: dict[str, Any], task_id: str, completion: str, cid: int, r: Ex
         "completion_id": cid,
         "duration_s": r.wall_s,
         "cpu_s": r.cpu_s,
+        **extra,
     }
 
 
@@ -172,12 +187,23 @@ def _summary(
     limits: Limits,
     started: str,
     extra: dict[str, Any],
+    base: Sequence[bool | None] = (),
 ) -> dict[str, Any]:
     counts: dict[str, list[int]] = {}
-    for tid, r in zip(task_ids, results):
+    base_counts: dict[str, list[int]] = {}
+    for tid, r, b in zip(task_ids, results, list(base) or [None] * len(results), strict=True):
         c = counts.setdefault(tid, [0, 0])
         c[0] += 1
         c[1] += r.passed
+        if b is not None:
+            bc = base_counts.setdefault(tid, [0, 0])
+            bc[0] += 1
+            bc[1] += b
+    if base_counts:  # HumanEval+: pass@k is base + extra tests; pass@k_base the base tests alone
+        extra = {
+            **extra,
+            "pass@k_base": aggregate_pass_at_k({t: (n, c) for t, (n, c) in base_counts.items()}, ks),
+        }
     per_task = [n for n, _ in counts.values()]
     status = collections.Counter(r.status for r in results)
     errors = collections.Counter(r.error_type for r in results if r.error_type)
@@ -269,9 +295,13 @@ def score_samples(
         for s, c in zip(sf.samples, completions)
     ]
     results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
+    base = [
+        base_passed(problems[s.task_id], r, include_challenge=include_challenge)
+        for s, r in zip(sf.samples, results)
+    ]
     records = [
-        _record(s.record, s.task_id, c, s.completion_id, r)
-        for s, c, r in zip(sf.samples, completions, results)
+        _record(s.record, s.task_id, c, s.completion_id, r, b)
+        for s, c, r, b in zip(sf.samples, completions, results, base)
     ]
     rpath = Path(results_path) if results_path is not None else Path(str(sf.path) + RESULTS_SUFFIX)
     spath = Path(summary_path) if summary_path is not None else sf.path.with_name(SUMMARY_NAME)
@@ -297,6 +327,7 @@ def score_samples(
         limits=limits,
         started=started,
         extra=extra,
+        base=base,
     )
     if write:
         _write(records, rpath, summary, spath)
@@ -319,7 +350,8 @@ def score_canonical(
     probs = list(problems)
     programs = [reference_program(p, include_challenge=include_challenge) for p in probs]
     results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
-    records = [_record({}, p.task_id, p.canonical_solution, 0, r) for p, r in zip(probs, results)]
+    base = [base_passed(p, r, include_challenge=include_challenge) for p, r in zip(probs, results)]
+    records = [_record({}, p.task_id, p.canonical_solution, 0, r, b) for p, r, b in zip(probs, results, base)]
     out = Path(out_dir) if out_dir is not None else None
     rpath = out / "canonical_results.jsonl" if out is not None else None
     extra = {
@@ -339,6 +371,7 @@ def score_canonical(
         limits=limits,
         started=started,
         extra=extra,
+        base=base,
     )
     spath = out / SUMMARY_NAME if out is not None else None
     _write(records, rpath, summary, spath)

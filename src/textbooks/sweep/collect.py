@@ -72,13 +72,15 @@ def _keys(run_dir: Path) -> dict[str, Any]:
 
 
 def _eval_metrics(run_dir: Path) -> dict[str, Any]:
-    """``<tag>_pass@k`` and ``<tag>_bpb`` from each ``eval/<tag>/results.json`` of a run."""
+    """``<tag>_pass@k`` (``<tag>_base_pass@k``), ``<tag>_bpb`` from each ``eval/<tag>/results.json`` of a run."""
     out: dict[str, Any] = {}
     for f in sorted((run_dir / "eval").glob("*/results.json")):
         tag = f.parent.name
         res = json.loads(f.read_text())
         for k, v in (res.get("pass@k") or {}).items():
             out[f"{tag}_{k}"] = v
+        for k, v in (res.get("pass@k_base") or {}).items():  # HumanEval+: its base tests alone
+            out[f"{tag}_base_{k}"] = v
         bpb = res.get("bpb") or {}
         if bpb.get("bpb") is not None:
             out[f"{tag}_bpb"] = bpb["bpb"]
