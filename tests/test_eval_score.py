@@ -11,8 +11,9 @@ import pytest
 
 from textbooks.errors import TextbooksError
 from textbooks.eval.passk import aggregate_pass_at_k
+from textbooks.eval.plus import CHUNK, input_template
 from textbooks.eval.problems import ProblemSet, load_benchmark, load_humaneval, load_mbpp
-from textbooks.eval.prompts import PLUS_CHUNK, build_program
+from textbooks.eval.prompts import build_program
 from textbooks.eval.sandbox import Limits, Sandbox
 from textbooks.eval.score import TIMING_FIELDS, SamplesError, main, score_canonical, score_samples
 
@@ -82,14 +83,53 @@ def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     s = assert_all_pass(problems, sandbox, tmp_path)
     assert s["n_samples"] == 164 and s["pass@k"] == s["pass@k_base"] == {"pass@1": 1.0}
     program = build_program(problems["HumanEval/0"], problems["HumanEval/0"].canonical_solution)
-    assert len(program.tests) == 1 + -(-len(problems["HumanEval/0"].extra["plus_input"]) // PLUS_CHUNK)
+    assert len(program.tests) == 1 + 2 * -(-len(problems["HumanEval/0"].extra["plus_input"]) // CHUNK)
 
 
 def test_mbpp_plus_reference_solutions_pass_their_base_tests(
     sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
 ) -> None:
-    s = assert_all_pass(load_benchmark("mbpp+", data_dir=benchmarks_dir), sandbox, tmp_path)
-    assert s["n_samples"] == 378 and "pass@k_base" not in s
+    s = assert_all_pass(load_benchmark("mbpp+", data_dir=benchmarks_dir), sandbox, tmp_path, plus=False)
+    assert s["n_samples"] == 378 and "pass@k_base" not in s and s["plus_tests"] is False
+
+
+# MBPP+ tasks whose inputs need their types back (tuples, nested tuples, sets, complex numbers stored as
+# strings, dicts of tuples) or whose outputs are compared by a special rule (sets, not-None, alternatives)
+MBPP_PLUS_SPECIAL = [
+    2,
+    63,
+    70,
+    75,
+    94,
+    106,
+    116,
+    124,
+    252,
+    259,
+    278,
+    558,
+    580,
+    581,
+    596,
+    615,
+    722,
+    737,
+    750,
+    787,
+    791,
+]
+
+
+def test_mbpp_plus_differential_tests_pass_for_the_references(
+    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
+) -> None:
+    every = load_benchmark("mbpp+", data_dir=benchmarks_dir)
+    ids = [f"Mbpp/{n}" for n in MBPP_PLUS_SPECIAL]
+    subset = ProblemSet(every.info, {t: every[t] for t in ids})
+    s = assert_all_pass(subset, sandbox, tmp_path)
+    assert s["pass@k"] == s["pass@k_base"] == {"pass@1": 1.0}
+    assert input_template(every["Mbpp/2"]) == ("[(3, 4, 5, 6), (5, 7, 4, 10)]", [False, False])
+    assert input_template(every["Mbpp/124"])[1] == [True, True]  # stored as "0", "1j"
 
 
 def test_humaneval_plus_catches_what_the_base_tests_miss(

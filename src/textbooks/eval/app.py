@@ -335,6 +335,7 @@ def _settings(
         "sandbox": {
             "test_cpu_s": float(cfg.sandbox.test_cpu_s),
             "challenge": bool(cfg.sandbox.include_challenge),
+            "plus": bool(cfg.sandbox.plus),
         },
     }
 
@@ -362,6 +363,7 @@ def _score(
         "limits": limits,
         "workers": cfg.sandbox.workers,
         "include_challenge": bool(cfg.sandbox.include_challenge),
+        "plus": bool(cfg.sandbox.plus),
         "progress": bool(cfg.progress),
     }
     if mode == "canonical":

@@ -17,25 +17,19 @@ the prompt, so the format also says how a completion becomes code:
 Programs (``build_program``), i.e. what is executed, as setup + tests (see ``sandbox.Program``):
 
 * HumanEval(+): setup = code + ``\\n`` + the problem's ``test`` (defines ``check``); one test,
-  ``check(entry_point)``. HumanEval+ adds its differential tests: its ``plus_input`` in chunks of
-  ``PLUS_CHUNK`` inputs, one test each, where the completion's output must equal the reference
-  solution's on the same input (run in the same sandboxed process, in a namespace of its own, defined
-  after the completion so that the completion cannot replace the checker), with evalplus's rules: exact equality, else, when the problem has an ``atol``
-  or the expected value is a float or a list of floats (then atol 1e-6), the same type and
-  ``|out - exp| <= atol + 1e-7 |exp|`` elementwise; ``find_zero`` (HumanEval/32) must return a root
-  (``|poly(xs, x)| <= atol``). Inputs are deep-copied for each call.
+  ``check(entry_point)``.
 * MBPP: setup = code + ``test_setup_code``; tests = the ``test_list`` asserts, one by one
   (+ ``challenge_test_list`` with ``include_challenge=True``).
 * sanitized MBPP: setup = code + its ``test_imports``; tests = ``test_list``.
-* MBPP+: setup = code; tests = the statements of its ``assertion`` block (its base tests; the
-  ``plus_input`` differential tests of evalplus are not run).
+* MBPP+: setup = code; tests = the statements of its ``assertion`` block (its base tests).
+* HumanEval+ and MBPP+ then run EvalPlus's differential tests on their ``plus_input`` (``plus``).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
+from textbooks.eval.plus import plus_code
 from textbooks.eval.problems import BenchmarkError, Problem, ProblemSet
 from textbooks.eval.sandbox import Program
 
@@ -131,69 +125,6 @@ def completion_code(problem: Problem, completion: str, fmt: str | None = None) -
     return prompt + completion
 
 
-PLUS_CHUNK = 10  # HumanEval+ differential inputs per test; each test has its own CPU budget
-
-# Runs inside the sandboxed program (never in the harness), after the completion and the base tests: defines
-# the reference solution in a namespace of its own and returns ``run(lo, hi)``, which checks the completion
-# against it on inputs lo..hi-1.
-_PLUS_PRELUDE = r"""
-def __textbooks_plus(reference, entry_point, inputs_json, atol):
-    import copy, json, math
-
-    namespace = {"__name__": "__reference__"}
-    exec(compile(reference, "<reference solution>", "exec"), namespace)
-    ref, inputs, main = namespace[entry_point], json.loads(inputs_json), globals()
-
-    def floats(x):
-        return isinstance(x, float) or (
-            isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, float) for v in x)
-        )
-
-    def close(a, b, tol):
-        if isinstance(b, (list, tuple)):
-            return isinstance(a, (list, tuple)) and len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
-        try:
-            return abs(a - b) <= tol + 1e-07 * abs(b)
-        except TypeError:
-            return a == b
-
-    def run(lo, hi):
-        fn = main[entry_point]
-        for i in range(lo, min(hi, len(inputs))):
-            expected = ref(*copy.deepcopy(inputs[i]))
-            out = fn(*copy.deepcopy(inputs[i]))
-            if entry_point == "find_zero":
-                value = sum(c * math.pow(out, k) for k, c in enumerate(inputs[i][0]))
-                assert abs(value) <= atol, f"plus input {i}: poly(xs, {out!r}) = {value!r}, not 0"
-                continue
-            tol = 1e-6 if atol == 0 and floats(expected) else atol
-            ok = out == expected or (tol != 0 and type(out) is type(expected) and close(out, expected, tol))
-            assert ok, f"plus input {i}: expected {expected!r:.200}, got {out!r:.200}"
-
-    return run
-"""
-
-
-def plus_inputs(problem: Problem) -> list:
-    """HumanEval+'s differential inputs of ``problem`` (empty for other benchmarks)."""
-    return list(problem.extra.get("plus_input") or ()) if problem.benchmark == "humaneval+" else []
-
-
-def _plus_parts(problem: Problem) -> tuple[str, str, tuple[str, ...]]:
-    """(prelude, setup call, tests) of HumanEval+'s differential tests; empty when it has none."""
-    inputs = plus_inputs(problem)
-    if not inputs:
-        return "", "", ()
-    reference = problem.prompt + problem.canonical_solution
-    atol = float(problem.extra.get("atol") or 0)
-    call = (
-        f"__textbooks_plus_run = __textbooks_plus({reference!r}, {problem.entry_point!r}, "
-        f"{json.dumps(inputs)!r}, {atol!r})\n"
-    )
-    tests = tuple(f"__textbooks_plus_run({i}, {i + PLUS_CHUNK})" for i in range(0, len(inputs), PLUS_CHUNK))
-    return _PLUS_PRELUDE, call, tests
-
-
 def base_tests(problem: Problem, *, include_challenge: bool = False) -> int:
     """How many of a program's tests (the first ones) are the benchmark's base tests."""
     if problem.benchmark.startswith("humaneval"):
@@ -201,12 +132,16 @@ def base_tests(problem: Problem, *, include_challenge: bool = False) -> int:
     return len(problem.test_list) + (len(problem.challenge_test_list) if include_challenge else 0)
 
 
-def program_for_code(problem: Problem, code: str, *, include_challenge: bool = False) -> Program:
-    """The program that tests ``code`` (a full solution) against ``problem``'s tests."""
+def program_for_code(
+    problem: Problem, code: str, *, include_challenge: bool = False, plus: bool = True
+) -> Program:
+    """The program that tests ``code`` (a full solution) against ``problem``'s tests: the base tests,
+    then (HumanEval+, MBPP+, unless ``plus=False``) the differential ones of ``textbooks.eval.plus``."""
+    plus_setup, plus_tests = plus_code(problem) if plus else ("", ())
     if problem.benchmark.startswith("humaneval"):
-        prelude, call, plus = _plus_parts(problem)
         return Program(
-            setup=f"{code}\n{problem.test}\n{prelude}{call}", tests=(f"check({problem.entry_point})", *plus)
+            setup=f"{code}\n{problem.test}\n{plus_setup}",
+            tests=(f"check({problem.entry_point})", *plus_tests),
         )
     parts = [code]
     if problem.test_setup_code.strip():
@@ -214,22 +149,27 @@ def program_for_code(problem: Problem, code: str, *, include_challenge: bool = F
     if problem.test_imports:
         parts.append("\n".join(problem.test_imports))
     tests = problem.test_list + (problem.challenge_test_list if include_challenge else ())
-    return Program(setup="\n".join(parts) + "\n", tests=tests)
+    return Program(setup="\n".join(parts) + "\n" + plus_setup, tests=tests + plus_tests)
 
 
 def build_program(
-    problem: Problem, completion: str, fmt: str | None = None, *, include_challenge: bool = False
+    problem: Problem,
+    completion: str,
+    fmt: str | None = None,
+    *,
+    include_challenge: bool = False,
+    plus: bool = True,
 ) -> Program:
     """The program that tests a model completion written after the prompt in format ``fmt``."""
     return program_for_code(
-        problem, completion_code(problem, completion, fmt), include_challenge=include_challenge
+        problem, completion_code(problem, completion, fmt), include_challenge=include_challenge, plus=plus
     )
 
 
-def reference_program(problem: Problem, *, include_challenge: bool = False) -> Program:
+def reference_program(problem: Problem, *, include_challenge: bool = False, plus: bool = True) -> Program:
     """The program that tests the benchmark's own reference solution (the canonical self-check)."""
     if problem.benchmark.startswith("humaneval"):
         code = problem.prompt + problem.canonical_solution
     else:
         code = problem.canonical_solution
-    return program_for_code(problem, code, include_challenge=include_challenge)
+    return program_for_code(problem, code, include_challenge=include_challenge, plus=plus)

@@ -25,9 +25,10 @@ and printed fakes, not a program that digs the nonce out of its own interpreter'
 
 Default limits (``Limits``) follow evalplus in budgeting per test rather than per program: each test
 (an MBPP ``assert`` line, HumanEval's ``check(...)`` call) gets ``test_cpu_s`` = 10 CPU seconds, the code
-before the tests ``setup_cpu_s`` = 10, and the program's wall clock is the sum of those plus 5 s. The
+before the tests ``setup_cpu_s`` = 10, and the program's wall clock is the sum of those plus 5 s (at most
+``max_wall_s`` = 300 s, for the thousands of one-input tests of HumanEval+ and MBPP+). The
 slowest reference solution here (MBPP task 123, ~4.4 s for one assert) passes with room to spare even on
-a loaded machine, because the budgets count CPU time, not wall time. Address space 2 GiB, files 16 MiB,
+a loaded machine, because the budgets count CPU time, not wall time. Address space 4 GiB, files 16 MiB,
 32 processes (per dedicated uid), 64 KiB of stdout/stderr kept (the rest is drained and counted).
 
 The environment is scrubbed (no proxies, tokens, ``PYTHONPATH`` or ``HOME`` of the harness; ``HOME`` and
@@ -105,9 +106,10 @@ class Limits:
 
     test_cpu_s: float = 10.0  # CPU seconds for each test (one assert / one check() call)
     setup_cpu_s: float = 10.0  # CPU seconds for the code before the tests (definitions, imports)
-    wall_s: float | None = None  # wall-clock limit; None = setup + tests budgets + wall_slack_s
+    wall_s: float | None = None  # wall-clock limit; None = setup + tests budgets + wall_slack_s, capped
     wall_slack_s: float = 5.0
-    memory_bytes: int = 2 << 30  # RLIMIT_AS
+    max_wall_s: float = 300.0  # cap of that sum (programs with thousands of tests: HumanEval+, MBPP+)
+    memory_bytes: int = 4 << 30  # RLIMIT_AS (EvalPlus's limit; its largest outputs need over 2 GiB)
     file_size_bytes: int = 16 << 20  # RLIMIT_FSIZE
     nproc: int = 32  # RLIMIT_NPROC, applied when programs run under a dedicated uid
     output_bytes: int = 64 << 10  # stdout and stderr kept, each
@@ -116,7 +118,7 @@ class Limits:
         """The wall-clock limit of a program with ``n_tests`` tests."""
         if self.wall_s is not None:
             return float(self.wall_s)
-        return self.setup_cpu_s + n_tests * self.test_cpu_s + self.wall_slack_s
+        return min(self.setup_cpu_s + n_tests * self.test_cpu_s + self.wall_slack_s, self.max_wall_s)
 
     def request(self, n_tests: int) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "wall_s": self.wall_for(n_tests)}

@@ -37,13 +37,13 @@ from typing import Any
 from textbooks.data.manifest import atomic_path, write_json_atomic
 from textbooks.errors import TextbooksError, cli_errors
 from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
+from textbooks.eval.plus import plus_inputs
 from textbooks.eval.problems import BENCHMARKS, Problem, ProblemSet, load_benchmark
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     base_tests,
     build_program,
     default_format,
-    plus_inputs,
     reference_program,
     stop_sequences,
     truncate,
@@ -146,9 +146,12 @@ def read_samples(
     return SamplesFile(p, samples, malformed, n_lines)
 
 
-def base_passed(problem: Problem, r: ExecResult, *, include_challenge: bool = False) -> bool | None:
-    """Whether the base tests passed, for problems with extra tests (HumanEval+); None for the others."""
-    if not plus_inputs(problem):
+def base_passed(
+    problem: Problem, r: ExecResult, *, include_challenge: bool = False, plus: bool = True
+) -> bool | None:
+    """Whether the base tests passed, for programs with differential tests (HumanEval+, MBPP+); None for
+    the others."""
+    if not plus or not plus_inputs(problem):
         return None
     return r.passed or (
         isinstance(r.phase, int) and r.phase >= base_tests(problem, include_challenge=include_challenge)
@@ -271,6 +274,7 @@ def score_samples(
     sandbox: Sandbox | None = None,
     truncate_at_stop: bool = False,
     include_challenge: bool = False,
+    plus: bool = True,
     max_malformed_fraction: float = 0.01,
     results_path: str | os.PathLike | None = None,
     summary_path: str | os.PathLike | None = None,
@@ -291,12 +295,12 @@ def score_samples(
     stops = stop_sequences(fmt) if truncate_at_stop else ()
     completions = [truncate(s.completion, stops) if stops else s.completion for s in sf.samples]
     programs = [
-        build_program(problems[s.task_id], c, fmt, include_challenge=include_challenge)
+        build_program(problems[s.task_id], c, fmt, include_challenge=include_challenge, plus=plus)
         for s, c in zip(sf.samples, completions)
     ]
     results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
     base = [
-        base_passed(problems[s.task_id], r, include_challenge=include_challenge)
+        base_passed(problems[s.task_id], r, include_challenge=include_challenge, plus=plus)
         for s, r in zip(sf.samples, results)
     ]
     records = [
@@ -310,6 +314,7 @@ def score_samples(
         "prompt_format": fmt,
         "truncated_at_stop": truncate_at_stop,
         "include_challenge": include_challenge,
+        "plus_tests": plus,
         "samples_file": str(sf.path),
         "results_file": str(rpath) if write else None,
         "malformed_lines": {
@@ -342,15 +347,16 @@ def score_canonical(
     workers: int | None = None,
     sandbox: Sandbox | None = None,
     include_challenge: bool = False,
+    plus: bool = True,
     progress: bool = False,
 ) -> ScoreReport:
     """Score the reference solutions (all should pass); writes ``canonical_results.jsonl`` and
     ``results.json`` into ``out_dir`` when given."""
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     probs = list(problems)
-    programs = [reference_program(p, include_challenge=include_challenge) for p in probs]
+    programs = [reference_program(p, include_challenge=include_challenge, plus=plus) for p in probs]
     results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
-    base = [base_passed(p, r, include_challenge=include_challenge) for p, r in zip(probs, results)]
+    base = [base_passed(p, r, include_challenge=include_challenge, plus=plus) for p, r in zip(probs, results)]
     records = [_record({}, p.task_id, p.canonical_solution, 0, r, b) for p, r, b in zip(probs, results, base)]
     out = Path(out_dir) if out_dir is not None else None
     rpath = out / "canonical_results.jsonl" if out is not None else None
@@ -358,6 +364,7 @@ def score_canonical(
         "mode": "canonical",
         "prompt_format": None,
         "include_challenge": include_challenge,
+        "plus_tests": plus,
         "results_file": str(rpath) if rpath else None,
         "failed_tasks": [p.task_id for p, r in zip(probs, results) if not r.passed],
     }
@@ -396,6 +403,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--test-cpu-s", type=float, default=Limits.test_cpu_s, help="CPU seconds per test")
     ap.add_argument("--truncate", action="store_true", help="cut completions at the format's stop sequences")
     ap.add_argument("--challenge", action="store_true", help="MBPP: also run challenge_test_list")
+    ap.add_argument("--base-only", action="store_true", help="HumanEval+/MBPP+: skip the differential tests")
     ap.add_argument("--max-malformed", type=float, default=0.01, help="fraction of bad lines tolerated")
     ap.add_argument("--canonical", action="store_true", help="score the reference solutions instead")
     ap.add_argument("--out-dir", help="with --canonical: where to write results")
@@ -415,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             limits=limits,
             workers=args.workers,
             include_challenge=args.challenge,
+            plus=not args.base_only,
         )
     else:
         if not args.samples:
@@ -432,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             workers=args.workers,
             truncate_at_stop=args.truncate,
             include_challenge=args.challenge,
+            plus=not args.base_only,
             max_malformed_fraction=args.max_malformed,
             progress=args.progress,
         )
