@@ -20,15 +20,18 @@ import base64
 import functools
 import hashlib
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import tiktoken
 import tiktoken.load
 
 from textbooks.errors import TextbooksError
+
+log = logging.getLogger(__name__)
 
 ENDOFTEXT = "<|endoftext|>"
 # GPT-2's pre-tokenization regex; `tokenizers`' ByteLevel pre-tokenizer uses the same one.
@@ -254,6 +257,21 @@ def _fingerprint(enc: tiktoken.Encoding) -> str:
 def fingerprint(enc: tiktoken.Encoding) -> str:
     """A short content hash (ranks, pattern, special tokens): token shards record it to catch mismatches."""
     return _fingerprint(enc)
+
+
+def token_counter(name: str | None) -> tuple[Callable[[list[str]], list[int]], str]:
+    """A batch token counter and its label, for stages that report token counts: the tokenizer ``name``,
+    or whitespace-separated words when it is unset or unavailable (offline; the label says so)."""
+    if name:
+        try:
+            enc = load_tokenizer(name)
+        except TokenizerError as e:
+            log.warning("tokenizer %s unavailable, counting whitespace-separated words: %s", name, e)
+            return (
+                lambda texts: [len(t.split()) for t in texts]
+            ), f"whitespace (tokenizer {name} unavailable)"
+        return (lambda texts: [len(x) for x in enc.encode_ordinary_batch(list(texts))]), enc.name
+    return (lambda texts: [len(t.split()) for t in texts]), "whitespace"
 
 
 def padded_vocab_size(n_vocab: int, multiple: int = 64) -> int:

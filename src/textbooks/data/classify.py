@@ -41,7 +41,7 @@ import importlib.metadata
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,7 @@ from textbooks.data.records import (
     iter_records,
 )
 from textbooks.errors import ConfigError
+from textbooks.tokenizer import token_counter
 
 log = logging.getLogger(__name__)
 
@@ -487,20 +488,6 @@ def train(x: np.ndarray, y: np.ndarray, cfg: ClassifyConfig) -> tuple[Any, dict[
 
 
 # -- scoring the corpus ------------------------------------------------------------------------------------------
-def token_counter(name: str | None) -> tuple[Callable[[list[str]], list[int]], str]:
-    """A batch token counter and its name (whitespace words when the tokenizer is unset or unavailable)."""
-    if name:
-        from textbooks.tokenizer import TokenizerError, load_tokenizer
-
-        try:
-            enc = load_tokenizer(name)
-        except TokenizerError as e:
-            log.warning("classify: tokenizer %s unavailable, counting whitespace words: %s", name, e)
-        else:
-            return (lambda texts: [len(t) for t in enc.encode_ordinary_batch(texts)]), enc.name
-    return (lambda texts: [len(t.split()) for t in texts]), "whitespace"
-
-
 SCORES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),

@@ -66,6 +66,7 @@ from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, p
 from textbooks.errors import ConfigError
 from textbooks.eval.problems import Problem as BenchmarkProblem
 from textbooks.eval.problems import load_humaneval, load_mbpp
+from textbooks.tokenizer import token_counter
 
 log = logging.getLogger(__name__)
 
@@ -395,17 +396,6 @@ def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
     return problems, notes
 
 
-def _token_counter(name: str) -> tuple[Any, str]:
-    from textbooks.tokenizer import TokenizerError, load_tokenizer
-
-    try:
-        enc = load_tokenizer(name)
-    except TokenizerError as e:
-        log.warning("decontaminate: tokenizer %s unavailable, counting whitespace tokens: %s", name, e)
-        return (lambda texts: [len(t.split()) for t in texts]), f"whitespace (tokenizer {name} unavailable)"
-    return (lambda texts: [len(x) for x in enc.encode_ordinary_batch(list(texts))]), name
-
-
 _SCORE_COLS = [
     ("ast_match", pa.float32()),
     ("ast_problem", pa.string()),
@@ -712,7 +702,7 @@ def _write_pruned(
 ) -> dict[str, Any]:
     """Kept items (input columns + scores) and ``removed/``; returns item, removal and token counts."""
     reasons = _prune_reasons(cfg, scores)
-    count_tokens, counter_name = _token_counter(cfg.tokenizer)
+    count_tokens, counter_name = token_counter(cfg.tokenizer)
     schema = common_columns(inputs)
     names = [n for n in schema.names if n not in ("ast_match", "embed_distance", "ngram_overlap")]
     added = [("ast_match", pa.float32()), ("embed_distance", pa.float32()), ("ngram_overlap", pa.int32())]
