@@ -255,3 +255,12 @@ class _Handler(BaseHTTPRequestHandler):
             n = server.received
         self._send(200, json.dumps(completion(content, body.get("model", "fake"), n, prompt)).encode())
         return "slow" if slow else "ok"  # a slow answer is not counted as answered: its client gave up
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port that nothing listens on (bound, then released)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
-from openai_server import OpenAIServer, last_user_message
+from openai_server import OpenAIServer, closed_port, last_user_message
 
 from textbooks.data.annotate import (
     SIGNALS,
@@ -287,16 +286,8 @@ def test_too_many_failures_fail_the_stage_without_a_manifest(tmp_path, corpus):
     assert not (Path(cfg.out_dir) / "manifest.json").exists()
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_endpoint_is_one_clear_line_from_the_cli(tmp_path, corpus):
-    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    url = f"http://127.0.0.1:{closed_port()}/v1"
     cmd = [*_app(tmp_path, corpus, url, "annotate"), "llm.max_attempts=2", "stage.sample_size=3"]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     env.pop("TEXTBOOKS_TRACEBACK", None)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import OpenAIServer
+from openai_server import OpenAIServer, closed_port
 
 from textbooks.data.llm import (
     Backoff,
@@ -243,16 +242,8 @@ def test_killed_process_loses_nothing_it_received(tmp_path):
     assert len(cached_keys(cache)) == 60
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_unreachable_endpoint_gives_one_clear_error(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    url = f"http://127.0.0.1:{closed_port()}/v1"
     client = LLMClient(make_config(url, tmp_path / "c.sqlite", max_attempts=2, unreachable_after=4))
     started = time.monotonic()
     with pytest.raises(LLMUnreachableError) as err:
@@ -264,7 +255,7 @@ def test_unreachable_endpoint_gives_one_clear_error(tmp_path):
 
 
 def test_every_request_failing_to_connect_fails_even_below_the_threshold(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/v1"
+    url = f"http://127.0.0.1:{closed_port()}/v1"
     client = LLMClient(make_config(url, tmp_path / "c.sqlite", max_attempts=2, unreachable_after=100))
     with pytest.raises(LLMUnreachableError, match="3 requests failed to connect"):
         client.run([client.request(f"x{i}") for i in range(3)])
