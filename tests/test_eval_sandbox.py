@@ -124,6 +124,14 @@ def test_without_isolation_programs_still_run_and_time_out() -> None:
         assert (hung.status, hung.error_type) == ("timeout", "WallTimeout") and hung.wall_s < 3
 
 
+def test_wall_limit_of_programs_with_many_tests_is_capped(sandbox: Sandbox) -> None:
+    limits = Limits(test_cpu_s=0.5, setup_cpu_s=0.5, wall_slack_s=0.5, max_wall_s=2.0)
+    assert limits.wall_for(1) == 1.5 and limits.wall_for(2000) == 2.0  # not 1,001 s
+    tests = tuple(["pass"] * 1999 + ["import time\ntime.sleep(30)"])  # HumanEval+-sized, then a sleeper
+    r = sandbox.run(Program("x = 1\n", tests), limits=limits)
+    assert (r.status, r.error_type) == ("timeout", "WallTimeout") and r.wall_s < 4.0
+
+
 # ---------------------------------------------------------------------------------------------- hostile
 
 
