@@ -3,9 +3,10 @@ solution on each of the problem's extra inputs (``plus_input``), not only pass t
 
 The check runs inside the sandboxed program, never in the harness: after the completion and the base
 tests, ``PRELUDE`` defines the reference solution in a namespace of its own (so the completion can neither
-see nor replace it) and returns ``run(lo, hi)``; each program test is one ``run`` over ``CHUNK`` inputs,
-so each chunk has its own CPU budget and a failure names its input. For each input, both functions get
-a deep copy of the arguments and the outputs are compared with EvalPlus's rules:
+see nor replace it) and returns ``expect(lo, hi)`` and ``run(lo, hi)``. For every ``CHUNK`` (one) inputs
+the program has two tests, the reference's outputs (``expect``) then the completion's, compared
+(``run``), so each has its own CPU budget and a failure names its input. Both functions get a deep copy
+of the arguments and the outputs are compared with EvalPlus's rules:
 
 * equal (``==``), else, when the problem has an ``atol`` or the expected value is a float or a list of
   floats (then atol 1e-6): the same type and ``|out - exp| <= atol + 1e-7 |exp|`` elementwise;
@@ -25,8 +26,9 @@ template (``input_template``) that the program applies to every input (lists bec
 the template has at that place; an argument that is always a string in the file but a number in the
 tests is parsed back). On the base inputs this reproduces the literal arguments of the asserts for all
 but the few tasks whose JSON cannot hold them (integer dict keys), where the reference sees the same
-inputs as the completion anyway. Time limits are the sandbox's per-test CPU budgets (10 s per chunk by
-default, for the reference and the completion together), not EvalPlus's per-input multiples.
+inputs as the completion anyway. Time limits are the sandbox's per-test CPU budgets (10 s per input by
+default; EvalPlus gives four times the reference's time, at least 1 s), and the reference runs in every
+program rather than once per problem.
 """
 
 from __future__ import annotations
