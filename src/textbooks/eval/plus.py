@@ -23,8 +23,8 @@ of the arguments and the outputs are compared with EvalPlus's rules:
 MBPP+ stores inputs as JSON, so tuples, sets and complex numbers come as lists and strings. Their types
 are recovered from the base tests: the first ``assert`` whose call has literal arguments gives a typed
 template (``input_template``) that the program applies to every input (lists become the tuples or sets
-the template has at that place; an argument that is always a string in the file but a number in the
-tests is parsed back). On the base inputs this reproduces the literal arguments of the asserts for all
+the template has at that place; an argument that the tests pass as a number and the file stores as
+strings of numbers, complex ones included, is parsed back). On the base inputs this reproduces the literal arguments of the asserts for all
 but the few tasks whose JSON cannot hold them (integer dict keys), where the reference sees the same
 inputs as the completion anyway. Time limits are the sandbox's per-test CPU budgets (10 s per input by
 default; EvalPlus gives four times the reference's time, at least 1 s), and the reference runs in every
