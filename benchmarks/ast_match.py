@@ -28,9 +28,9 @@ from collections.abc import Callable
 from rapidfuzz.distance import Levenshtein
 
 from textbooks.data.decontam import measured
-from textbooks.data.documents import list_source_files, stdlib_dir
 from textbooks.data.similarity import ast_match_matrix, ast_sequence
 from textbooks.eval.problems import load_humaneval
+from textbooks.io import list_source_files, stdlib_dir
 
 
 def function_sequences(n_files: int, seed: int = 0) -> list[str]:

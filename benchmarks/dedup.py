@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datasketch import MinHash, MinHashLSH
 
 from textbooks.data.dedup import DedupConfig, Deduplicator, SketchPool
-from textbooks.data.documents import list_source_files, stdlib_dir
+from textbooks.io import list_source_files, stdlib_dir
 
 
 def load_texts(limit: int | None) -> list[str]:

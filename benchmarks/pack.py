@@ -16,8 +16,9 @@ import statistics
 import tempfile
 import time
 
-from textbooks.data.documents import iter_documents, stdlib_dir
+from textbooks.data.documents import iter_documents
 from textbooks.data.pack import PackConfig, pack
+from textbooks.io import stdlib_dir
 from textbooks.tokenizer import load_tokenizer
 
 

@@ -44,7 +44,7 @@ def benchmarks_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def stdlib_dir() -> Path:
-    from textbooks.data.documents import stdlib_dir
+    from textbooks.io import stdlib_dir
 
     return stdlib_dir()
 

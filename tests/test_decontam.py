@@ -16,11 +16,12 @@ from hydra import compose, initialize_config_dir
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems, measured
-from textbooks.data.documents import DataError, list_source_files
+from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import ShardWriter, read_table
 from textbooks.data.similarity import NgramIndex, ast_match, ast_match_matrix, ast_sequence, ast_units, ngrams
 from textbooks.eval.problems import load_humaneval
+from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
 
 COPIED = ["HumanEval/0", "HumanEval/12", "HumanEval/31", "HumanEval/55", "HumanEval/120"]

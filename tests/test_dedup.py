@@ -19,9 +19,10 @@ from hydra import compose, initialize_config_dir
 from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.corpus import IngestConfig, ingest
 from textbooks.data.dedup import DedupConfig, MinHasher, dedup, deduplicate, exact_key
-from textbooks.data.documents import DataError, list_source_files
+from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table
+from textbooks.io import list_source_files
 
 REPO = Path(__file__).resolve().parents[1]
 # distinct modules of the standard library (none is a near copy of another)

@@ -159,7 +159,7 @@ def hf_tokenizer_and_model(out: Path, *, seed: int = 0):
     from transformers import PhiConfig, PreTrainedTokenizerFast
     from transformers import PhiForCausalLM as HFPhi
 
-    from textbooks.data.documents import stdlib_dir
+    from textbooks.io import stdlib_dir
 
     files = sorted((stdlib_dir() / "json").glob("*.py"))
     tok = Tokenizer(models.BPE())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from openai_server import OpenAIServer, last_user_message
 
-from textbooks.data.documents import DataError, stdlib_dir
+from textbooks.data.documents import DataError
 from textbooks.data.exercises import (
     ExercisesConfig,
     build_exercises,
@@ -25,6 +25,7 @@ from textbooks.data.exercises import (
 from textbooks.data.llm import Backoff, LLMConfig, LLMUnreachableError
 from textbooks.data.parquet import part_files, read_table
 from textbooks.errors import ConfigError
+from textbooks.io import stdlib_dir
 
 GEOMETRY = textwrap.dedent(
     '''

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from textbooks.data.documents import EXCLUDE_DIRS, DataError, iter_documents, list_source_files
+from textbooks.data.documents import DataError, iter_documents
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.shards import TokenShards
+from textbooks.io import EXCLUDE_DIRS, list_source_files
 from textbooks.tokenizer import load_tokenizer
 
 

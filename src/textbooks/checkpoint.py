@@ -15,8 +15,8 @@ from typing import Any
 import tiktoken
 import torch
 
-from textbooks.data.manifest import atomic_path, write_json_atomic
 from textbooks.errors import TextbooksError
+from textbooks.io import atomic_path, write_json_atomic
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer
 

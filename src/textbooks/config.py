@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
+from textbooks.io import stdlib_dir
+
 # conf/ sits at the repository root (src/textbooks/config.py -> ../../conf); an installed copy without it
 # can point Hydra elsewhere with --config-dir.
 T = TypeVar("T")
@@ -42,12 +44,6 @@ def format_count(value: int | float | str) -> str:
     return str(n)
 
 
-def _stdlib() -> Path:
-    from textbooks.data.documents import stdlib_dir
-
-    return stdlib_dir()
-
-
 def register_resolvers() -> None:
     """``${count:26B}`` -> int, ``${human:...}`` -> short string, ``${stdlib:}`` -> the standard library dir."""
     if not OmegaConf.has_resolver("count"):
@@ -55,7 +51,7 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("human"):
         OmegaConf.register_new_resolver("human", format_count)
     if not OmegaConf.has_resolver("stdlib"):
-        OmegaConf.register_new_resolver("stdlib", lambda: str(_stdlib()))
+        OmegaConf.register_new_resolver("stdlib", lambda: str(stdlib_dir()))
 
 
 register_resolvers()

@@ -30,6 +30,7 @@ import tiktoken
 import tiktoken.load
 
 from textbooks.errors import TextbooksError
+from textbooks.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,6 @@ def _ranks_bytes(ranks: dict[bytes, int]) -> bytes:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def install_p50k(gpt2_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """Rebuild ``p50k_base.tiktoken`` from GPT-2's BPE files and put it where tiktoken looks for it.
 
@@ -105,7 +99,7 @@ def install_p50k(gpt2_dir: str | os.PathLike, cache_dir: str | os.PathLike | Non
         )
     target = Path(cache_dir) if cache_dir else tiktoken_cache_dir()
     out = target / hashlib.sha1(P50K_URL.encode()).hexdigest()
-    _write_atomic(out, data)
+    write_bytes_atomic(out, data)
     return out
 
 
@@ -183,8 +177,8 @@ def train_bpe(
         "trained_on": {"documents": n_docs, "bytes": n_bytes},
         "sha256": hashlib.sha256(data).hexdigest(),
     }
-    _write_atomic(out_path, data)
-    _write_atomic(out_path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
+    write_bytes_atomic(out_path, data)
+    write_bytes_atomic(out_path.with_suffix(".json"), json.dumps(meta, indent=2).encode())
     return load_tokenizer(out_path)
 
 

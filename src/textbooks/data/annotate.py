@@ -47,9 +47,10 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
-from textbooks.data.manifest import Stage, atomic_path, read_manifest
+from textbooks.data.manifest import Stage, read_manifest
 from textbooks.data.parquet import ShardWriter, part_files
 from textbooks.errors import ConfigError, TextbooksError
+from textbooks.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -54,14 +54,7 @@ from tqdm.auto import tqdm
 from textbooks.config import dataclass_from
 from textbooks.data.documents import DataError, ReadStats
 from textbooks.data.embed import MINILM, Embedder, EmbedderError
-from textbooks.data.manifest import (
-    Stage,
-    atomic_path,
-    config_hash,
-    fingerprint_input,
-    read_manifest,
-    write_json_atomic,
-)
+from textbooks.data.manifest import Stage, fingerprint_input, read_manifest
 from textbooks.data.parquet import part_files
 from textbooks.data.records import (
     StagedOutput,
@@ -72,6 +65,7 @@ from textbooks.data.records import (
     iter_records,
 )
 from textbooks.errors import ConfigError
+from textbooks.io import atomic_path, config_hash, write_json_atomic
 from textbooks.tokenizer import token_counter
 
 log = logging.getLogger(__name__)

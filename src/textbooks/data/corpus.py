@@ -36,18 +36,11 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import (
-    JSONL_SUFFIXES,
-    PARQUET_SUFFIXES,
-    DataError,
-    ReadStats,
-    input_kind,
-    list_source_files,
-    stdlib_dir,
-)
+from textbooks.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, DataError, ReadStats, input_kind
 from textbooks.data.manifest import Stage, read_manifest
 from textbooks.data.records import StagedOutput, as_list
 from textbooks.errors import ConfigError
+from textbooks.io import list_source_files, stdlib_dir
 
 log = logging.getLogger(__name__)
 

@@ -46,14 +46,7 @@ from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.documents import DataError, ReadStats
-from textbooks.data.manifest import (
-    Stage,
-    atomic_path,
-    config_hash,
-    fingerprint_input,
-    read_manifest,
-    write_bytes_atomic,
-)
+from textbooks.data.manifest import Stage, fingerprint_input, read_manifest
 from textbooks.data.records import (
     StagedOutput,
     as_list,
@@ -66,6 +59,7 @@ from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, p
 from textbooks.errors import ConfigError
 from textbooks.eval.problems import Problem as BenchmarkProblem
 from textbooks.eval.problems import load_humaneval, load_mbpp
+from textbooks.io import atomic_path, config_hash, write_bytes_atomic
 from textbooks.tokenizer import token_counter
 
 log = logging.getLogger(__name__)

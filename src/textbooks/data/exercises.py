@@ -44,7 +44,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import DataError, ReadStats, iter_documents, stdlib_dir
+from textbooks.data.documents import DataError, ReadStats, iter_documents
 from textbooks.data.llm import (
     LLMClient,
     LLMConfig,
@@ -55,6 +55,7 @@ from textbooks.data.llm import (
 from textbooks.data.manifest import Stage, read_manifest
 from textbooks.data.parquet import ShardWriter, part_files
 from textbooks.errors import ConfigError, TextbooksError
+from textbooks.io import stdlib_dir
 
 log = logging.getLogger(__name__)
 

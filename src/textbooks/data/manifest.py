@@ -9,34 +9,22 @@ leaves no manifest (or an old one that no longer matches), so it is simply redon
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from textbooks.io import (
+    config_hash,
+    list_source_files,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json_atomic,
+)
+
 MANIFEST = "manifest.json"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def config_hash(config: Any) -> str:
-    """A stable hash of a JSON-able config."""
-    return sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())[:16]
 
 
 def fingerprint_input(path: str | os.PathLike, pattern: str = "**/*") -> dict[str, Any]:
@@ -47,8 +35,6 @@ def fingerprint_input(path: str | os.PathLike, pattern: str = "**/*") -> dict[st
     ``pattern`` selects (what a reader of it sees), which changes when the corpus does, without reading
     terabytes.
     """
-    from textbooks.data.documents import list_source_files
-
     p = Path(path)
     if not p.exists():
         return {"path": str(p), "missing": True}
@@ -64,43 +50,6 @@ def fingerprint_input(path: str | os.PathLike, pattern: str = "**/*") -> dict[st
         n += 1
         size += st.st_size
     return {"path": str(p), "files": n, "bytes": size, "listing_sha256": h.hexdigest()}
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it to ``path``, on failure remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            if tmp.is_dir():
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
-
-
-def remove_stale_temporaries(directory: str | os.PathLike) -> int:
-    """Delete ``.*.tmp-*`` leftovers of killed writers; returns how many."""
-    d = Path(directory)
-    n = 0
-    if d.is_dir():
-        for p in d.glob(".*.tmp-*"):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-            n += 1
-    return n
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:

@@ -30,8 +30,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from textbooks.data.documents import Document, ReadStats, iter_documents
-from textbooks.data.manifest import Stage, atomic_path, config_hash, read_manifest, write_json_atomic
+from textbooks.data.manifest import Stage, read_manifest
 from textbooks.data.records import batched
+from textbooks.io import atomic_path, config_hash, write_json_atomic
 from textbooks.tokenizer import eot_token, fingerprint, load_tokenizer
 
 

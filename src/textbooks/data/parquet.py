@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from textbooks.data.manifest import atomic_path
+from textbooks.io import atomic_path
 
 PART = "part-{:05d}.parquet"
 

@@ -37,7 +37,6 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from textbooks.config import CONF_DIR
-from textbooks.data.manifest import atomic_path, sha256_file, write_json_atomic
 from textbooks.errors import ConfigError, TextbooksError, cli_errors
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import (
@@ -59,6 +58,7 @@ from textbooks.eval.prompts import (
 )
 from textbooks.eval.sandbox import Limits
 from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
+from textbooks.io import atomic_path, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 

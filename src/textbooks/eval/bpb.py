@@ -110,7 +110,7 @@ class BPBReport:
         }
 
     def write_jsonl(self, path: str | os.PathLike) -> Path:
-        from textbooks.data.manifest import atomic_path
+        from textbooks.io import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for p in self.problems:

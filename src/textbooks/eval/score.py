@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbooks.data.manifest import atomic_path, write_json_atomic
 from textbooks.errors import TextbooksError, cli_errors
 from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
 from textbooks.eval.plus import plus_inputs
@@ -49,6 +48,7 @@ from textbooks.eval.prompts import (
     truncate,
 )
 from textbooks.eval.sandbox import STATUSES, ExecResult, Limits, Program, Sandbox, open_sandbox
+from textbooks.io import atomic_path, write_json_atomic
 
 RESULTS_SUFFIX = "_results.jsonl"
 SUMMARY_NAME = "results.json"

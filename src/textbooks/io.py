@@ -1,0 +1,146 @@
+"""The bottom layer: atomic writes, content hashes, file listing and where the standard library lives.
+
+Everything that writes a file other programs read (stage outputs, manifests, checkpoints, results) writes
+it under a temporary sibling name and renames it into place, so a reader never sees half a file and a
+killed writer leaves only a ``.*.tmp-*`` leftover that the next run removes. Nothing here imports the rest
+of the package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# directories skipped below an input root (not when the root itself is one of them)
+EXCLUDE_DIRS = ("__pycache__", "site-packages", "dist-packages", ".git")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(config: Any) -> str:
+    """A stable hash of a JSON-able config."""
+    return sha256_bytes(json.dumps(config, sort_keys=True, default=str).encode())[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it to ``path``, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> int:
+    """Delete ``.*.tmp-*`` leftovers of killed writers; returns how many."""
+    d = Path(directory)
+    n = 0
+    if d.is_dir():
+        for p in d.glob(".*.tmp-*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            n += 1
+    return n
+
+
+def stdlib_dir() -> Path:
+    """The Python standard library's source directory: a real code corpus on every machine."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _glob_segment(seg: str) -> str:
+    rx, i = "", 0
+    while i < len(seg):
+        c, end = seg[i], seg.find("]", i + 2) if seg[i] == "[" else -1
+        if c == "*":
+            rx += "[^/]*"
+        elif c == "?":
+            rx += "[^/]"
+        elif end > 0:  # a character class; [!...] negates
+            body = seg[i + 1 : end].replace("\\", "\\\\")
+            body = "^" + body[1:] if body[0] == "!" else "\\" + body if body[0] == "^" else body
+            rx += f"[{body}]"
+            i = end
+        else:
+            rx += re.escape(c)
+        i += 1
+    return rx
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A ``pathlib``-style glob (``**`` = any number of directories, ``*``/``?``/``[...]`` within one
+    name) as a regex over ``/``-separated relative paths."""
+    segs = pattern.strip("/").split("/")
+    rx = ""
+    for k, seg in enumerate(segs):
+        last = k == len(segs) - 1
+        if seg == "**":
+            rx += ".*" if last else "(?:[^/]+/)*"
+        else:
+            rx += _glob_segment(seg) + ("" if last else "/")
+    return re.compile(rx + r"\Z", re.DOTALL)
+
+
+def list_source_files(
+    root: Path,
+    pattern: str = "**/*.py",
+    max_bytes: int | None = None,
+    exclude_dirs: tuple[str, ...] = EXCLUDE_DIRS,
+) -> list[Path]:
+    """Files under ``root`` matching ``pattern``, sorted, skipping ``exclude_dirs`` and (optionally) big files.
+
+    ``site-packages`` is excluded by default so that the standard library directory means the standard
+    library; pass a site-packages directory itself as ``root`` to read installed packages. Excluded
+    directories are not even entered (``os.walk``, 70x faster than ``Path.glob`` on the stdlib)."""
+    match = glob_regex(pattern).match
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in exclude_dirs]
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        for name in filenames:
+            if not match(prefix + name):
+                continue
+            path = Path(dirpath, name)
+            try:
+                st = path.stat()
+            except OSError:  # a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode) and (max_bytes is None or st.st_size <= max_bytes):
+                files.append(path)
+    return sorted(files)
