@@ -8,8 +8,9 @@ Methods, all on the same documents and the same decisions (first of each cluster
   ``MinHash(num_perm=128)`` updated shingle by shingle (``m.update``, SHA-1 each), ``MinHashLSH.query``,
   a Jaccard check of the candidates, then ``insert`` (kept documents only).
 * ``datasketch update_batch``: the same with ``m.update_batch(shingles)`` (datasketch's vectorised path).
-* ``ours``: ``Deduplicator`` fed by ``SketchPool`` (cached token hashes, numpy n-gram hashes, one
-  ``[shingles, num_perm]`` min-reduction per document), with 1 worker (per core) and with all cores.
+* ``ours``: ``textbooks.data.minhash``'s ``Sketcher`` and ``Deduplicator`` in one process (cached token
+  hashes, numpy n-gram hashes, one ``[shingles, num_perm]`` min-reduction per document). The sharded stage
+  over many processes is measured by ``benchmarks/stage_scaling.py``.
 
 The naive loop is slow (~20 docs/s), so it runs on the first ``--naive-limit`` files only; ratios are
 of MB/s. Rounds alternate the methods so a busy machine slows all alike; medians are reported.
@@ -19,7 +20,6 @@ Usage: ``python benchmarks/dedup.py [--rounds 2] [--limit N] [--naive-limit 200]
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import time
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from datasketch import MinHash, MinHashLSH
 
-from textbooks.data.dedup import DedupConfig, Deduplicator, SketchPool
+from textbooks.data.minhash import Deduplicator, Duplicates, Sketcher
 from textbooks.io import list_source_files, stdlib_dir
 
 
@@ -41,17 +41,11 @@ def load_texts(limit: int | None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def ours(texts: list[str], workers: int, near: bool = True) -> tuple[int, float]:
-    """Removed documents and the seconds spent starting worker processes (not counted as throughput)."""
-    cfg = DedupConfig(inputs=[], out_dir="", workers=workers, near=near)
-    d = Deduplicator(cfg)
-    t0 = time.perf_counter()
-    with SketchPool(cfg) as pool:
-        if pool.pool is not None:  # wait until every worker has imported the library
-            pool.pool.map(len, [[]] * workers * 4, chunksize=1)
-        startup = time.perf_counter() - t0
-        removed = sum(d.add(s).duplicate_of is not None for _, s in pool.sketch(texts, str))
-    return removed, startup
+def ours(texts: list[str], near: bool = True) -> tuple[int, float]:
+    """Removed documents (and no start-up time: everything runs in this process)."""
+    definition = Duplicates(near=near)
+    d, sketch = Deduplicator(definition), Sketcher(definition)
+    return sum(d.add(s).duplicate_of is not None for s in sketch(texts)), 0.0
 
 
 def datasketch_loop(
@@ -91,14 +85,12 @@ def main() -> None:
         len(texts): sum(len(t.encode()) for t in texts) / 1e6,
         len(few): sum(len(t.encode()) for t in few) / 1e6,
     }
-    cores = os.cpu_count() or 1
-    print(f"corpus: {len(texts)} stdlib files, {size[len(texts)]:.1f} MB; {cores} cores")
+    print(f"corpus: {len(texts)} stdlib files, {size[len(texts)]:.1f} MB")
     methods: dict[str, tuple[Callable[[], tuple[int, float]], int, int]] = {
-        "exact only": (lambda: ours(texts, 1, near=False), 1, len(texts)),
+        "exact only": (lambda: ours(texts, near=False), 1, len(texts)),
         "datasketch update (baseline)": (lambda: datasketch_loop(few, batch=False), 1, len(few)),
         "datasketch update_batch": (lambda: datasketch_loop(texts, batch=True), 1, len(texts)),
-        "ours, 1 worker": (lambda: ours(texts, 1), 1, len(texts)),
-        f"ours, {cores} workers": (lambda: ours(texts, cores), cores, len(texts)),
+        "ours": (lambda: ours(texts), 1, len(texts)),
     }
     times: dict[str, list[float]] = {k: [] for k in methods}
     startups: dict[str, list[float]] = {k: [] for k in methods}

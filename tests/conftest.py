@@ -67,7 +67,7 @@ def tiny_data(tmp_path_factory, stdlib_dir):
     train_bpe(iter_texts(inputs), 512, tok, show_progress=False)
     out = root / "data" / "tokens" / "bpe512" / "stdlib"
     manifest = pack(
-        PackConfig(inputs=inputs, out_dir=str(out), tokenizer=str(tok), docs_per_shard=40), progress=False
+        PackConfig(inputs=inputs, out_dir=str(out), tokenizer=str(tok), shard_bytes=300_000), progress=False
     )
     overrides = [
         f"paths.root={root}",

@@ -12,11 +12,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from textbooks.config import CONF_DIR, dataclass_from
-from textbooks.data.corpus import FILTERS, IngestConfig, ingest, resolve_input
-from textbooks.data.documents import DataError
+from textbooks.data.corpus import FILTERS, IngestConfig, ingest
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table
-from textbooks.errors import ConfigError
+from textbooks.data.reader import resolve
+from textbooks.errors import ConfigError, DataError
 
 STDLIB_FILES = ["json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py"]
 
@@ -150,9 +150,10 @@ def test_hub_dataset_offline_fails_clearly(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_input_aliases(stdlib_dir: Path) -> None:
-    assert resolve_input("stdlib") == (stdlib_dir, "stdlib")
-    path, label = resolve_input("site-packages")
-    assert label == "site-packages" and (path / "pyarrow").is_dir()  # this environment's packages
+    src = resolve("stdlib", where="test")
+    assert (Path(src.path), src.label, src.kind) == (stdlib_dir, "stdlib", "files")
+    src = resolve("site-packages", where="test")
+    assert src.label == "site-packages" and (Path(src.path) / "pyarrow").is_dir()  # this venv's packages
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:

@@ -18,10 +18,12 @@ from hydra import compose, initialize_config_dir
 
 from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.corpus import IngestConfig, ingest
-from textbooks.data.dedup import DedupConfig, MinHasher, dedup, deduplicate, exact_key
-from textbooks.data.documents import DataError
+from textbooks.data.dedup import DedupConfig, dedup
+from textbooks.data.executor import ExecutorConfig
 from textbooks.data.manifest import read_manifest
+from textbooks.data.minhash import MinHasher, deduplicate, exact_key
 from textbooks.data.parquet import read_table
+from textbooks.errors import ConfigError, DataError
 from textbooks.io import list_source_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +93,7 @@ def test_exact_key_normalises_whitespace_only() -> None:
 def test_dedup_removes_exact_and_near_copies(copies_dir: Path, tmp_path: Path) -> None:
     corpus = _ingest(copies_dir, tmp_path / "corpus")
     out = tmp_path / "dedup"
-    m = dedup(_cfg([corpus], out, workers=1), progress=False)
+    m = dedup(_cfg([corpus], out), progress=False)
     assert m["counts"] == {"input": 15, "exact_duplicates": 1, "near_duplicates": 2, "kept": 12}
     kept = read_table(out).to_pylist()
     assert sorted(r["path"] for r in kept) == sorted(p.name for p in copies_dir.glob("a*.py"))
@@ -111,17 +113,56 @@ def test_dedup_removes_exact_and_near_copies(copies_dir: Path, tmp_path: Path) -
     assert 0.7 <= removed["c_renamed_shlex.py"]["jaccard"] < 1.0
 
 
-def test_dedup_deterministic_across_workers(copies_dir: Path, tmp_path: Path) -> None:
-    texts = [p.read_text(errors="replace") for p in sorted(copies_dir.glob("*.py"))]
-    one = deduplicate(texts, DedupConfig(inputs=[], out_dir="", workers=1, batch_docs=4))
-    two = deduplicate(texts, DedupConfig(inputs=[], out_dir="", workers=2, batch_docs=4))
-    assert one == two
-    assert [v.duplicate_of is None for v in one].count(False) == 3
+@pytest.mark.parametrize("definition", [{}, {"exact": False}, {"near": False}, {"threshold": 0.5}])
+def test_sharded_stage_decides_as_the_streaming_rule(
+    stdlib_dir: Path, tmp_path: Path, copies_dir: Path, definition: dict
+) -> None:
+    """Any number of tasks, any memory bound: the same kept documents, clusters and removals as
+    ``Deduplicator`` reading the documents in order (site of many near copies: email, json, the planted ones)."""
+    src = tmp_path / "mix"
+    src.mkdir()
+    for f in list_source_files(stdlib_dir / "email") + list_source_files(stdlib_dir / "json"):
+        (src / f"{f.parent.name}_{f.name}").write_text(f.read_text())
+    for f in copies_dir.iterdir():
+        (src / f"z_{f.name}").write_bytes(f.read_bytes())
+    corpus = _ingest(src, tmp_path / "corpus")
+    rows = read_table(corpus).to_pylist()
+    ids = [r["id"] for r in rows]
+    ref = deduplicate(
+        [r["text"] for r in rows], DedupConfig(inputs=[], out_dir="", **definition).definition()
+    )
+    expect_kept = [(ids[i], v.cluster) for i, v in enumerate(ref) if v.duplicate_of is None]
+    expect_removed = sorted(
+        (ids[i], ids[v.duplicate_of], v.cluster, v.reason, v.jaccard)
+        for i, v in enumerate(ref)
+        if v.duplicate_of is not None
+    )
+    assert expect_removed
+    for tasks, max_rows in ((1, 2_000_000), (4, 40)):
+        out = tmp_path / f"dedup-{tasks}"
+        m = dedup(
+            _cfg([corpus], out, max_rows=max_rows, shard_bytes=20_000, **definition),
+            ExecutorConfig(tasks=tasks, workers=2 if tasks > 1 else 1),
+            progress=False,
+        )
+        kept = read_table(out).to_pylist()
+        assert [(r["id"], r["minhash_cluster"]) for r in kept] == expect_kept
+        removed = read_table(out / "removed").to_pylist()
+        got = sorted(
+            (r["id"], r["duplicate_of"], r["minhash_cluster"], r["reason"], r["jaccard"]) for r in removed
+        )
+        assert got == expect_removed
+        assert m["counts"]["kept"] == len(expect_kept) and m["steps"]["buckets"]["tasks"] == tasks
+
+
+def test_token_patterns_that_match_whitespace_are_refused(tmp_path: Path, copies_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="matches whitespace"):
+        dedup(_cfg([copies_dir], tmp_path / "x", token_pattern=r"[^,]+"), progress=False)
 
 
 def test_dedup_keeps_distinct_stdlib_files(stdlib_dir: Path, tmp_path: Path) -> None:
     files = [stdlib_dir / rel for rel in ORIGINALS] + list_source_files(stdlib_dir / "email")
-    v = deduplicate([f.read_text() for f in files], DedupConfig(inputs=[], out_dir="", workers=1))
+    v = deduplicate([f.read_text() for f in files], DedupConfig(inputs=[], out_dir="").definition())
     removed = [
         (files[i].name, files[d.duplicate_of].name) for i, d in enumerate(v) if d.duplicate_of is not None
     ]
@@ -132,10 +173,10 @@ def test_malformed_jsonl_and_missing_input(tmp_path: Path, stdlib_dir: Path) -> 
     lines = [json.dumps({"id": rel, "text": (stdlib_dir / rel).read_text()}) for rel in ORIGINALS]
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join([*lines[:6], "{broken", *lines[6:]]) + "\n")
-    m = dedup(_cfg([path], tmp_path / "ok", max_bad_fraction=0.2, workers=1), progress=False)
+    m = dedup(_cfg([path], tmp_path / "ok", max_bad_fraction=0.2), progress=False)
     assert m["malformed"] == 1 and m["counts"]["kept"] == len(ORIGINALS)
     with pytest.raises(DataError, match="1 of 13 records are malformed"):
-        dedup(_cfg([path], tmp_path / "strict", max_bad_fraction=0.0, workers=1), progress=False)
+        dedup(_cfg([path], tmp_path / "strict", max_bad_fraction=0.0), progress=False)
     with pytest.raises(
         DataError, match=r"dedup: input .*missing does not exist; run the stage that writes it"
     ):
@@ -150,9 +191,9 @@ def _run_app(corpus: Path, out: Path, data: Path) -> subprocess.Popen:
         "stage=dedup",
         f"stage.inputs=[{corpus}]",
         f"stage.out_dir={out}",
-        "stage.rows_per_shard=5",
-        "stage.batch_docs=4",
-        "stage.workers=1",
+        "stage.shard_bytes=20000",
+        "executor.tasks=3",
+        "executor.workers=2",
         f"paths.data={data}",
         "progress=false",
     ]
@@ -172,14 +213,13 @@ def test_killed_run_reruns_to_same_output(stdlib_dir: Path, tmp_path: Path) -> N
     assert _run_app(corpus, full, data).wait(timeout=120) == 0
     proc = _run_app(corpus, killed, data)
     deadline = time.time() + 60
-    while not list(killed.glob(".staging-*/part-00001.parquet")) and proc.poll() is None:
+    while not list(killed.glob(".stage/signatures/shards/*.json")) and proc.poll() is None:
         assert time.time() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert read_manifest(killed) is None and not list(killed.glob("*.parquet"))
     assert _run_app(corpus, killed, data).wait(timeout=120) == 0
-    assert not list(killed.glob(".staging-*"))
     for sub in ("", "removed"):
         assert read_table(killed / sub).equals(read_table(full / sub))
     assert read_manifest(killed)["counts"] == read_manifest(full)["counts"]

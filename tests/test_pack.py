@@ -96,7 +96,7 @@ def test_killed_pack_resumes_to_identical_output(tmp_path, tiny_data, stdlib_dir
         code = (
             "import sys; from textbooks.data.pack import PackConfig, pack; "
             f"pack(PackConfig(inputs=[{str(stdlib_dir)!r}], out_dir={str(out)!r}, "
-            f"tokenizer={str(tiny_data['tokenizer'])!r}, docs_per_shard=150, batch_docs=16, num_threads=1), "
+            f"tokenizer={str(tiny_data['tokenizer'])!r}, shard_bytes=1_000_000, batch_docs=16, num_threads=1), "
             "progress=False)"
         )
         p = subprocess.Popen([sys.executable, "-c", code])
@@ -104,7 +104,9 @@ def test_killed_pack_resumes_to_identical_output(tmp_path, tiny_data, stdlib_dir
             assert p.wait(120) == 0
             return
         deadline = time.time() + 120
-        while len(list(out.glob("shard-*.json"))) < kill_after_shards and time.time() < deadline:
+        while (
+            len(list(out.glob(".stage/encode/shards/*.json"))) < kill_after_shards and time.time() < deadline
+        ):
             time.sleep(0.05)
         p.send_signal(signal.SIGKILL)
         p.wait()
@@ -113,9 +115,9 @@ def test_killed_pack_resumes_to_identical_output(tmp_path, tiny_data, stdlib_dir
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     run(ref)
     run(killed, kill_after_shards=3)
-    done_before = {p.name: p.stat().st_mtime_ns for p in killed.glob("shard-*.bin")}
+    done_before = {p.name: p.stat().st_mtime_ns for p in killed.glob(".stage/staged/shard-*.bin")}
     run(killed)
-    files = sorted(p.name for p in ref.iterdir())
+    files = sorted(p.name for p in ref.iterdir() if not p.name.startswith("."))
     assert files == sorted(p.name for p in killed.iterdir() if not p.name.startswith("."))
     for name in files:
         if name.endswith(".bin"):

@@ -19,6 +19,10 @@ class ConfigError(TextbooksError, ValueError):
     """A config value is invalid or inconsistent with another."""
 
 
+class DataError(TextbooksError):
+    """Input data cannot be used; the message names the file and the fix."""
+
+
 def cli_errors(fn: F) -> F:
     """Run ``fn``; a ``TextbooksError`` becomes ``error: <message>`` on stderr and exit status 2.
 

@@ -1,6 +1,6 @@
 """Stage ``ingest``: read raw code corpora, filter them as The Stack / Codex / StarCoder did, write Parquet.
 
-Inputs (``stage.inputs``, a list, read in order):
+Inputs (``stage.inputs``, a list, read in order; see ``textbooks.data.reader``):
 
 * a directory of source files (``pattern`` selects them; ``site-packages`` below a root is skipped),
 * a JSONL file or a directory of JSONL files (``text_fields`` name the text, e.g. ``text`` or ``content``),
@@ -10,6 +10,8 @@ Inputs (``stage.inputs``, a list, read in order):
   fetched with ``huggingface_hub.snapshot_download`` (only when the hub is reachable), then read like
   local Parquet.
 
+The inputs are cut into shards (a JSONL/Parquet file each, runs of ~``shard_bytes`` of source files); each
+task filters its shards and writes one part per shard, so the output does not depend on the number of tasks.
 Every document passes the filters in ``FILTERS`` order and is dropped at the first it fails; the manifest
 counts drops per reason. Output columns: ``id`` (content hash + hash of the path, stable across machines),
 ``text``, ``source`` (provenance: file path, ``file:line`` or ``file#row``, ``hf:<repo>/<file>#row``),
@@ -18,29 +20,23 @@ counts drops per reason. Output columns: ``id`` (content hash + hash of the path
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import logging
-import os
 import re
-import sysconfig
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import JSONL_SUFFIXES, PARQUET_SUFFIXES, DataError, ReadStats, input_kind
-from textbooks.data.manifest import Stage, read_manifest
-from textbooks.data.records import StagedOutput, as_list
+from textbooks.data.executor import ExecutorConfig
+from textbooks.data.executor import run as run_on
+from textbooks.data.parquet import PartWriter
+from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
+from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError
-from textbooks.io import list_source_files, stdlib_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +67,6 @@ SCHEMA = pa.schema(
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
 
-# -- ingest -------------------------------------------------------------------------------------------------
 @dataclass
 class IngestConfig:
     # paths, "stdlib", "site-packages", or {hf: repo, allow_patterns: [...], revision: ...}
@@ -94,16 +89,17 @@ class IngestConfig:
         default_factory=lambda: [r"auto-?generated", r"automatically generated", r"do not edit"]
     )
     generated_header_lines: int = 5
-    rows_per_shard: int = 50_000
-    max_bad_fraction: float = 0.01  # malformed JSONL/Parquet records tolerated before failing
-    hf_cache_dir: str | None = None  # huggingface_hub cache (default: its own)
+    shard_bytes: int = 8 << 20  # source files per shard (a JSONL/Parquet file is a shard of its own)
+    rows_per_group: int = execution_only(10_000)  # Parquet row group size of the output parts
+    max_bad_fraction: float = execution_only(0.01)  # malformed records / unreadable files tolerated
+    hf_cache_dir: str | None = execution_only(None)  # huggingface_hub cache (default: its own)
 
 
 @dataclass
 class Record:
     """One raw document before filtering."""
 
-    text: str | None  # None when it could not be decoded
+    text: str | None  # None when it was not read (wrong language, too large) or could not be decoded
     source: str
     path: str
     lang: str | None
@@ -157,230 +153,143 @@ def doc_id(text: str, key: str) -> str:
     return f"{content}-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
-def resolve_input(spec: Any, cache_dir: str | None = None) -> tuple[Path, str]:
-    """A local path and a provenance label for one input spec (aliases and HF datasets resolved)."""
-    if isinstance(spec, dict):
-        if "hf" not in spec:
-            raise ConfigError(f"ingest: input {spec} is a mapping without 'hf' (a Hugging Face dataset repo)")
-        return download_hf_dataset(
-            spec["hf"], spec.get("allow_patterns"), spec.get("revision"), cache_dir
-        ), f"hf:{spec['hf']}"
-    text = str(spec)
-    if text == "stdlib":
-        return stdlib_dir(), "stdlib"
-    if text == "site-packages":
-        return Path(sysconfig.get_paths()["purelib"]), "site-packages"
-    return Path(text), text
+class Ingest(Stage):
+    """Filter each shard of the inputs into ``part-<shard>.parquet``."""
 
+    name = "ingest"
 
-def download_hf_dataset(
-    repo: str, allow_patterns: list[str] | str | None, revision: str | None, cache_dir: str | None
-) -> Path:
-    """Fetch (or find cached) files of a hub dataset, e.g. ``bigcode/the-stack-dedup`` ``data/python/*``."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover - huggingface_hub comes with transformers
-        raise DataError(
-            "ingest: reading a hub dataset needs huggingface_hub (pip install huggingface_hub)"
-        ) from e
-    try:
-        local = snapshot_download(
-            repo_id=repo,
-            repo_type="dataset",
-            allow_patterns=allow_patterns,
-            revision=revision,
-            cache_dir=cache_dir,
-        )
-    except Exception as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub is unreachable, or the dataset is gated"
-        raise DataError(
-            f"ingest: could not get dataset {repo!r} (files {allow_patterns}) from the Hugging Face hub: {why} "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Fix: run on a machine with "
-            "network (for gated sets such as bigcode/the-stack-dedup accept the terms and set HF_TOKEN), or "
-            "download the Parquet files elsewhere and list their directory in stage.inputs"
-        ) from e
-    return Path(local)
-
-
-def _first(rec: dict[str, Any], names: list[str]) -> Any:
-    for n in names:
-        if rec.get(n) is not None:
-            return rec[n]
-    return None
-
-
-def _file_records(root: Path, label: str, cfg: IngestConfig, filters: Filters) -> Iterator[Record]:
-    files = [root] if root.is_file() else list_source_files(root, cfg.pattern)
-    base = root.parent if root.is_file() else root
-    for p in files:
-        rel = p.relative_to(base).as_posix()
-        lang = filters.lang_of(rel, None)
-        size = p.stat().st_size
-        text = None
-        if (not filters.languages or lang in filters.languages) and size <= cfg.max_bytes:
-            try:
-                text = p.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                text = None
-        yield Record(text=text, source=str(p), path=rel, lang=lang, size=size)
-
-
-def _row_record(rec: Any, where: str, cfg: IngestConfig, filters: Filters, stats: ReadStats) -> Record | None:
-    if not isinstance(rec, dict):
-        stats.skip(where, f"a JSON {type(rec).__name__}, not an object")
-        return None
-    text = _first(rec, cfg.text_fields)
-    if not isinstance(text, str):
-        stats.skip(where, f"no string field among {cfg.text_fields}")
-        return None
-    path = _first(rec, cfg.path_fields)
-    path = str(path) if path is not None else ""
-    lang = filters.lang_of(path, rec.get(cfg.lang_field)) or (cfg.default_lang or "").lower() or None
-    stats.documents += 1
-    return Record(
-        text=text, source=where, path=path, lang=lang, size=len(text.encode("utf-8", "surrogatepass"))
-    )
-
-
-def _jsonl_records(
-    path: Path, label: str, cfg: IngestConfig, filters: Filters, stats: ReadStats
-) -> Iterator[Record]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{label}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                stats.skip(where, f"JSONDecodeError: {e}")
-                continue
-            r = _row_record(rec, where, cfg, filters, stats)
-            if r is not None:
-                yield r
-
-
-def _parquet_records(
-    path: Path, label: str, cfg: IngestConfig, filters: Filters, stats: ReadStats
-) -> Iterator[Record]:
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    if not any(n in names for n in cfg.text_fields):
-        raise DataError(
-            f"ingest: {path} has none of the text columns {cfg.text_fields} (columns: {names}); "
-            "set stage.text_fields"
-        )
-    cols = [n for n in {*cfg.text_fields, *cfg.path_fields, cfg.lang_field} if n in names]
-    row = 0
-    for batch in pf.iter_batches(columns=sorted(cols), batch_size=1024):
-        for rec in batch.to_pylist():
-            r = _row_record(rec, f"{label}#{row}", cfg, filters, stats)
-            row += 1
-            if r is not None:
-                yield r
-
-
-def iter_raw(
-    root: Path, label: str, cfg: IngestConfig, filters: Filters, stats: ReadStats
-) -> Iterator[Record]:
-    """Raw records of one resolved input, in a deterministic order."""
-    kind = input_kind(root)
-    if kind == "files":
-        yield from _file_records(root, label, cfg, filters)
-        return
-    suffixes = JSONL_SUFFIXES if kind == "jsonl" else PARQUET_SUFFIXES
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.name.endswith(suffixes))
-    for f in files:
-        name = f.name if root.is_file() else f.relative_to(root).as_posix()
-        sub = f"{label}/{name}" if label.startswith("hf:") else str(f)
-        reader = _jsonl_records if kind == "jsonl" else _parquet_records
-        yield from reader(f, sub, cfg, filters, stats)
-
-
-def ingest(cfg: IngestConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Read, filter and write ``cfg.inputs`` to ``cfg.out_dir``; returns the manifest (skipped if current)."""
-    inputs = as_list(cfg.inputs)
-    if not inputs:
-        raise ConfigError("ingest: stage.inputs is empty; list source directories, JSONL or Parquet files")
-    for m in cfg.generated_markers:
-        try:
-            re.compile(m)
-        except re.error as e:
+    def __init__(self, cfg: IngestConfig) -> None:
+        inputs = list(cfg.inputs) if isinstance(cfg.inputs, (list, tuple)) else [cfg.inputs]
+        if not inputs:
             raise ConfigError(
-                f"ingest: generated_markers entry {m!r} is not a regular expression: {e}"
-            ) from e
-    resolved = [resolve_input(spec, cfg.hf_cache_dir) for spec in inputs]
-    for path, label in resolved:
-        if not path.exists():
-            raise DataError(f"ingest: input {label} ({path}) does not exist; fix stage.inputs")
-    stage_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "hf_cache_dir")}
-    stage = Stage("ingest", cfg.out_dir, stage_cfg, [str(p) for p, _ in resolved], pattern=cfg.pattern)
-    if stage.is_current():
-        log.info("ingest: %s is current, skipping", cfg.out_dir)
-        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
+                "ingest: stage.inputs is empty; list source directories, JSONL or Parquet files"
+            )
+        for m in cfg.generated_markers:
+            try:
+                re.compile(m)
+            except re.error as e:
+                raise ConfigError(
+                    f"ingest: generated_markers entry {m!r} is not a regular expression: {e}"
+                ) from e
+        self.config = cfg
+        self.sources: list[Source] = [
+            resolve(s, where="ingest", cache_dir=cfg.hf_cache_dir, fix="fix stage.inputs") for s in inputs
+        ]
+        self.inputs = [s.path for s in self.sources]
+        self.pattern = cfg.pattern
 
-    filters = Filters(cfg)
-    stats = ReadStats()
-    dropped: Counter[str] = Counter()
-    per_input = []
-    kept_bytes = 0
-    staged = StagedOutput(cfg.out_dir)
-    writer = staged.writer(schema=SCHEMA, rows_per_shard=cfg.rows_per_shard)
-    bar = tqdm(desc="ingest", unit="doc", disable=not progress)
-    try:
-        for path, label in resolved:
-            seen = kept = 0
-            for r in iter_raw(path, label, cfg, filters, stats):
-                seen += 1
-                bar.update()
-                why = filters.reason(r)
-                if why is not None:
-                    dropped[why] += 1
-                    continue
-                assert r.text is not None
-                kept += 1
-                kept_bytes += r.size
-                writer.add(
-                    {
-                        "id": doc_id(r.text, r.path or r.source),
-                        "text": r.text,
-                        "source": r.source,
-                        "path": r.path,
-                        "bytes": r.size,
-                        "lang": r.lang,
-                    }
-                )
-            per_input.append({"input": label, "path": str(path), "seen": seen, "kept": kept})
-        bar.close()
-        stats.check(cfg.max_bad_fraction, f"ingest {[label for _, label in resolved]}")
-        writer.close()
-    except BaseException:
-        staged.discard()
-        raise
-    outputs = staged.publish(stage)
-    kept_total = sum(i["kept"] for i in per_input)
-    log.info(
-        "ingest: kept %d of %d documents; dropped %s",
-        kept_total,
-        sum(i["seen"] for i in per_input),
-        dict(dropped),
-    )
-    return stage.finish(
-        outputs,
-        documents=kept_total,
-        seen=sum(i["seen"] for i in per_input),
-        bytes=kept_bytes,
-        filtered={k: dropped.get(k, 0) for k in FILTERS},
-        malformed=stats.bad,
-        malformed_examples=stats.examples,
-        per_input=per_input,
-    )
+    def plan(self) -> dict[str, Any]:
+        shards = plan_shards(self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes)
+        return {"shards": [s.to_dict() for s in shards], "labels": [s.label for s in self.sources]}
+
+    def steps(self) -> list[Step]:
+        return [Step("filter", "filter")]
+
+    def filter(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        filters = Filters(cfg)
+        fields = Fields(tuple(cfg.text_fields), "id", tuple(cfg.path_fields), cfg.lang_field)
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        bar = tqdm(desc="ingest", unit="doc", disable=not task.progress)
+
+        def wanted(rel: str, size: int) -> bool:
+            lang = filters.lang_of(rel, None)
+            return (not filters.languages or lang in filters.languages) and size <= cfg.max_bytes
+
+        def one(i: int) -> dict[str, Any]:
+            shard, stats, dropped = shards[i], ReadStats(), Counter()
+            seen = kept = kept_bytes = 0
+            with PartWriter(task.publish_path(f"part-{i:05d}.parquet"), SCHEMA, cfg.rows_per_group) as w:
+                for rec in read_shard(shard, stats, fields=fields, select=wanted, raw=True):
+                    r = _record(rec, shard, cfg, filters)
+                    seen += 1
+                    bar.update()
+                    why = filters.reason(r)
+                    if why is not None:
+                        dropped[why] += 1
+                        continue
+                    assert r.text is not None
+                    kept += 1
+                    kept_bytes += r.size
+                    w.add(
+                        {
+                            "id": doc_id(r.text, r.path or r.source),
+                            "text": r.text,
+                            "source": r.source,
+                            "path": r.path,
+                            "bytes": r.size,
+                            "lang": r.lang,
+                        }
+                    )
+            return {
+                "input": shard.input,
+                "seen": seen,
+                "kept": kept,
+                "bytes": kept_bytes,
+                "filtered": dict(dropped),
+                "read": stats.to_dict(),
+            }
+
+        try:
+            return task.each_shard(len(shards), one)
+        finally:
+            bar.close()
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        shards = task.shard_stats("filter")
+        read = ReadStats.merge([s["read"] for s in shards])
+        labels = task.plan["labels"]
+        read.check(self.config.max_bad_fraction, f"ingest {labels}")
+        total = summed(shards, ("seen", "kept", "bytes", "filtered"))
+        per_input = [
+            {
+                "input": label,
+                "path": path,
+                "seen": 0,
+                "kept": 0,
+                **summed([s for s in shards if s["input"] == i], ("seen", "kept")),
+            }
+            for i, (label, path) in enumerate(zip(labels, self.inputs))
+        ]
+        log.info(
+            "ingest: kept %d of %d documents; dropped %s",
+            total.get("kept", 0),
+            total.get("seen", 0),
+            total.get("filtered", {}),
+        )
+        return {
+            "documents": total.get("kept", 0),
+            "seen": total.get("seen", 0),
+            "bytes": total.get("bytes", 0),
+            "filtered": {k: total.get("filtered", {}).get(k, 0) for k in FILTERS},
+            "malformed": read.bad + read.bad_files,
+            "malformed_examples": read.bad_file_examples + read.examples,
+            "read": read.to_dict(),
+            "per_input": per_input,
+            "parts": [f"part-{i:05d}.parquet" for i in range(len(task.plan["shards"]))],
+        }
+
+
+def _record(rec: dict[str, Any], shard: Shard, cfg: IngestConfig, filters: Filters) -> Record:
+    """A raw reader record as a ``Record``: language from the lang field, the extension or the default."""
+    text = rec["text"]
+    if shard.kind == "files":
+        lang = filters.lang_of(rec["path"], None)
+        return Record(
+            None if rec.get("decode_error") else text, rec["source"], rec["path"], lang, rec["bytes"]
+        )
+    lang = filters.lang_of(rec["path"], rec.get(cfg.lang_field)) or (cfg.default_lang or "").lower() or None
+    return Record(text, rec["source"], rec["path"], lang, len(text.encode("utf-8", "surrogatepass")))
+
+
+def ingest(
+    cfg: IngestConfig, executor: ExecutorConfig | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """Read, filter and write ``cfg.inputs`` to ``cfg.out_dir``; returns the manifest (skipped if current)."""
+    return run_on(Ingest(cfg), executor, progress=progress)
 
 
 def run_stage(cfg: Any) -> dict[str, Any]:
     """``textbooks-data stage=ingest``: filter ``stage.inputs`` into ``stage.out_dir``."""
     c = dataclass_from(IngestConfig, cfg.stage, "stage ingest")
-    c.inputs = as_list(c.inputs)
-    return ingest(c, progress=cfg.get("progress", True))
+    return ingest(c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True))

@@ -1,66 +1,62 @@
-"""Stage ``dedup``: exact and near-duplicate removal (MinHash LSH), keeping the first document of each cluster.
+"""Stage ``dedup``: exact and near-duplicate removal at any scale, first document of each cluster kept.
 
-Documents are read in input order. Each one is
+The decisions are exactly those of ``textbooks.data.minhash.Deduplicator`` reading the documents in input
+order (see that module for what a duplicate is); only the way they are computed scales:
 
-1. **exact**-deduplicated: the SHA-256 of its normalised text (newlines ``\\n``, trailing whitespace of
-   every line and blank lines at both ends removed) is looked up among earlier documents;
-2. **near**-deduplicated: its word n-grams (``shingle_size`` tokens of ``token_pattern``) are MinHashed
-   with ``num_perm`` permutations and queried against an LSH index (``datasketch.MinHashLSH``) of the
-   documents kept so far; a candidate whose estimated Jaccard similarity is at least ``threshold`` makes
-   it a duplicate of the earliest such kept document.
+1. ``signatures`` (sharded): per input shard, every document's exact key, MinHash signature and a hash of the
+   signature, and sorted runs on disk (``textbooks.data.runs``): one per LSH band, one of signature hashes,
+   one of exact keys.
+2. ``buckets`` (sharded over jobs: each band, "same signature", "same exact key"): merges the shards' runs a
+   key range at a time and writes, sorted by document: documents whose signature repeats an earlier one's (with
+   that first one), documents whose exact key repeats an earlier one's (only those without tokens, or all when
+   ``near`` is off), and the pairs of distinct signatures sharing the band whose estimated Jaccard similarity
+   is at least ``threshold``.
+3. ``cluster`` (one task) applies the rule in document order, a range of documents at a time, with one byte
+   of state per document. Identical signatures share every band, hence every candidate, so a repeated
+   signature shares the fate of its first occurrence: it duplicates that one if it is kept (``exact`` when the
+   exact keys agree), else what that one duplicates. Exact keys imply identical signatures (tokens never
+   match whitespace, which is all that normalisation changes), so the first of a signature is never an exact
+   duplicate, and its near duplicates are found among its verified pairs: the earliest one still kept.
+4. ``filter`` (sharded): each shard's kept documents with ``minhash_cluster`` (their rank among all kept
+   documents: 0, 1, … in input order), and ``removed/`` (``id``, ``source``, ``duplicate_of``,
+   ``minhash_cluster``, ``reason`` exact/near, ``jaccard``), so a cluster's size is 1 + its rows there.
 
-A kept document opens a cluster (``minhash_cluster``: 0, 1, … in input order) and is inserted into the
-index; duplicates join the cluster of the document they duplicate, so the result depends only on the input
-order (deterministic). Output columns: the input's columns (those all inputs share; at least ``id``,
-``text``, ``source``) + ``minhash_cluster``. With ``write_removed`` the removed documents are listed in
-``removed/`` (``id``, ``source``, ``duplicate_of``, ``minhash_cluster``, ``reason`` exact/near,
-``jaccard``), so a cluster's size is 1 + its rows there. Both are written as the input streams by.
-
-The MinHash is datasketch's ``affine32`` scheme computed in numpy for a whole document at once (n-gram
-hashes from cached 64-bit token hashes, then one ``[n_shingles, num_perm]`` min-reduction), which gives
-the same signatures as ``MinHash.update_batch`` on the same 32-bit shingle hashes and is several times
-faster than hashing shingles one by one.
+Memory per task is bounded by ``max_rows`` (rows of sorted runs held at once) and the shard size, plus one
+byte per document in ``cluster``. Output columns: the input's columns (those all inputs share; at least
+``id``, ``text``, ``source``) + ``minhash_cluster``.
 """
 
 from __future__ import annotations
 
-import collections
-import hashlib
+import functools
 import logging
-import multiprocessing as mp
-import operator
-import os
-import re
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import ReadStats
-from textbooks.data.manifest import Stage, read_manifest
-from textbooks.data.records import (
-    StagedOutput,
-    as_list,
-    batched,
-    check_inputs_exist,
-    common_columns,
-    iter_records,
+from textbooks.data.executor import ExecutorConfig
+from textbooks.data.executor import run as run_on
+from textbooks.data.minhash import Duplicates, MinHasher, exact_key
+from textbooks.data.parquet import PartWriter, write_table
+from textbooks.data.reader import (
+    ReadStats,
+    Shard,
+    Source,
+    plan_shards,
+    read_shard,
+    resolve,
+    shard_schema,
 )
+from textbooks.data.runs import Run, ShardArrays, groups, load, merged, save, save_run
+from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-SCHEME = "affine32"
-_MASK32 = np.uint64(0xFFFFFFFF)
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the n-gram polynomial hash
-_FMIX32 = (np.uint32(16), np.uint32(0x85EBCA6B), np.uint32(13), np.uint32(0xC2B2AE35), np.uint32(16))
 
 REMOVED_SCHEMA = pa.schema(
     [
@@ -72,6 +68,11 @@ REMOVED_SCHEMA = pa.schema(
         ("jaccard", pa.float64()),
     ]
 )
+BASE = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
+SAME = np.dtype([("doc", np.int64), ("first", np.int64), ("same_key", np.bool_)])
+PAIR = np.dtype([("doc", np.int64), ("other", np.int64), ("jaccard", np.float64)])
+REMOVED = np.dtype([("doc", np.int64), ("of", np.int64), ("exact", np.bool_), ("jaccard", np.float64)])
+KEPT, EXACT, NEAR = 0, 1, 2
 
 
 @dataclass
@@ -89,337 +90,365 @@ class DedupConfig:
     lsh_weights: tuple[float, float] = (0.5, 0.5)  # false-positive / false-negative weights of LSH bands
     pattern: str = "**/*.py"  # files read inside source directories
     write_removed: bool = True
-    workers: int = 1  # processes computing signatures: 1 = in process, 0 = one per CPU (~2 s to start)
-    batch_docs: int = 256  # documents per worker task
-    rows_per_shard: int = 50_000
-    max_bad_fraction: float = 0.01
+    shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
+    max_rows: int = execution_only(2_000_000)  # rows of sorted runs held in memory at once per task
+    rows_per_group: int = execution_only(10_000)  # Parquet row groups of the output parts
+    max_bad_fraction: float = execution_only(0.01)
+
+    def definition(self) -> Duplicates:
+        names = {f.name for f in fields(Duplicates)}
+        return Duplicates(**{k: v for k, v in asdict(self).items() if k in names})
 
 
-def normalise(text: str) -> str:
-    """Text with ``\\n`` newlines, no trailing whitespace on any line and no blank lines at either end."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    return "\n".join([line.rstrip() for line in lines]).strip("\n")
+class Dedup(Stage):
+    name = "dedup"
 
-
-def exact_key(text: str) -> bytes:
-    """The hash exact deduplication compares: SHA-256 of the normalised text."""
-    return hashlib.sha256(normalise(text).encode("utf-8", "surrogatepass")).digest()
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, as datasketch's affine32 scheme applies it to input hashes."""
-    s1, m1, s2, m2, s3 = _FMIX32
-    h = h ^ (h >> s1)
-    h = h * m1
-    h = h ^ (h >> s2)
-    h = h * m2
-    return h ^ (h >> s3)
-
-
-class _TokenHashes(dict):
-    """token -> stable 64-bit hash (BLAKE2b), computed once per distinct token."""
-
-    def __missing__(self, token: str) -> int:
-        digest = hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        h = int.from_bytes(digest, "little")
-        self[token] = h
-        return h
-
-
-class MinHasher:
-    """Word n-gram MinHash signatures of texts (datasketch ``affine32`` scheme, numpy throughout)."""
-
-    def __init__(
-        self,
-        num_perm: int = 128,
-        shingle_size: int = 5,
-        seed: int = 1,
-        token_pattern: str = r"\w+",
-        ascii_tokens: bool = True,
-    ) -> None:
-        if shingle_size < 1:
-            raise ConfigError(f"dedup: shingle_size={shingle_size} must be at least 1")
-        if num_perm < 2:
-            raise ConfigError(f"dedup: num_perm={num_perm} must be at least 2")
-        try:
-            self.token_re = re.compile(token_pattern, re.ASCII if ascii_tokens else 0)
-        except re.error as e:
+    def __init__(self, cfg: DedupConfig) -> None:
+        inputs = list(cfg.inputs) if isinstance(cfg.inputs, (list, tuple)) else [cfg.inputs]
+        if not inputs:
             raise ConfigError(
-                f"dedup: token_pattern {token_pattern!r} is not a regular expression: {e}"
-            ) from e
-        self.num_perm = num_perm
-        self.shingle_size = shingle_size
-        self.seed = seed
-        a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
-        self.a = np.asarray(a, dtype=np.uint32)[:, None]
-        self.b = np.asarray(b, dtype=np.uint32)[:, None]
-        self.block = 4096
-        self.buf = np.empty((num_perm, self.block), dtype=np.uint32)
-        self.tokens = _TokenHashes()
-        self.empty = np.full(num_perm, np.iinfo(np.uint32).max, dtype=np.uint32)
+                "dedup: stage.inputs is empty; give the ingest output (e.g. ${paths.data}/corpus)"
+            )
+        cfg.lsh_weights = tuple(cfg.lsh_weights)  # type: ignore[assignment]
+        self.dup = cfg.definition()
+        self.dup.validate()
+        MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed, cfg.token_pattern, cfg.ascii_tokens)  # checks
+        self.config = cfg
+        self.sources: list[Source] = [resolve(s, where="dedup") for s in inputs]
+        self.inputs = [s.path for s in self.sources]
+        self.pattern = cfg.pattern
 
-    def shingles(self, text: str) -> np.ndarray:
-        """32-bit hashes of the document's token n-grams (one n-gram of all tokens when it is shorter)."""
-        toks = self.token_re.findall(text)
-        if not toks:
-            return np.empty(0, dtype=np.uint32)
-        if len(toks) == 1:
-            h = np.array([self.tokens[toks[0]]], dtype=np.uint64)
-        else:
-            h = np.array(operator.itemgetter(*toks)(self.tokens), dtype=np.uint64)
-        k = min(self.shingle_size, len(h))
-        n = len(h) - k + 1
-        acc = h[:n].copy()
-        for j in range(1, k):
-            acc = acc * _MIX + h[j : j + n]
-        return ((acc >> np.uint64(32)) ^ (acc & _MASK32)).astype(np.uint32)
-
-    def signature(self, shingles: np.ndarray) -> np.ndarray:
-        """The MinHash values (``uint32[num_perm]``) of a set of 32-bit shingle hashes.
-
-        Computed as ``min over shingles of (a * fmix32(h) + b) mod 2^32`` per permutation, in blocks of
-        ``[num_perm, block]`` in a reused buffer so the reduction runs along contiguous memory.
-        """
-        sig = self.empty.copy()
-        hv = _fmix32(shingles)[None, :]
-        for i in range(0, hv.shape[1], self.block):
-            x = hv[:, i : i + self.block]
-            m = self.buf[:, : x.shape[1]]
-            np.multiply(self.a, x, out=m)
-            np.add(m, self.b, out=m)
-            np.minimum(sig, m.min(axis=1), out=sig)
-        return sig
-
-    def __call__(self, text: str) -> np.ndarray | None:
-        """The signature of ``text``, or None when it has no tokens."""
-        s = self.shingles(text)
-        return self.signature(s) if len(s) else None
-
-    def lean(self, signature: np.ndarray) -> LeanMinHash:
-        return LeanMinHash(seed=self.seed, hashvalues=signature, scheme=SCHEME)
-
-
-Sketch = tuple[bytes | None, np.ndarray | None]  # (exact key, MinHash signature) of one document
-
-
-class Sketcher:
-    """What deduplication needs of each document: its exact key and its MinHash signature."""
-
-    def __init__(self, cfg: DedupConfig) -> None:
-        self.exact = cfg.exact
-        self.near = cfg.near
-        self.hasher = MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed, cfg.token_pattern, cfg.ascii_tokens)
-
-    def __call__(self, texts: list[str]) -> list[Sketch]:
-        return [(exact_key(t) if self.exact else None, self.hasher(t) if self.near else None) for t in texts]
-
-
-_worker: Sketcher | None = None
-
-
-def _init_worker(cfg: DedupConfig) -> None:
-    global _worker
-    _worker = Sketcher(cfg)
-
-
-def _sketch_batch(texts: list[str]) -> list[Sketch]:
-    assert _worker is not None
-    return _worker(texts)
-
-
-class SketchPool:
-    """Sketches of documents, in order, computed by ``cfg.workers`` processes (or in process).
-
-    ``sketch(items, text)`` streams: at most ``2 * workers`` batches are in flight, so memory stays
-    bounded while the workers hash and this process runs the LSH index.
-    """
-
-    def __init__(self, cfg: DedupConfig) -> None:
-        self.workers = cfg.workers or os.cpu_count() or 1
-        self.batch = max(1, cfg.batch_docs)
-        self.local = Sketcher(cfg) if self.workers <= 1 else None
-        # spawn, not fork: the parent holds Arrow's threads
-        self.pool = (
-            None
-            if self.local
-            else mp.get_context("spawn").Pool(self.workers, initializer=_init_worker, initargs=(cfg,))
+    def plan(self) -> dict[str, Any]:
+        shards = plan_shards(self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes)
+        schema = shard_schema(shards, BASE)
+        names = [n for n in schema.names if n != "minhash_cluster"]
+        bands, rows = self.dup.bands() if self.dup.near else (0, 0)
+        jobs = (["signature", *(f"band-{j}" for j in range(bands))] if self.dup.near else []) + (
+            ["exact"] if self.dup.exact else []
         )
-        self.slots = threading.Semaphore(2 * self.workers)
-        self.closing = False
+        return {
+            "shards": [s.to_dict() for s in shards],
+            "columns": names,
+            "schema": schema.serialize().to_pybytes().hex(),
+            "bands": bands,
+            "rows": rows,
+            "jobs": jobs,
+        }
 
-    def sketch(self, items: Iterable[T], text: Callable[[T], str]) -> Iterator[tuple[T, Sketch]]:
-        """``(item, sketch of text(item))`` for every item, in order."""
-        if self.local is not None:
-            for batch in batched(items, self.batch):
-                yield from zip(batch, self.local([text(x) for x in batch]))
-            return
-        assert self.pool is not None
-        pending: collections.deque[list[T]] = collections.deque()
+    def steps(self) -> list[Step]:
+        return [
+            Step("signatures", "signatures"),
+            Step("buckets", "buckets"),
+            Step("cluster", "cluster", sharded=False),
+            Step("filter", "filter"),
+        ]
 
-        def feed() -> Iterator[list[str]]:  # runs in the pool's task thread
-            for batch in batched(items, self.batch):
-                self.slots.acquire()
-                if self.closing:
-                    return
-                pending.append(batch)
-                yield [text(x) for x in batch]
+    # -- 1 ------------------------------------------------------------------------------------------------
+    def signatures(self, task: Task) -> dict[str, Any]:
+        dup = self.dup
+        hasher = MinHasher(dup.num_perm, dup.shingle_size, dup.seed, dup.token_pattern, dup.ascii_tokens)
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        bands, rows = task.plan["bands"], task.plan["rows"]
+        out = task.data_dir()
+        bar = tqdm(desc="dedup signatures", unit="doc", disable=not task.progress)
 
-        for result in self.pool.imap(_sketch_batch, feed()):
-            batch = pending.popleft()
-            self.slots.release()
-            yield from zip(batch, result)
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.closing = True
-            for _ in range(2 * self.workers + 1):
-                self.slots.release()  # unblock the feeder so the pool can stop
-            self.pool.terminate()
-            self.pool.join()
-
-    def __enter__(self) -> SketchPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass
-class Verdict:
-    """What deduplication decided for one document."""
-
-    cluster: int
-    duplicate_of: int | None  # index of the kept document it duplicates; None when kept
-    reason: str | None  # "exact" or "near"
-    jaccard: float
-
-
-class Deduplicator:
-    """Streaming exact + near deduplication: ``add(sketch)`` decides for each document in input order."""
-
-    def __init__(self, cfg: DedupConfig) -> None:
-        if not 0.0 < cfg.threshold <= 1.0:
-            raise ConfigError(f"dedup: threshold={cfg.threshold} must be in (0, 1]")
-        self.cfg = cfg
-        self.hasher = MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed, cfg.token_pattern, cfg.ascii_tokens)
-        weights = tuple(cfg.lsh_weights)
-        self.lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights)  # type: ignore[arg-type]
-        self.exact: dict[bytes, int] = {}  # normalised-content hash -> index of the kept document
-        self.signatures: dict[int, np.ndarray] = {}  # kept index -> signature
-        self.cluster_of: dict[int, int] = {}  # kept index -> cluster number
-        self.n = 0
-
-    def add(self, sketch: Sketch) -> Verdict:
-        key, sig = sketch
-        i = self.n
-        self.n += 1
-        if key is not None and key in self.exact:
-            first = self.exact[key]
-            return Verdict(self.cluster_of[first], first, "exact", 1.0)
-        if sig is not None:
-            best: tuple[int, float] | None = None
-            for j in self.lsh.query(self.hasher.lean(sig)):
-                jac = float(np.count_nonzero(self.signatures[j] == sig)) / self.cfg.num_perm
-                if jac >= self.cfg.threshold and (best is None or j < best[0]):
-                    best = (j, jac)
-            if best is not None:
-                return Verdict(self.cluster_of[best[0]], best[0], "near", best[1])
-        cluster = len(self.cluster_of)
-        self.cluster_of[i] = cluster
-        if key is not None:
-            self.exact[key] = i
-        if sig is not None:
-            self.signatures[i] = sig
-            self.lsh.insert(i, self.hasher.lean(sig), check_duplication=False)
-        return Verdict(cluster, None, None, 1.0)
-
-
-def deduplicate(texts: Iterable[str], cfg: DedupConfig) -> list[Verdict]:
-    """Verdicts for in-memory texts (the stage's decisions without files)."""
-    d = Deduplicator(cfg)
-    with SketchPool(cfg) as pool:
-        return [d.add(s) for _, s in pool.sketch(texts, str)]
-
-
-def dedup(cfg: DedupConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Deduplicate ``cfg.inputs`` into ``cfg.out_dir``; returns the manifest (skipped when current)."""
-    inputs = as_list(cfg.inputs)
-    if not inputs:
-        raise ConfigError("dedup: stage.inputs is empty; give the ingest output (e.g. ${paths.data}/corpus)")
-    if not (cfg.exact or cfg.near):
-        raise ConfigError("dedup: both exact and near are false; enable at least one")
-    check_inputs_exist(inputs, "dedup")
-    stage_cfg = {k: v for k, v in asdict(cfg).items() if k != "out_dir"}
-    stage = Stage("dedup", cfg.out_dir, stage_cfg, inputs, pattern=cfg.pattern)
-    if stage.is_current():
-        log.info("dedup: %s is current, skipping", cfg.out_dir)
-        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
-
-    schema = common_columns(inputs)
-    names = [n for n in schema.names if n != "minhash_cluster"]
-    out_schema = pa.schema([schema.field(n) for n in names] + [("minhash_cluster", pa.int64())])
-    dd = Deduplicator(cfg)
-    stats = ReadStats()
-    kept_ids: dict[int, str] = {}  # index of a kept document -> its id, for duplicate_of
-    counts = {"input": 0, "exact_duplicates": 0, "near_duplicates": 0, "kept": 0}
-    clusters_with_dups: set[int] = set()
-    n_chars = 0
-    staged = StagedOutput(cfg.out_dir)
-    kept_w = staged.writer(schema=out_schema, rows_per_shard=cfg.rows_per_shard)
-    removed_w = staged.writer("removed", schema=REMOVED_SCHEMA, rows_per_shard=cfg.rows_per_shard)
-    bar = tqdm(desc="dedup", unit="doc", disable=not progress)
-    records = iter_records(inputs, columns=names, pattern=cfg.pattern, stats=stats)
-    try:
-        with SketchPool(cfg) as pool:
-            for rec, sketch in pool.sketch(records, operator.itemgetter("text")):
-                i = dd.n
-                v = dd.add(sketch)
-                n_chars += len(rec["text"])
-                counts["input"] += 1
+        def one(i: int) -> dict[str, Any]:
+            stats = ReadStats()
+            ids, keys, sigs, has_sig, chars = [], [], [], [], 0
+            for rec in read_shard(shards[i], stats, columns=("id",), max_bytes=None):
+                text = rec["text"]
+                ids.append(rec["id"])
+                chars += len(text)
+                keys.append(np.frombuffer(exact_key(text)[:16], dtype=np.uint32))
+                sig = hasher(text) if dup.near else None
+                has_sig.append(sig is not None)
+                sigs.append(sig if sig is not None else hasher.empty)
                 bar.update()
-                if v.duplicate_of is None:
-                    counts["kept"] += 1
-                    kept_ids[i] = str(rec["id"])
-                    kept_w.add({n: rec.get(n) for n in names} | {"minhash_cluster": v.cluster})
+            n = len(ids)
+            prefix = out / f"{i:05d}"
+            key = np.stack(keys) if n else np.zeros((0, 4), np.uint32)
+            sig = np.stack(sigs) if n else np.zeros((0, dup.num_perm), np.uint32)
+            has = np.asarray(has_sig, dtype=bool)
+            local = np.arange(n, dtype=np.int64)
+            write_table(prefix.with_suffix(".ids.parquet"), pa.table({"id": pa.array(ids, pa.string())}))
+            save(prefix.with_suffix(".exact.npy"), key)
+            if dup.near:
+                save(prefix.with_suffix(".sig.npy"), sig)
+                digest = np.frombuffer(b"".join(_sig_hash(s) for s in sig[has]), dtype=np.uint32).reshape(
+                    -1, 4
+                )
+                save(prefix.with_suffix(".sighash.npy"), _scatter(digest, has, 4))
+                save_run(prefix.with_suffix(".signature"), digest, local[has])
+                for j in range(bands):
+                    save_run(
+                        prefix.with_suffix(f".band-{j}"), sig[has, j * rows : (j + 1) * rows], local[has]
+                    )
+            if dup.exact:
+                sel = ~has if dup.near else np.ones(n, dtype=bool)
+                save_run(prefix.with_suffix(".exact"), key[sel], local[sel])
+            return {"documents": n, "chars": chars, "read": stats.to_dict()}
+
+        try:
+            return task.each_shard(len(shards), one)
+        finally:
+            bar.close()
+
+    def _arrays(self, task: Task) -> ShardArrays:
+        return ShardArrays(
+            task.data_dir("signatures"), [s["documents"] for s in task.shard_stats("signatures")]
+        )
+
+    # -- 2 ------------------------------------------------------------------------------------------------
+    def buckets(self, task: Task) -> dict[str, Any]:
+        arrays = self._arrays(task)
+        n_shards = len(task.plan["shards"])
+        out = task.data_dir()
+        done = {}
+        for job in [task.plan["jobs"][i] for i in task.mine(len(task.plan["jobs"]))]:
+            runs = [
+                Run(task.data_dir("signatures") / f"{s:05d}.{job}", int(arrays.offsets[s]))
+                for s in range(n_shards)
+            ]
+            chunks = merged(runs, self.config.max_rows)
+            rows = (
+                self._pairs(chunks, arrays) if job.startswith("band-") else self._firsts(chunks, arrays, job)
+            )
+            save(out / f"{job}.npy", np.sort(rows, order=("doc", "other") if rows.dtype == PAIR else "doc"))
+            done[job] = len(rows)
+        return {"jobs": done}
+
+    def _firsts(self, chunks: Any, arrays: ShardArrays, job: str) -> np.ndarray:
+        """Each document of a group of equal keys after the group's first, with that first document."""
+        parts = []
+        for keys, docs in chunks:
+            for a, b in groups(keys):
+                same = np.zeros(b - a - 1, dtype=SAME)
+                same["doc"], same["first"] = docs[a + 1 : b], docs[a]
+                if job == "exact":
+                    same["same_key"] = True
+                elif self.dup.exact:
+                    exact = arrays.rows("exact", docs[a:b])
+                    same["same_key"] = np.all(exact[1:] == exact[0], axis=1)
+                parts.append(same)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=SAME)
+
+    def _pairs(self, chunks: Any, arrays: ShardArrays) -> np.ndarray:
+        """Pairs of distinct signatures sharing a band bucket, at or above the threshold."""
+        parts = []
+        perms, threshold = self.dup.num_perm, self.dup.threshold
+        for keys, docs in chunks:
+            for a, b in groups(keys):
+                members = docs[a:b]
+                _, first = np.unique(arrays.rows("sighash", members), axis=0, return_index=True)
+                if len(first) < 2:
                     continue
-                counts[f"{v.reason}_duplicates"] += 1
-                clusters_with_dups.add(v.cluster)
-                if cfg.write_removed:
+                reps = np.sort(members[first])
+                sigs = arrays.rows("sig", reps)
+                for k in range(len(reps) - 1):
+                    jac = np.count_nonzero(sigs[k + 1 :] == sigs[k], axis=1) / perms
+                    hit = np.flatnonzero(jac >= threshold)
+                    if len(hit):
+                        pair = np.zeros(len(hit), dtype=PAIR)
+                        pair["doc"], pair["other"], pair["jaccard"] = reps[k + 1 + hit], reps[k], jac[hit]
+                        parts.append(pair)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=PAIR)
+
+    # -- 3 ------------------------------------------------------------------------------------------------
+    def cluster(self, task: Task) -> dict[str, Any]:
+        n = self._arrays(task).n
+        buckets = task.data_dir("buckets")
+        jobs = task.plan["jobs"]
+        same = [load(buckets / f"{j}.npy") for j in jobs if j in ("signature", "exact")]
+        pairs = [load(buckets / f"{j}.npy") for j in jobs if j.startswith("band-")]
+        state = np.zeros(n, dtype=np.int8)
+        removed_first: dict[int, tuple[int, float]] = {}  # removed first signatures -> (kept target, jaccard)
+        out = task.data_dir()
+        chunks, targets = [], set()
+        step = max(1, self.config.max_rows)
+        for c, lo in enumerate(range(0, n, step)):
+            hi = min(n, lo + step)
+            s = _concat([_slice(a, lo, hi) for a in same], SAME)
+            p = _concat([_slice(a, lo, hi) for a in pairs], PAIR)
+            p = np.unique(p[["doc", "other", "jaccard"]])  # a pair found in several bands counts once
+            s_at = dict(zip(s["doc"].tolist(), zip(s["first"].tolist(), s["same_key"].tolist())))
+            xs = np.union1d(s["doc"], p["doc"])
+            starts, ends = np.searchsorted(p["doc"], xs, "left"), np.searchsorted(p["doc"], xs, "right")
+            removed = []
+            for x, start, end in zip(xs.tolist(), starts.tolist(), ends.tolist()):
+                if x in s_at:
+                    first, same_key = s_at[x]
+                    if state[first] == KEPT:
+                        exact = same_key and self.dup.exact
+                        removed.append((x, first, exact, 1.0))
+                    else:
+                        target, jac = removed_first[first]
+                        removed.append((x, target, False, jac))
+                else:
+                    kept = [k for k in range(start, end) if state[p["other"][k]] == KEPT]
+                    if not kept:
+                        continue
+                    k = kept[0]  # pairs are sorted by the other document: the earliest kept one
+                    removed.append((x, int(p["other"][k]), False, float(p["jaccard"][k])))
+                    removed_first[x] = (int(p["other"][k]), float(p["jaccard"][k]))
+                state[x] = EXACT if removed[-1][2] else NEAR
+            arr = np.array(removed, dtype=REMOVED)
+            targets.update(arr["of"].tolist())
+            save(out / f"removed-{c:05d}.npy", arr)
+            chunks.append({"lo": lo, "hi": hi, "removed": len(arr)})
+        return {
+            "chunks": chunks,
+            "exact": int(np.count_nonzero(state == EXACT)),
+            "near": int(np.count_nonzero(state == NEAR)),
+            "clusters_with_duplicates": len(targets),
+        }
+
+    # -- 4 ------------------------------------------------------------------------------------------------
+    def filter(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        arrays = self._arrays(task)
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(task.plan["schema"])))
+        names = task.plan["columns"]
+        out_schema = pa.schema([schema.field(n) for n in names] + [("minhash_cluster", pa.int64())])
+        removed = Removed(task.data_dir("cluster"), task.stats_of("cluster")[0]["chunks"])
+        ids = functools.lru_cache(maxsize=16)(
+            lambda s: (
+                pq.read_table(task.data_dir("signatures") / f"{s:05d}.ids.parquet").column("id").to_pylist()
+            )
+        )
+        bar = tqdm(desc="dedup filter", unit="doc", disable=not task.progress)
+
+        def id_of(doc: int) -> str:
+            shard, local = arrays.locate(np.array([doc]))
+            return ids(int(shard[0]))[int(local[0])]
+
+        def one(i: int) -> dict[str, Any]:
+            lo = int(arrays.offsets[i])
+            gone = {int(r["doc"]): r for r in removed.between(lo, int(arrays.offsets[i + 1]))}
+            kept_w = PartWriter(task.publish_path(f"part-{i:05d}.parquet"), out_schema, cfg.rows_per_group)
+            removed_w = (
+                PartWriter(
+                    task.publish_path(f"removed/part-{i:05d}.parquet"), REMOVED_SCHEMA, cfg.rows_per_group
+                )
+                if cfg.write_removed
+                else None
+            )
+            for local, rec in enumerate(read_shard(shards[i], ReadStats(), columns=names, max_bytes=None)):
+                g = lo + local
+                bar.update()
+                r = gone.get(g)
+                if r is None:
+                    kept_w.add({n: rec.get(n) for n in names} | {"minhash_cluster": g - removed.before(g)})
+                elif removed_w is not None:
+                    of = int(r["of"])
                     removed_w.add(
                         {
-                            "id": str(rec["id"]),
+                            "id": rec["id"],
                             "source": rec.get("source"),
-                            "duplicate_of": kept_ids[v.duplicate_of],
-                            "minhash_cluster": v.cluster,
-                            "reason": v.reason,
-                            "jaccard": v.jaccard,
+                            "duplicate_of": id_of(of),
+                            "minhash_cluster": of - removed.before(of),
+                            "reason": "exact" if r["exact"] else "near",
+                            "jaccard": float(r["jaccard"]),
                         }
                     )
-        bar.close()
-        stats.check(cfg.max_bad_fraction, f"dedup {inputs}")
-        kept_w.close()
-        if cfg.write_removed:
-            removed_w.close()
-    except BaseException:
-        staged.discard()
-        raise
-    outputs = staged.publish(stage)
-    log.info("dedup: %s", counts)
-    return stage.finish(
-        outputs,
-        documents=counts["kept"],
-        counts=counts,
-        clusters_with_duplicates=len(clusters_with_dups),
-        input_chars=n_chars,
-        lsh={"bands": dd.lsh.b, "rows": dd.lsh.r},
-        malformed=stats.bad,
-        malformed_examples=stats.examples,
-    )
+            kept_w.close()
+            if removed_w is not None:
+                removed_w.close()
+            return {"kept": kept_w.count}
+
+        try:
+            return task.each_shard(len(shards), one)
+        finally:
+            bar.close()
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        sig = task.shard_stats("signatures")
+        read = ReadStats.merge([s["read"] for s in sig])
+        read.check(self.config.max_bad_fraction, f"dedup {self.config.inputs}")
+        c = task.stats_of("cluster")[0]
+        total = summed(sig, ("documents", "chars"))
+        n = total.get("documents", 0)
+        counts = {
+            "input": n,
+            "exact_duplicates": c["exact"],
+            "near_duplicates": c["near"],
+            "kept": n - c["exact"] - c["near"],
+        }
+        log.info("dedup: %s", counts)
+        n_shards = len(task.plan["shards"])
+        return {
+            "documents": counts["kept"],
+            "counts": counts,
+            "clusters_with_duplicates": c["clusters_with_duplicates"],
+            "input_chars": total.get("chars", 0),
+            "lsh": {"bands": task.plan["bands"], "rows": task.plan["rows"]},
+            "malformed": read.bad + read.bad_files,
+            "malformed_examples": read.bad_file_examples + read.examples,
+            "parts": [f"part-{i:05d}.parquet" for i in range(n_shards)],
+        }
+
+
+class Removed:
+    """The cluster step's removed documents (sorted by document, in chunks): lookups by document range, and
+    how many documents before ``doc`` were removed (so a kept document's cluster is its rank among kept)."""
+
+    def __init__(self, directory: Any, chunks: list[dict[str, Any]]) -> None:
+        self.dir = directory
+        self.chunks = chunks
+        self.starts = np.array([c["lo"] for c in chunks], dtype=np.int64)
+        self.before_chunk = np.concatenate([[0], np.cumsum([c["removed"] for c in chunks])]).astype(np.int64)
+        self.arrays: dict[int, np.ndarray] = {}
+
+    def _chunk(self, c: int) -> np.ndarray:
+        if c not in self.arrays:
+            self.arrays[c] = load(self.dir / f"removed-{c:05d}.npy")
+        return self.arrays[c]
+
+    def between(self, lo: int, hi: int) -> list[np.void]:
+        out = []
+        for c, ch in enumerate(self.chunks):
+            if ch["hi"] > lo and ch["lo"] < hi and ch["removed"]:
+                a = self._chunk(c)
+                out.extend(a[np.searchsorted(a["doc"], lo) : np.searchsorted(a["doc"], hi)])
+        return out
+
+    def before(self, doc: int) -> int:
+        if not len(self.starts):
+            return 0
+        c = int(np.searchsorted(self.starts, doc, side="right")) - 1
+        a = self._chunk(c)
+        return int(self.before_chunk[c]) + (int(np.searchsorted(a["doc"], doc)) if len(a) else 0)
+
+
+def _sig_hash(sig: np.ndarray) -> bytes:
+    import hashlib
+
+    return hashlib.blake2b(sig.tobytes(), digest_size=16).digest()
+
+
+def _scatter(rows: np.ndarray, mask: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros((len(mask), width), dtype=rows.dtype)
+    out[mask] = rows
+    return out
+
+
+def _slice(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    return np.asarray(a[np.searchsorted(a["doc"], lo) : np.searchsorted(a["doc"], hi)])
+
+
+def _concat(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    parts = [p for p in parts if len(p)]
+    return np.sort(np.concatenate(parts), order="doc") if parts else np.zeros(0, dtype=dtype)
+
+
+def dedup(
+    cfg: DedupConfig, executor: ExecutorConfig | None = None, *, progress: bool = True
+) -> dict[str, Any]:
+    """Deduplicate ``cfg.inputs`` into ``cfg.out_dir``; returns the manifest (skipped when current)."""
+    return run_on(Dedup(cfg), executor, progress=progress)
 
 
 def run_stage(cfg: Any) -> dict[str, Any]:
     """``textbooks-data stage=dedup``: deduplicate ``stage.inputs`` into ``stage.out_dir``."""
     c = dataclass_from(DedupConfig, cfg.stage, "stage dedup")
-    c.inputs = as_list(c.inputs)
-    c.lsh_weights = tuple(c.lsh_weights)  # type: ignore[assignment]
-    return dedup(c, progress=cfg.get("progress", True))
+    return dedup(c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True))

@@ -16,17 +16,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from textbooks.errors import TextbooksError
+from textbooks.errors import DataError
 from textbooks.io import list_source_files
 
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
-
-
-class DataError(TextbooksError):
-    """Input data cannot be used; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)

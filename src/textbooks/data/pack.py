@@ -1,38 +1,41 @@
-"""Pack documents into memmap token shards.
+"""Stage ``pack``: documents into memmap token shards for training.
 
 Output directory::
 
-    manifest.json            stage manifest: config, inputs, shards, document and token counts
+    manifest.json            stage manifest: config, inputs, shards (in order), document and token counts
     shard-00000.bin          flat uint16 (vocab <= 65536) or uint32 token ids
     shard-00000.json         sidecar: dtype, tokenizer name + fingerprint, EOT id, documents, tokens
 
-Each document is encoded as ordinary text (special-token text inside documents stays ordinary text;
-``encode_to_numpy``, so no Python list of ints is ever built) and followed by ``<|endoftext|>``. Files
-are read in a background thread while the tokenizer threads encode the previous batch. Shard ``k`` holds documents ``[k * docs_per_shard, (k + 1) *
-docs_per_shard)`` of the deterministic input order, so a killed run keeps its finished shards and a rerun
-only encodes the missing ones.
+Token shard ``k`` holds the documents of input shard ``k`` (``textbooks.data.reader``), each encoded as
+ordinary text (special-token text inside documents stays ordinary text; ``encode_to_numpy``, so no Python list
+of ints is ever built) and followed by ``<|endoftext|>``. The token stream a dataset reads is the shards in
+order, i.e. the documents in input order, whatever the number of tasks that wrote them, so the training data
+order does not depend on how the data was packed. Within a task, files are read in a background thread while
+the tokenizer threads encode the previous batch; a shard finished by a killed run is not encoded again.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from textbooks.data.documents import Document, ReadStats, iter_documents
-from textbooks.data.manifest import Stage, read_manifest
+from textbooks.data.executor import ExecutorConfig
+from textbooks.data.executor import run as run_on
+from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
 from textbooks.data.records import batched
-from textbooks.io import atomic_path, config_hash, write_json_atomic
+from textbooks.data.stage import Stage, Step, Task, execution_only, summed
+from textbooks.io import atomic_path, write_json_atomic
 from textbooks.tokenizer import eot_token, fingerprint, load_tokenizer
 
 
@@ -45,10 +48,10 @@ class PackConfig:
     text_field: str = "text"
     id_field: str = "id"
     max_file_bytes: int | None = 1_000_000
-    docs_per_shard: int = 50_000
-    batch_docs: int = 1024  # documents per encode_ordinary_batch call
-    num_threads: int = 0  # 0 = one per CPU
-    max_bad_fraction: float = 0.01
+    shard_bytes: int = 8 << 20  # source files per shard (a JSONL/Parquet file is a shard of its own)
+    batch_docs: int = execution_only(1024)  # documents per encode_ordinary_batch call
+    num_threads: int = execution_only(0)  # tokenizer threads per task (0 = one per CPU)
+    max_bad_fraction: float = execution_only(0.01)
     extra: dict = field(default_factory=dict)  # free-form provenance (e.g. the mixture name)
 
 
@@ -96,102 +99,97 @@ def ordinary_encoder(enc) -> Callable[[str], np.ndarray]:
     return functools.partial(enc.encode_to_numpy, disallowed_special=())
 
 
-def pack(cfg: PackConfig, *, progress: bool = True) -> dict:
-    """Encode ``cfg.inputs`` into token shards under ``cfg.out_dir``; returns the manifest.
+class Pack(Stage):
+    """Encode each input shard into ``shard-<k>.bin`` and its sidecar."""
 
-    Skipped (manifest returned as is) when an identical pack already exists.
-    """
-    enc = load_tokenizer(cfg.tokenizer)
-    eot = eot_token(enc)
-    dtype = token_dtype(enc.n_vocab)
-    tok_info = {
-        "name": enc.name,
-        "path": cfg.tokenizer,
-        "fingerprint": fingerprint(enc),
-        "n_vocab": enc.n_vocab,
-    }
-    stage_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("out_dir", "num_threads", "batch_docs")}
-    stage_cfg["tokenizer_fingerprint"] = tok_info["fingerprint"]
-    stage = Stage("pack", cfg.out_dir, stage_cfg, cfg.inputs, cfg.pattern)
-    if stage.is_current():
-        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
-    stage.prepare(clear=())  # finished shards of a killed run are kept and reused
-    key = config_hash(stage.key)
-    out = Path(cfg.out_dir)
-    threads = cfg.num_threads or os.cpu_count() or 1
-    stats = ReadStats()
-    docs = iter_documents(
-        cfg.inputs,
-        pattern=cfg.pattern,
-        text_field=cfg.text_field,
-        id_field=cfg.id_field,
-        max_bytes=cfg.max_file_bytes,
-        stats=stats,
-    )
-    shards: list[dict] = []
-    bar = tqdm(desc=f"pack {out.name}", unit="doc", disable=not progress)
-    read_ahead = itertools.chain.from_iterable(prefetch(batched(docs, 256)))
-    with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
-        encode = functools.partial(pool.map, ordinary_encoder(enc))
-        for k, chunk in enumerate(batched(read_ahead, cfg.docs_per_shard)):
-            name = f"shard-{k:05d}"
-            sidecar = out / f"{name}.json"
-            done = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-            if done and done.get("stage_key") == key and (out / f"{name}.bin").is_file():
-                shards.append(done)  # finished by an earlier (killed) run
-                bar.update(len(chunk))
-                continue
-            meta = _write_shard(out / f"{name}.bin", chunk, encode, eot, dtype, cfg.batch_docs, bar)
-            meta.update(
-                {
-                    "dtype": dtype.name,
-                    "tokenizer": tok_info,
-                    "eot_token": eot,
-                    "stage_key": key,
-                    "first_document": chunk[0].id,
-                    "last_document": chunk[-1].id,
-                }
-            )
-            write_json_atomic(sidecar, meta)
-            shards.append(meta)
-    bar.close()
-    stats.check(cfg.max_bad_fraction, f"pack {cfg.inputs}")
-    # shards beyond the current count belong to an older, larger input: remove them
-    for stale in out.glob("shard-*.bin"):
-        if int(stale.stem.split("-")[1]) >= len(shards):
-            stale.unlink()
-            stale.with_suffix(".json").unlink(missing_ok=True)
-    outputs = [f"shard-{k:05d}.{ext}" for k in range(len(shards)) for ext in ("bin", "json")]
-    return stage.finish(
-        outputs,
-        dtype=dtype.name,
-        tokenizer=tok_info,
-        eot_token=eot,
-        documents=sum(s["documents"] for s in shards),
-        tokens=sum(s["tokens"] for s in shards),
-        shards=[
-            {"path": f"shard-{k:05d}.bin", "tokens": s["tokens"], "documents": s["documents"]}
-            for k, s in enumerate(shards)
-        ],
-        read=stats.to_dict(),
-        extra=cfg.extra,
-    )
+    name = "pack"
+    stale = ("shard-*.bin", "shard-*.json")
+
+    def __init__(self, cfg: PackConfig) -> None:
+        self.config = cfg
+        self.sources: list[Source] = [resolve(s, where="pack") for s in cfg.inputs]
+        self.inputs = [s.path for s in self.sources]
+        self.pattern = cfg.pattern
+        enc = load_tokenizer(cfg.tokenizer)
+        self.tokenizer = {
+            "name": enc.name,
+            "path": cfg.tokenizer,
+            "fingerprint": fingerprint(enc),
+            "n_vocab": enc.n_vocab,
+        }
+
+    def key_config(self) -> dict[str, Any]:
+        return super().key_config() | {"tokenizer_fingerprint": self.tokenizer["fingerprint"]}
+
+    def plan(self) -> dict[str, Any]:
+        shards = plan_shards(self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes)
+        return {"shards": [s.to_dict() for s in shards]}
+
+    def steps(self) -> list[Step]:
+        return [Step("encode", "encode")]
+
+    def encode(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        enc = load_tokenizer(cfg.tokenizer)
+        eot, dtype = eot_token(enc), token_dtype(enc.n_vocab)
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        fields = Fields((cfg.text_field,), cfg.id_field)
+        threads = cfg.num_threads or os.cpu_count() or 1
+        bar = tqdm(desc=f"pack {Path(cfg.out_dir).name}", unit="doc", disable=not task.progress)
+        with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
+            encode = functools.partial(pool.map, ordinary_encoder(enc))
+
+            def one(i: int) -> dict[str, Any]:
+                stats = ReadStats()
+                docs = read_shard(shards[i], stats, fields=fields, columns=(), max_bytes=cfg.max_file_bytes)
+                texts = itertools.chain.from_iterable(prefetch(batched((d["text"] for d in docs), 256)))
+                name = f"shard-{i:05d}"
+                meta = _write_shard(
+                    task.publish_path(f"{name}.bin"), texts, encode, eot, dtype, cfg.batch_docs, bar
+                )
+                meta.update({"dtype": dtype.name, "tokenizer": self.tokenizer, "eot_token": eot})
+                write_json_atomic(task.publish_path(f"{name}.json"), meta)
+                return {"documents": meta["documents"], "tokens": meta["tokens"], "read": stats.to_dict()}
+
+            try:
+                return task.each_shard(len(shards), one)
+            finally:
+                bar.close()
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        shards = task.shard_stats("encode")
+        read = ReadStats.merge([s["read"] for s in shards])
+        read.check(self.config.max_bad_fraction, f"pack {self.config.inputs}")
+        enc = load_tokenizer(self.config.tokenizer)
+        total = summed(shards, ("documents", "tokens"))
+        return {
+            "dtype": token_dtype(enc.n_vocab).name,
+            "tokenizer": self.tokenizer,
+            "eot_token": eot_token(enc),
+            "documents": total.get("documents", 0),
+            "tokens": total.get("tokens", 0),
+            "shards": [
+                {"path": f"shard-{k:05d}.bin", "tokens": s["tokens"], "documents": s["documents"]}
+                for k, s in enumerate(shards)
+            ],
+            "read": read.to_dict(),
+            "extra": self.config.extra,
+        }
 
 
 def _write_shard(
     path: Path,
-    docs: list[Document],
+    texts: Iterable[str],
     encode: Callable[[Iterable[str]], Iterator[np.ndarray]],
     eot: int,
     dtype: np.dtype,
     batch: int,
-    bar,
-) -> dict:
-    n_tokens = 0
+    bar: Any,
+) -> dict[str, Any]:
+    n_docs = n_tokens = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        for i in range(0, len(docs), batch):
-            part = docs[i : i + batch]
-            ids = list(encode([d.text for d in part]))
+        for part in batched(texts, batch):
+            ids = list(encode(part))
             ends = np.cumsum([len(x) + 1 for x in ids])
             arr = np.empty(int(ends[-1]), dtype=dtype)
             for x, end in zip(ids, ends, strict=True):
@@ -199,19 +197,15 @@ def _write_shard(
             arr[ends - 1] = eot
             arr.tofile(f)
             n_tokens += len(arr)
+            n_docs += len(part)
             bar.update(len(part))
-    return {"documents": len(docs), "tokens": n_tokens, "bytes": path.stat().st_size}
+    return {"documents": n_docs, "tokens": n_tokens, "bytes": path.stat().st_size}
 
 
-def pack_texts(texts: Iterable[str], out_dir: str | os.PathLike, tokenizer: str, **kwargs) -> dict:
-    """Pack an in-memory list of texts (via a temporary JSONL file next to ``out_dir``)."""
-    out_dir = Path(out_dir)
-    src = out_dir.with_name(out_dir.name + ".input.jsonl")
-    src.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(src) as tmp, open(tmp, "w") as f:
-        for i, t in enumerate(texts):
-            f.write(json.dumps({"id": str(i), "text": t}) + "\n")
-    return pack(PackConfig(inputs=[str(src)], out_dir=str(out_dir), tokenizer=tokenizer, **kwargs))
+def pack(cfg: PackConfig, executor: ExecutorConfig | None = None, *, progress: bool = True) -> dict:
+    """Encode ``cfg.inputs`` into token shards under ``cfg.out_dir``; returns the manifest (skipped when an
+    identical pack exists)."""
+    return run_on(Pack(cfg), executor, progress=progress)
 
 
 def run_stage(cfg) -> dict:
@@ -237,4 +231,6 @@ def run_stage(cfg) -> dict:
         )
     if isinstance(s["inputs"], str):
         s["inputs"] = [s["inputs"]]
-    return pack(PackConfig(**s), progress=cfg.get("progress", True))
+    return pack(
+        PackConfig(**s), ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True)
+    )

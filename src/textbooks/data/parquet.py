@@ -25,6 +25,51 @@ def write_table(path: str | os.PathLike, table: pa.Table) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
+class PartWriter:
+    """One Parquet part streamed row group by row group into a temporary name, renamed into place on
+    ``close`` (an empty part still holds the schema, so parts stay aligned with the shards they came from)."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, rows_per_group: int = 10_000) -> None:
+        self.path = Path(path)
+        self.schema = schema
+        self.rows_per_group = rows_per_group
+        self.rows: list[dict[str, Any]] = []
+        self.count = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= self.rows_per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.rows:
+            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> Path:
+        self._flush()
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.discard()
+
+
 class ShardWriter:
     """Buffer rows and write them as numbered Parquet parts of at most ``rows_per_shard`` rows."""
 
