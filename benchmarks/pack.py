@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import time
 
-from textbooks.data.documents import iter_documents
 from textbooks.data.pack import PackConfig, pack
+from textbooks.data.reader import read_texts
 from textbooks.io import stdlib_dir
 from textbooks.tokenizer import load_tokenizer
 
@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     a = p.parse_args()
     enc = load_tokenizer(a.tokenizer)
-    texts = [d.text for d in iter_documents([a.input])]
+    texts = list(read_texts([a.input]))
     mb = sum(len(t.encode()) for t in texts) / 1e6
     base, ours, tokens = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:

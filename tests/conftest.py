@@ -61,10 +61,10 @@ def tiny_data(tmp_path_factory, stdlib_dir):
 
     root = tmp_path_factory.mktemp("tiny")
     inputs = [str(stdlib_dir / p) for p in TINY_PACKAGES]
-    from textbooks.data.documents import iter_texts
+    from textbooks.data.reader import read_texts
 
     tok = root / "data" / "tokenizer" / "bpe-512.tiktoken"
-    train_bpe(iter_texts(inputs), 512, tok, show_progress=False)
+    train_bpe(read_texts(inputs), 512, tok, show_progress=False)
     out = root / "data" / "tokens" / "bpe512" / "stdlib"
     manifest = pack(
         PackConfig(inputs=inputs, out_dir=str(out), tokenizer=str(tok), shard_bytes=300_000), progress=False

@@ -26,9 +26,9 @@ from textbooks.data.annotate import (
     parse_score,
 )
 from textbooks.data.app import run
-from textbooks.data.documents import DataError
 from textbooks.data.llm import Backoff, LLMConfig
 from textbooks.data.parquet import read_table
+from textbooks.errors import DataError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -18,8 +18,7 @@ from textbooks.data.datamodule import (
     WindowDataset,
     steps_for_tokens,
 )
-from textbooks.data.documents import DataError
-from textbooks.errors import ConfigError
+from textbooks.errors import ConfigError, DataError
 
 
 def take(sampler, n):

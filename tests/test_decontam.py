@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -15,14 +16,25 @@ from hydra import compose, initialize_config_dir
 
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR, dataclass_from
-from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems, measured
-from textbooks.data.documents import DataError
+from textbooks.data.contamination import measured
+from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems
 from textbooks.data.manifest import read_manifest
-from textbooks.data.parquet import ShardWriter, read_table
+from textbooks.data.parquet import read_table, write_table
 from textbooks.data.similarity import NgramIndex, ast_match, ast_match_matrix, ast_sequence, ast_units, ngrams
+from textbooks.errors import DataError
 from textbooks.eval.problems import load_humaneval
 from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
+
+
+def write_parts(directory: Path, rows: list[dict], rows_per_part: int = 50_000) -> None:
+    """A directory of Parquet parts (a corpus from elsewhere: no manifest)."""
+    for k in range(0, len(rows), rows_per_part):
+        write_table(
+            directory / f"part-{k // rows_per_part:05d}.parquet",
+            pa.Table.from_pylist(rows[k : k + rows_per_part]),
+        )
+
 
 COPIED = ["HumanEval/0", "HumanEval/12", "HumanEval/31", "HumanEval/55", "HumanEval/120"]
 
@@ -88,9 +100,7 @@ def training(tmp_path_factory: pytest.TempPathFactory, stdlib_dir: Path) -> dict
         {"id": "doc-copy", "text": f'def g(s):\n    """{doc}"""\n    return s[::-1]\n', "source": "t"}
     )
     out = tmp_path_factory.mktemp("train") / "docs"
-    with ShardWriter(out, rows_per_shard=50) as w:
-        for r in rows:
-            w.add(r)
+    write_parts(out, rows, rows_per_part=50)
     return {"dir": out, "rows": rows, "n_stdlib": len(funcs)}
 
 
@@ -224,17 +234,8 @@ def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: 
     lines = code.splitlines(keepends=True)
     prompt, solution = "".join(lines[:body_start]), "".join(lines[body_start:])
     ex = tmp_path / "exercises"
-    with ShardWriter(ex) as w:
-        w.add(
-            {
-                "id": "ex-0",
-                "prompt": prompt,
-                "solution": solution,
-                "text": prompt,
-                "entry_point": func.name,
-                "source": "mined",
-            }
-        )
+    row = {"id": "ex-0", "prompt": prompt, "solution": solution, "text": prompt, "entry_point": func.name}
+    write_parts(ex, [row | {"source": "mined"}])
     m = decontaminate(_cfg([ex], tmp_path / "out", benchmarks_dir, benchmarks=["humaneval"]), progress=False)
     assert m["counts"]["removed"] == 1
     row = read_table(tmp_path / "out" / "removed").to_pylist()[0]

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from openai_server import OpenAIServer, last_user_message
 
-from textbooks.data.documents import DataError
 from textbooks.data.exercises import (
     ExercisesConfig,
     build_exercises,
@@ -24,7 +23,7 @@ from textbooks.data.exercises import (
 )
 from textbooks.data.llm import Backoff, LLMConfig, LLMUnreachableError
 from textbooks.data.parquet import part_files, read_table
-from textbooks.errors import ConfigError
+from textbooks.errors import ConfigError, DataError
 from textbooks.io import stdlib_dir
 
 GEOMETRY = textwrap.dedent(
@@ -172,7 +171,7 @@ def test_mining_is_deterministic_and_reruns_are_skipped(tmp_path, corpus):
     assert read_table(tmp_path / "again").equals(read_table(tmp_path / "exercises"))
     assert second["counts"] == first["counts"]
     # a smaller rerun (new config) leaves no stale parts of the bigger one behind
-    build_exercises(mined(tmp_path, corpus, rows_per_shard=5), progress=False)
+    build_exercises(mined(tmp_path, corpus, shard_bytes=20_000), progress=False)
     assert len(part_files(tmp_path / "exercises")) > 3
     capped = build_exercises(mined(tmp_path, corpus, max_exercises=7), progress=False)
     assert len(part_files(tmp_path / "exercises")) == 1 and capped["documents"] == 7

@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from textbooks.data.documents import DataError, iter_documents
 from textbooks.data.pack import PackConfig, pack
+from textbooks.data.reader import read_texts
 from textbooks.data.shards import TokenShards
+from textbooks.errors import DataError
 from textbooks.io import EXCLUDE_DIRS, list_source_files
 from textbooks.tokenizer import load_tokenizer
 
@@ -31,7 +32,7 @@ def test_shards_hold_every_document_separated_by_eot(tiny_data):
         enc.decode(list(d[:-1]))
         for d in np.split(stream, np.flatnonzero(stream == shards.eot_token) + 1)[:-1]
     ]
-    expected = [d.text for d in iter_documents(tiny_data["inputs"])]
+    expected = list(read_texts(tiny_data["inputs"]))
     assert len(docs) == m["documents"] == len(expected)
     assert docs == expected
     side = json.loads((tiny_data["shards"] / "shard-00000.json").read_text())

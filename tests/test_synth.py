@@ -151,7 +151,7 @@ def test_snippets_come_from_the_seed_corpus(tmp_path, corpus):
 
 
 def _pool(cfg: SynthConfig):
-    from textbooks.data.documents import ReadStats
+    from textbooks.data.reader import ReadStats
     from textbooks.data.synth import snippet_pool
 
     return snippet_pool(cfg, ReadStats())

@@ -21,8 +21,7 @@ from hydra.errors import MissingConfigException
 
 from textbooks.checkpoint import load_pretrained
 from textbooks.config import CONF_DIR
-from textbooks.data.documents import DataError
-from textbooks.errors import ConfigError
+from textbooks.errors import ConfigError, DataError
 from textbooks.train.app import run
 
 BIN = Path(sys.executable).parent
@@ -202,12 +201,12 @@ def test_refusals_before_training(tiny_data, tmp_path):
 
 
 def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
-    from textbooks.data.documents import iter_texts
+    from textbooks.data.reader import read_texts
     from textbooks.tokenizer import train_bpe
 
     root = tmp_path / "root"
     train_bpe(
-        iter_texts(tiny_data["inputs"][:1]),
+        read_texts(tiny_data["inputs"][:1]),
         400,
         root / "data" / "tokenizer" / "bpe-400.tiktoken",
         show_progress=False,

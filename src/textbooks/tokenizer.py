@@ -187,7 +187,7 @@ def _load_bpe_file(path: Path) -> tiktoken.Encoding:
     if not path.is_file() or not meta_path.is_file():
         raise TokenizerError(
             f"tokenizer file {path} (with its {meta_path.name}) not found: train it with "
-            f"`python -m textbooks.tokenizer train --input <dir of .py files> --vocab-size N --out {path}`"
+            f"`textbooks-data stage=tokenizer tokenizer=bpe` (stage.out={path})"
         )
     meta = json.loads(meta_path.read_text())
     ranks = tiktoken.load.load_tiktoken_bpe(str(path))
@@ -281,21 +281,10 @@ def _main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("install-p50k", help="rebuild p50k_base from GPT-2's files into TIKTOKEN_CACHE_DIR")
     p.add_argument("--gpt2-dir", required=True, help="directory with encoder.json and vocab.bpe")
     p.add_argument("--cache-dir", default=None, help="default: $TIKTOKEN_CACHE_DIR")
-    t = sub.add_parser("train", help="train a byte-level BPE on a corpus and save it as .tiktoken")
-    t.add_argument("--input", required=True, nargs="+", help="directories of source files, JSONL or Parquet")
-    t.add_argument("--vocab-size", type=int, required=True)
-    t.add_argument("--out", required=True, help="output .tiktoken path")
-    t.add_argument("--pattern", default="**/*.py", help="glob for files inside directories")
     args = parser.parse_args(argv)
-    if args.cmd == "install-p50k":
-        out = install_p50k(args.gpt2_dir, args.cache_dir)
-        enc = load_tokenizer("p50k_base")
-        print(f"p50k_base installed at {out} ({enc.n_vocab} ids)")
-    else:
-        from textbooks.data.documents import iter_texts
-
-        enc = train_bpe(iter_texts(args.input, pattern=args.pattern), args.vocab_size, args.out)
-        print(f"trained {args.out}: {enc.n_vocab} ids")
+    out = install_p50k(args.gpt2_dir, args.cache_dir)
+    enc = load_tokenizer("p50k_base")
+    print(f"p50k_base installed at {out} ({enc.n_vocab} ids)")
 
 
 if __name__ == "__main__":

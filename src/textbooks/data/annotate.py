@@ -16,7 +16,9 @@ student whose goal is to learn basic coding concepts", then trained a classifier
 Output (``out_dir``): ``part-*.parquet`` with ``id, text, source, score, label, rationale, annotator, model,
 prompt_hash`` (``label = score >= threshold``), ``failures.jsonl`` and ``manifest.json``. The sample is
 drawn with ``random.Random(seed).sample`` over the input's document order, so the same input and seed give
-the same sample; the rows keep input order.
+the same sample; the rows keep input order. Steps: ``count`` the documents of every shard, then
+``annotate`` the sampled ones shard by shard (so the LLM's requests are split across tasks; every task
+answers from the shared response cache first), then publish.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import statistics
 import sys
 import tokenize
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,8 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import DataError, Document, ReadStats, iter_documents
+from textbooks.data.executor import ExecutorConfig
+from textbooks.data.executor import run as run_on
 from textbooks.data.llm import (
     LLMClient,
     LLMConfig,
@@ -47,9 +50,10 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
-from textbooks.data.manifest import Stage, read_manifest
-from textbooks.data.parquet import ShardWriter, part_files
-from textbooks.errors import ConfigError, TextbooksError
+from textbooks.data.parquet import PartWriter
+from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
+from textbooks.data.stage import Stage, Step, Task, execution_only, summed
+from textbooks.errors import ConfigError, DataError, TextbooksError
 from textbooks.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -86,9 +90,9 @@ class AnnotateConfig:
     id_field: str = "id"
     max_file_bytes: int | None = 1_000_000
     max_chars: int = 6000  # characters of each document shown to the LLM (its head)
-    max_bad_fraction: float = 0.01  # malformed input records tolerated
-    max_failed_fraction: float = 0.05  # LLM failures (no answer, or no parseable score) tolerated
-    rows_per_shard: int = 50_000
+    shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
+    max_bad_fraction: float = execution_only(0.01)  # malformed input records tolerated
+    max_failed_fraction: float = execution_only(0.05)  # LLM failures (no answer / no parseable score)
     system_prompt: str = ""
     prompt: str = "{text}"  # {text} is replaced by the document (its first max_chars characters)
     sampling: dict[str, Any] = field(default_factory=dict)  # per-request overrides of llm sampling
@@ -340,39 +344,145 @@ def heuristic_score(text: str, path: str = "") -> Heuristic:
 # -- the stage -------------------------------------------------------------------------------------------
 
 
-def sample_documents(cfg: AnnotateConfig, stats: ReadStats) -> tuple[list[Document], int]:
-    """A seeded random sample of ``cfg.sample_size`` documents, in input order, and the input's size.
+def chosen(seed: int, total: int, sample_size: int) -> set[int]:
+    """The sampled positions in the input's document order."""
+    return set(random.Random(seed).sample(range(total), min(sample_size, total)))
 
-    Two passes over the input: one to count, one to collect the drawn positions (memory: the sample)."""
 
-    def read(counts: ReadStats) -> Iterator[Document]:
-        return iter_documents(
-            cfg.inputs,
-            pattern=cfg.pattern,
-            text_field=cfg.text_field,
-            id_field=cfg.id_field,
-            max_bytes=cfg.max_file_bytes,
-            stats=counts,
+class Annotate(Stage):
+    name = "annotate"
+    stale = ("part-*.parquet", "failures.jsonl")
+
+    def __init__(self, cfg: AnnotateConfig, llm: LLMConfig | None) -> None:
+        if cfg.annotator == "llm" and llm is None:
+            raise ConfigError("annotator=llm needs an llm config (llm=openai|vllm|llamacpp|ollama)")
+        fix = (
+            "run the stage that writes it (textbooks-data stage=dedup) or set stage.input to a corpus directory, "
+            "JSONL or Parquet"
+        )
+        self.config = cfg
+        self.llm = llm if cfg.annotator == "llm" else None
+        self.sources: list[Source] = [resolve(s, where="annotate", fix=fix) for s in cfg.inputs]
+        self.inputs = [s.path for s in self.sources]
+        self.pattern = cfg.pattern
+        self.template = prompt_hash(cfg.system_prompt, cfg.prompt) if self.llm is not None else None
+
+    def key_config(self) -> dict[str, Any]:
+        d = super().key_config()
+        if self.llm is not None:
+            d["llm"] = {"model": self.llm.model, "params": self.llm.params(**self.config.sampling),
+                        "prompt_hash": self.template}  # fmt: skip
+        else:
+            d["heuristic"] = HEURISTIC_MODEL
+        return d
+
+    def plan(self) -> dict[str, Any]:
+        shards = plan_shards(self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes)
+        return {"shards": [s.to_dict() for s in shards]}
+
+    def steps(self) -> list[Step]:
+        return [Step("count", "count"), Step("annotate", "annotate")]
+
+    def _docs(self, shard: Shard, stats: ReadStats) -> Iterator[dict[str, Any]]:
+        c = self.config
+        return read_shard(
+            shard, stats, fields=Fields((c.text_field,), c.id_field), columns=(), max_bytes=c.max_file_bytes
         )
 
-    total = sum(1 for _ in read(stats))
-    stats.check(cfg.max_bad_fraction, f"annotate input {cfg.inputs}")
-    if total == 0:
-        raise DataError(
-            f"annotate: no documents in {cfg.inputs} (pattern {cfg.pattern!r}); check stage.input"
-        )
-    chosen = set(random.Random(cfg.seed).sample(range(total), min(cfg.sample_size, total)))
-    docs = [d for i, d in enumerate(read(ReadStats())) if i in chosen]  # (not counted twice)
-    return docs, total
+    def count(self, task: Task) -> dict[str, Any]:
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+
+        def one(i: int) -> dict[str, Any]:
+            stats = ReadStats()
+            n = sum(1 for _ in self._docs(shards[i], stats))
+            return {"documents": n, "read": stats.to_dict()}
+
+        return task.each_shard(len(shards), one)
+
+    def annotate(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        counts = task.shard_stats("count")
+        read = ReadStats.merge([s["read"] for s in counts])
+        read.check(cfg.max_bad_fraction, f"annotate input {cfg.inputs}")
+        offsets = [0]
+        for s in counts:
+            offsets.append(offsets[-1] + s["documents"])
+        total = offsets[-1]
+        if total == 0:
+            raise DataError(
+                f"annotate: no documents in {cfg.inputs} (pattern {cfg.pattern!r}); check stage.input"
+            )
+        picked = chosen(cfg.seed, total, cfg.sample_size)
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        client = None
+        if self.llm is not None:
+            self.llm.progress = self.llm.progress and task.progress
+            client = LLMClient(self.llm, seed=cfg.seed)
+        try:
+
+            def one(i: int) -> dict[str, Any]:
+                docs = [
+                    d for k, d in enumerate(self._docs(shards[i], ReadStats())) if offsets[i] + k in picked
+                ]
+                failures: list[dict[str, Any]] = []
+                with PartWriter(task.publish_path(f"part-{i:05d}.parquet"), SCHEMA) as w:
+                    if client is None:
+                        for row in _heuristic_rows(docs, cfg.threshold, task.progress):
+                            w.add(row)
+                    else:
+                        _llm_rows(cfg, client, docs, self.template, w, failures)
+                return {"sampled": len(docs), "documents": w.count, "failures": failures}
+
+            result = task.each_shard(len(shards), one)
+        finally:
+            if client is not None:
+                client.close()
+        if client is not None:
+            result["llm"] = client.stats.to_dict()
+        return result
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        counts = task.shard_stats("count")
+        shards = task.shard_stats("annotate")
+        read = ReadStats.merge([s["read"] for s in counts])
+        failures = [f for s in shards for f in s["failures"]]
+        with atomic_path(task.publish_path("failures.jsonl")) as tmp:
+            tmp.write_text("".join(json.dumps(f) + "\n" for f in failures))
+        parts = [f"part-{i:05d}.parquet" for i in range(len(shards))]
+        scores = _score_counts([task.publish_path(p) for p in parts])
+        sampled = sum(s["sampled"] for s in shards)
+        if sampled and len(failures) / sampled > cfg.max_failed_fraction:
+            raise TextbooksError(
+                f"annotate: {len(failures)} of {sampled} documents got no usable score (more than "
+                f"max_failed_fraction={cfg.max_failed_fraction}); see their list in "
+                f"{task.publish_path('failures.jsonl')}. Answers already received are cached: fix the endpoint "
+                "or prompt and rerun (only the rest is asked)"
+            )
+        out: dict[str, Any] = {
+            "input_documents": sum(s["documents"] for s in counts),
+            "sampled": sampled,
+            "documents": sum(s["documents"] for s in shards),
+            "failed": len(failures),
+            "failed_by_reason": _by(failures, "reason"),
+            "scores": scores,
+            "labelled_positive": sum(v for k, v in scores.items() if int(k) >= cfg.threshold),
+            "read": read.to_dict(),
+            "parts": parts,
+        }
+        llm = [s["llm"] for s in task.stats_of("annotate") if "llm" in s]
+        if llm:
+            out["llm"] = summed(llm)
+        return out
 
 
-def _heuristic_rows(docs: list[Document], threshold: int, progress: bool) -> Iterator[dict[str, Any]]:
+def _heuristic_rows(docs: list[dict[str, Any]], threshold: int, progress: bool) -> Iterator[dict[str, Any]]:
     for doc in tqdm(docs, desc="annotate (heuristic)", unit="doc", disable=not progress):
-        h = heuristic_score(doc.text, doc.source)
+        h = heuristic_score(doc["text"], doc["source"])
         yield {
-            "id": doc.id,
-            "text": doc.text,
-            "source": doc.source,
+            "id": doc["id"],
+            "text": doc["text"],
+            "source": doc["source"],
             "score": h.score,
             "label": h.score >= threshold,
             "rationale": h.rationale,
@@ -386,85 +496,32 @@ def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=annotate``: label a sample of ``stage.input`` into ``stage.out_dir``."""
     acfg = dataclass_from(AnnotateConfig, cfg.stage, "stage (annotate)")
     llm = LLMConfig.from_dict(cfg.llm) if acfg.annotator == "llm" else None
-    return annotate(acfg, llm, progress=bool(cfg.get("progress", True)))
+    ex = ExecutorConfig.from_config(cfg.get("executor"))
+    return annotate(acfg, llm, ex, progress=bool(cfg.get("progress", True)))
 
 
-def annotate(cfg: AnnotateConfig, llm: LLMConfig | None = None, *, progress: bool = True) -> dict:
+def annotate(
+    cfg: AnnotateConfig,
+    llm: LLMConfig | None = None,
+    executor: ExecutorConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict:
     """Run the stage (skipped when its manifest is current); returns the manifest."""
-    for p in cfg.inputs:
-        if not Path(p).exists():
-            raise DataError(
-                f"annotate input {p} does not exist: run the stage that writes it (textbooks-data stage=dedup) "
-                "or set stage.input to a corpus directory, JSONL or Parquet"
-            )
-    if cfg.annotator == "llm" and llm is None:
-        raise ConfigError("annotator=llm needs an llm config (llm=openai|vllm|llamacpp|ollama)")
-    stage_cfg = asdict(cfg)
-    stage_cfg.pop("out_dir")
-    template = prompt_hash(cfg.system_prompt, cfg.prompt) if cfg.annotator == "llm" else None
-    if llm is not None and cfg.annotator == "llm":
-        stage_cfg["llm"] = {"model": llm.model, "params": llm.params(**cfg.sampling), "prompt_hash": template}
-    else:
-        stage_cfg["heuristic"] = HEURISTIC_MODEL
-    stage = Stage("annotate", cfg.out_dir, stage_cfg, cfg.inputs)
-    if stage.is_current():
-        log.info("annotate: %s is current, skipping", cfg.out_dir)
-        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
-    stage.prepare()
-    client = None
-    if llm is not None and cfg.annotator == "llm":
-        llm.progress = llm.progress and progress
-        client = LLMClient(llm, seed=cfg.seed)
-    out = Path(cfg.out_dir)
-    for old in part_files(out):
-        old.unlink()
-    stats = ReadStats()
-    docs, total = sample_documents(cfg, stats)
-    counts: dict[str, Any] = {"input_documents": total, "sampled": len(docs)}
-    failures: list[dict[str, Any]] = []
-    writer = ShardWriter(out, cfg.rows_per_shard, schema=SCHEMA)
-    try:
-        if client is None:
-            for row in _heuristic_rows(docs, cfg.threshold, progress):
-                writer.add(row)
-        else:
-            _llm_rows(cfg, client, docs, template, writer, failures)
-            counts["llm"] = client.stats.to_dict()
-    finally:
-        if client is not None:
-            client.close()
-    files = writer.close()
-    with atomic_path(out / "failures.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(f) + "\n" for f in failures))
-    scores = _score_counts(files)
-    counts.update(
-        documents=writer.count,
-        failed=len(failures),
-        failed_by_reason=_by(failures, "reason"),
-        scores=scores,
-        labelled_positive=sum(v for k, v in scores.items() if int(k) >= cfg.threshold),
-        read=stats.to_dict(),
-    )
-    if docs and len(failures) / len(docs) > cfg.max_failed_fraction:
-        raise TextbooksError(
-            f"annotate: {len(failures)} of {len(docs)} documents got no usable score (more than "
-            f"max_failed_fraction={cfg.max_failed_fraction}); see {out / 'failures.jsonl'}. Answers already "
-            "received are cached: fix the endpoint or prompt and rerun (only the rest is asked)"
-        )
-    return stage.finish([*files, out / "failures.jsonl"], **counts)
+    return run_on(Annotate(cfg, llm), executor, progress=progress)
 
 
 def _llm_rows(
     cfg: AnnotateConfig,
     client: LLMClient,
-    docs: list[Document],
+    docs: list[dict[str, Any]],
     template: str | None,
-    writer: ShardWriter,
+    writer: PartWriter,
     failures: list[dict[str, Any]],
 ) -> None:
     requests = [
         client.request(
-            fill_template(cfg.prompt, text=_clip(d.text, cfg.max_chars)),
+            fill_template(cfg.prompt, text=_clip(d["text"], cfg.max_chars)),
             system=cfg.system_prompt or None,
             **cfg.sampling,
         )
@@ -474,15 +531,15 @@ def _llm_rows(
         for doc, res in zip(docs, client.iter_results(requests, desc="annotate (llm)")):
             if not res.ok:
                 failures.append(
-                    {"id": doc.id, "source": doc.source, "reason": res.error_kind, "error": res.error}
+                    {"id": doc["id"], "source": doc["source"], "reason": res.error_kind, "error": res.error}
                 )
                 continue
             parsed = parse_score(res.text or "")
             if parsed is None:
                 failures.append(
                     {
-                        "id": doc.id,
-                        "source": doc.source,
+                        "id": doc["id"],
+                        "source": doc["source"],
                         "reason": "unparseable",
                         "answer": (res.text or "")[-300:],
                     }
@@ -491,9 +548,9 @@ def _llm_rows(
             score, rationale = parsed
             writer.add(
                 {
-                    "id": doc.id,
-                    "text": doc.text,
-                    "source": doc.source,
+                    "id": doc["id"],
+                    "text": doc["text"],
+                    "source": doc["source"],
                     "score": score,
                     "label": score >= cfg.threshold,
                     "rationale": rationale,

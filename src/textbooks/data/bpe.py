@@ -6,8 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from textbooks.data.documents import ReadStats, iter_texts
 from textbooks.data.manifest import Stage, read_manifest
+from textbooks.data.reader import ReadStats, read_texts
 from textbooks.errors import ConfigError
 from textbooks.tokenizer import train_bpe
 
@@ -24,7 +24,9 @@ def run_stage(cfg: DictConfig) -> dict:
         return read_manifest(stage.out_dir)  # type: ignore[return-value]
     stage.prepare()
     stats = ReadStats()
-    texts = iter_texts(s["inputs"], pattern=s["pattern"], max_bytes=s["max_file_bytes"], stats=stats)
+    texts = read_texts(
+        s["inputs"], pattern=s["pattern"], max_bytes=s["max_file_bytes"], stats=stats, where="tokenizer"
+    )
     enc = train_bpe(
         texts,
         int(s["vocab_size"]),

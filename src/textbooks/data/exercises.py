@@ -21,6 +21,9 @@ by ``ast.unparse``) and the docstring as written; ``solution`` = the body after 
 Exact duplicates (same text up to whitespace) are dropped too. Rows are written in a deterministic order
 (input order, then source order; or request order) with stable ids.
 
+Steps: ``mine`` (per input shard) or ``generate`` (the requests in parts of ``requests_per_part``), split
+across tasks, then ``select`` (one task: duplicates dropped in order, ``max_exercises``), then publish.
+
 Output (``out_dir``): ``part-*.parquet`` with ``id, text, source, prompt, solution, entry_point, model,
 params, topic, origin`` and ``manifest.json`` with every count.
 """
@@ -36,15 +39,15 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import DataError, ReadStats, iter_documents
+from textbooks.data.executor import ExecutorConfig
+from textbooks.data.executor import run as run_on
 from textbooks.data.llm import (
     LLMClient,
     LLMConfig,
@@ -52,8 +55,9 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
-from textbooks.data.manifest import Stage, read_manifest
-from textbooks.data.parquet import ShardWriter, part_files
+from textbooks.data.parquet import PartWriter, write_table
+from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
+from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.io import stdlib_dir
 
@@ -84,14 +88,14 @@ class ExercisesConfig:
     out_dir: str
     source: str = "synthetic"  # synthetic (LLM, the paper's method) | mined (offline proxy)
     seed: int = 0
-    rows_per_shard: int = 50_000
     # -- mined
     input: str | list[str] | None = None  # corpus to mine; null = the Python standard library
     pattern: str = "**/*.py"
     text_field: str = "text"
     id_field: str = "id"
     max_file_bytes: int | None = 1_000_000
-    max_bad_fraction: float = 0.01
+    shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
+    max_bad_fraction: float = execution_only(0.01)
     include_methods: bool = False
     min_docstring_chars: int = 30
     min_body_lines: int = 2
@@ -106,7 +110,8 @@ class ExercisesConfig:
     system_prompt: str = ""
     prompt: str = "Write a Python function named {name} about {topic}."  # {name} {topic}
     sampling: dict[str, Any] = field(default_factory=dict)
-    max_failed_fraction: float = 0.1
+    requests_per_part: int = 1000  # requests per part (the unit tasks share out)
+    max_failed_fraction: float = execution_only(0.1)
 
     def __post_init__(self) -> None:
         if self.source not in ("synthetic", "mined"):
@@ -353,30 +358,21 @@ def _check_candidate(node: ast.FunctionDef | ast.AsyncFunctionDef, is_method: bo
     return True
 
 
-def mined_rows(cfg: ExercisesConfig, stats: ReadStats, reasons: Counter, progress: bool) -> Iterator[dict]:
-    """Exercise rows mined from ``cfg.inputs``, in input then source order, ids ``<doc id>::<qualname>``."""
-    docs = iter_documents(
-        cfg.inputs,
-        pattern=cfg.pattern,
-        text_field=cfg.text_field,
-        id_field=cfg.id_field,
-        max_bytes=cfg.max_file_bytes,
-        stats=stats,
-    )
-    for doc in tqdm(docs, desc="exercises (mined)", unit="file", disable=not progress):
-        for qualname, line, ex in mine_document(doc.text, cfg, reasons):
-            yield {
-                "id": f"{doc.id}::{qualname}",
-                "prompt": ex.prompt,
-                "solution": ex.solution,
-                "text": ex.text,
-                "entry_point": ex.entry_point,
-                "source": "mined",
-                "model": None,
-                "params": None,
-                "topic": None,
-                "origin": f"{doc.source}:{line}",
-            }
+def mined_rows(doc: dict[str, Any], cfg: ExercisesConfig, reasons: Counter) -> Iterator[dict]:
+    """Exercise rows mined from one document, in source order, ids ``<doc id>::<qualname>``."""
+    for qualname, line, ex in mine_document(doc["text"], cfg, reasons):
+        yield {
+            "id": f"{doc['id']}::{qualname}",
+            "prompt": ex.prompt,
+            "solution": ex.solution,
+            "text": ex.text,
+            "entry_point": ex.entry_point,
+            "source": "mined",
+            "model": None,
+            "params": None,
+            "topic": None,
+            "origin": f"{doc['source']}:{line}",
+        }
 
 
 # -- synthetic -------------------------------------------------------------------------------------------
@@ -436,9 +432,8 @@ def exercise_from_answer(answer: str, name: str) -> Exercise:
 
 
 def synthetic_rows(
-    cfg: ExercisesConfig, client: LLMClient, reasons: Counter, template: str
+    plans: list[ExercisePlan], cfg: ExercisesConfig, client: LLMClient, reasons: Counter, template: str
 ) -> Iterator[dict[str, Any]]:
-    plans = plan_exercises(cfg)
     requests = [
         client.request(p.prompt, system=cfg.system_prompt or None, **{**cfg.sampling, "seed": p.seed})
         for p in plans
@@ -475,89 +470,162 @@ def synthetic_rows(
 # -- the stage -------------------------------------------------------------------------------------------
 
 
+MINED_KEYS = ("input", "pattern", "text_field", "id_field", "max_file_bytes", "shard_bytes", "include_methods",
+              "min_docstring_chars", "min_body_lines", "max_body_lines", "self_contained", "max_exercises")  # fmt: skip
+SYNTHETIC_KEYS = ("n", "topics", "name_verbs", "name_nouns", "system_prompt", "prompt", "sampling",
+                  "requests_per_part")  # fmt: skip
+
+
+class Exercises(Stage):
+    name = "exercises"
+
+    def __init__(self, cfg: ExercisesConfig, llm: LLMConfig | None) -> None:
+        if cfg.source == "synthetic" and llm is None:
+            raise ConfigError("stage.source=synthetic needs an llm config (llm=openai|vllm|llamacpp|ollama)")
+        self.config = cfg
+        self.llm = llm if cfg.source == "synthetic" else None
+        fix = "set stage.input to a corpus (or null: stdlib)"
+        self.sources: list[Source] = (
+            [resolve(s, where="exercises", fix=fix) for s in cfg.inputs] if cfg.source == "mined" else []
+        )
+        self.inputs = [s.path for s in self.sources]
+        self.pattern = cfg.pattern
+        self.template = prompt_hash(cfg.system_prompt, cfg.prompt)
+
+    def key_config(self) -> dict[str, Any]:
+        """The keys that define the output (those of the other source are left out)."""
+        d = super().key_config()
+        for k in SYNTHETIC_KEYS if self.config.source == "mined" else MINED_KEYS:
+            d.pop(k, None)
+        if self.llm is not None:
+            d["llm"] = {"model": self.llm.model, "params": self.llm.params(**self.config.sampling),
+                        "prompt_hash": self.template}  # fmt: skip
+        return d
+
+    def plan(self) -> dict[str, Any]:
+        if self.config.source == "mined":
+            shards = plan_shards(
+                self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes
+            )
+            return {"shards": [s.to_dict() for s in shards], "parts": len(shards)}
+        per = max(1, self.config.requests_per_part)
+        return {"parts": -(-self.config.n // per), "per_part": per}
+
+    def steps(self) -> list[Step]:
+        first = Step("mine", "mine") if self.config.source == "mined" else Step("generate", "generate")
+        return [first, Step("select", "select", sharded=False)]
+
+    def _candidates(self, task: Task, part: int, rows: Iterator[dict[str, Any]]) -> None:
+        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+        write_table(task.data_dir() / f"{part:05d}.parquet", table)
+
+    def mine(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        fields = Fields((cfg.text_field,), cfg.id_field)
+        bar = tqdm(desc="exercises (mined)", unit="file", disable=not task.progress)
+
+        def one(i: int) -> dict[str, Any]:
+            stats, reasons = ReadStats(), Counter()
+
+            def rows() -> Iterator[dict[str, Any]]:
+                for doc in read_shard(
+                    shards[i], stats, fields=fields, columns=(), max_bytes=cfg.max_file_bytes
+                ):
+                    bar.update()
+                    yield from mined_rows(doc, cfg, reasons)
+
+            self._candidates(task, i, rows())
+            return {"reasons": dict(reasons), "read": stats.to_dict()}
+
+        try:
+            return task.each_shard(len(shards), one)
+        finally:
+            bar.close()
+
+    def generate(self, task: Task) -> dict[str, Any]:
+        cfg, llm = self.config, self.llm
+        assert llm is not None
+        plans = plan_exercises(cfg)
+        per = task.plan["per_part"]
+        llm.progress = llm.progress and task.progress
+        with LLMClient(llm, seed=cfg.seed) as client:
+
+            def one(part: int) -> dict[str, Any]:
+                reasons: Counter = Counter()
+                mine = plans[part * per : (part + 1) * per]
+                self._candidates(task, part, synthetic_rows(mine, cfg, client, reasons, self.template))
+                return {"reasons": dict(reasons)}
+
+            return task.each_shard(task.plan["parts"], one) | {"llm": client.stats.to_dict()}
+
+    def select(self, task: Task) -> dict[str, Any]:
+        """Exact duplicates (whitespace-normalised text) after the first are dropped, in order."""
+        import pyarrow.parquet as pq
+
+        first = "mine" if self.config.source == "mined" else "generate"
+        seen: set[str] = set()
+        reasons: Counter = Counter()
+        kept, limit = 0, self.config.max_exercises if self.config.source == "mined" else None
+        parts = []
+        for part in range(task.plan["parts"]):
+            rows = pq.read_table(task.data_dir(first) / f"{part:05d}.parquet").to_pylist()
+            with PartWriter(task.publish_path(f"part-{part:05d}.parquet"), SCHEMA, keep_empty=False) as w:
+                for row in rows:
+                    if limit is not None and kept >= limit:
+                        break
+                    digest = hashlib.sha1(" ".join(row["text"].split()).encode()).hexdigest()
+                    if digest in seen:
+                        reasons["duplicates"] += 1
+                        continue
+                    seen.add(digest)
+                    w.add(row)
+                    kept += 1
+            if w.count:
+                parts.append(w.path.name)
+        return {"documents": kept, "reasons": dict(reasons), "parts": parts}
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        first = "mine" if cfg.source == "mined" else "generate"
+        sel = task.stats_of("select")[0]
+        reasons = summed([s["reasons"] for s in task.shard_stats(first)] + [sel["reasons"]])
+        extra: dict[str, Any] = {}
+        if cfg.source == "mined":
+            read = ReadStats.merge([s["read"] for s in task.shard_stats(first)])
+            read.check(cfg.max_bad_fraction, f"exercises input {cfg.inputs}")
+            extra["read"] = read.to_dict()
+        else:
+            extra["llm"] = summed([t["llm"] for t in task.stats_of(first)])
+            if reasons.get("failed", 0) / max(reasons.get("requested", 0), 1) > cfg.max_failed_fraction:
+                raise TextbooksError(
+                    f"exercises: {reasons.get('failed', 0)} of {reasons.get('requested', 0)} requests failed, more "
+                    f"than max_failed_fraction={cfg.max_failed_fraction}. Answers already received are cached in "
+                    f"{self.llm.cache if self.llm else None}: fix the endpoint and rerun (only the rest is asked)"
+                )
+        return {
+            "documents": sel["documents"],
+            "source": cfg.source,
+            "counts": dict(sorted(reasons.items())),
+            **extra,
+            "parts": sel["parts"],
+        }
+
+
 def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=exercises``: synthetic (``stage.source=synthetic``) or mined exercises."""
     ecfg = dataclass_from(ExercisesConfig, cfg.stage, "stage (exercises)")
     llm = LLMConfig.from_dict(cfg.llm) if ecfg.source == "synthetic" else None
-    return build_exercises(ecfg, llm, progress=bool(cfg.get("progress", True)))
+    ex = ExecutorConfig.from_config(cfg.get("executor"))
+    return build_exercises(ecfg, llm, ex, progress=bool(cfg.get("progress", True)))
 
 
-def _stage_config(cfg: ExercisesConfig, llm: LLMConfig | None) -> dict[str, Any]:
-    """The keys that define the output (those of the other source are left out)."""
-    d = asdict(cfg)
-    d.pop("out_dir")
-    mined_keys = ("input", "pattern", "text_field", "id_field", "max_file_bytes", "max_bad_fraction",
-                  "include_methods", "min_docstring_chars", "min_body_lines", "max_body_lines",
-                  "self_contained", "max_exercises")  # fmt: skip
-    synthetic_keys = ("n", "topics", "name_verbs", "name_nouns", "system_prompt", "prompt", "sampling",
-                      "max_failed_fraction")  # fmt: skip
-    for k in synthetic_keys if cfg.source == "mined" else mined_keys:
-        d.pop(k)
-    if llm is not None and cfg.source == "synthetic":
-        d["llm"] = {
-            "model": llm.model,
-            "params": llm.params(**cfg.sampling),
-            "prompt_hash": prompt_hash(cfg.system_prompt, cfg.prompt),
-        }
-    return d
-
-
-def build_exercises(cfg: ExercisesConfig, llm: LLMConfig | None = None, *, progress: bool = True) -> dict:
+def build_exercises(
+    cfg: ExercisesConfig,
+    llm: LLMConfig | None = None,
+    executor: ExecutorConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict:
     """Run the stage (skipped when its manifest is current); returns the manifest."""
-    inputs = cfg.inputs if cfg.source == "mined" else []
-    for p in inputs:
-        if not Path(p).exists():
-            raise DataError(
-                f"exercises input {p} does not exist: set stage.input to a corpus (or null: stdlib)"
-            )
-    if cfg.source == "synthetic" and llm is None:
-        raise ConfigError("stage.source=synthetic needs an llm config (llm=openai|vllm|llamacpp|ollama)")
-    stage = Stage("exercises", cfg.out_dir, _stage_config(cfg, llm), inputs)
-    if stage.is_current():
-        log.info("exercises: %s is current, skipping", cfg.out_dir)
-        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
-    stage.prepare()
-    out = Path(cfg.out_dir)
-    for old in part_files(out):
-        old.unlink()
-    stats = ReadStats()
-    reasons: Counter = Counter()
-    seen: set[str] = set()
-    writer = ShardWriter(out, cfg.rows_per_shard, schema=SCHEMA)
-    extra: dict[str, Any] = {}
-    if cfg.source == "mined":
-        rows = mined_rows(cfg, stats, reasons, progress)
-        _write(rows, writer, seen, reasons, cfg.max_exercises)
-        stats.check(cfg.max_bad_fraction, f"exercises input {inputs}")
-        extra["read"] = stats.to_dict()
-    else:
-        assert llm is not None
-        llm.progress = llm.progress and progress
-        with LLMClient(llm, seed=cfg.seed) as client:
-            template = prompt_hash(cfg.system_prompt, cfg.prompt)
-            _write(synthetic_rows(cfg, client, reasons, template), writer, seen, reasons, None)
-            extra["llm"] = client.stats.to_dict()
-        if reasons["failed"] / max(reasons["requested"], 1) > cfg.max_failed_fraction:
-            raise TextbooksError(
-                f"exercises: {reasons['failed']} of {reasons['requested']} requests failed, more than "
-                f"max_failed_fraction={cfg.max_failed_fraction}. Answers already received are cached in "
-                f"{llm.cache}: fix the endpoint and rerun (only the rest is asked)"
-            )
-    files = writer.close()
-    return stage.finish(
-        files, documents=writer.count, source=cfg.source, counts=dict(sorted(reasons.items())), **extra
-    )
-
-
-def _write(
-    rows: Iterator[dict], writer: ShardWriter, seen: set[str], reasons: Counter, limit: int | None
-) -> None:
-    for row in rows:
-        digest = hashlib.sha1(" ".join(row["text"].split()).encode()).hexdigest()
-        if digest in seen:
-            reasons["duplicates"] += 1
-            continue
-        seen.add(digest)
-        writer.add(row)
-        if limit is not None and writer.count >= limit:
-            break
+    return run_on(Exercises(cfg, llm), executor, progress=progress)

@@ -32,8 +32,7 @@ from tqdm.auto import tqdm
 
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
-from textbooks.data.records import batched
+from textbooks.data.reader import Fields, ReadStats, Shard, Source, batched, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.io import atomic_path, write_json_atomic
 from textbooks.tokenizer import eot_token, fingerprint, load_tokenizer

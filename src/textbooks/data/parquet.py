@@ -1,7 +1,7 @@
-"""Parquet document shards: ``part-00000.parquet`` files written atomically, read back in order.
+"""Parquet document parts: ``part-00000.parquet`` files written atomically, read back in order.
 
-Every stage that produces documents writes them with ``ShardWriter`` (columns at least ``id``, ``text``,
-``source``, plus the stage's own columns) and finishes with a ``manifest.json`` (``textbooks.data.manifest``).
+Every stage that produces documents writes one part per shard with ``PartWriter`` (columns at least ``id``,
+``text``, ``source``, plus the stage's own columns); its manifest lists them (``textbooks.data.stage``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,20 @@ def write_table(path: str | os.PathLike, table: pa.Table) -> None:
 
 class PartWriter:
     """One Parquet part streamed row group by row group into a temporary name, renamed into place on
-    ``close`` (an empty part still holds the schema, so parts stay aligned with the shards they came from)."""
+    ``close``. An empty part holds the schema (so parts stay aligned with the shards they came from), or,
+    with ``keep_empty=False``, is not written at all."""
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, rows_per_group: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        schema: pa.Schema,
+        rows_per_group: int = 10_000,
+        keep_empty: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.schema = schema
         self.rows_per_group = rows_per_group
+        self.keep_empty = keep_empty
         self.rows: list[dict[str, Any]] = []
         self.count = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,9 +58,12 @@ class PartWriter:
             self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
             self.rows = []
 
-    def close(self) -> Path:
+    def close(self) -> Path | None:
         self._flush()
         self.writer.close()
+        if not self.count and not self.keep_empty:
+            self.tmp.unlink(missing_ok=True)
+            return None
         os.replace(self.tmp, self.path)
         return self.path
 
@@ -70,54 +81,6 @@ class PartWriter:
             self.discard()
 
 
-class ShardWriter:
-    """Buffer rows and write them as numbered Parquet parts of at most ``rows_per_shard`` rows."""
-
-    def __init__(
-        self, out_dir: str | os.PathLike, rows_per_shard: int = 50_000, schema: pa.Schema | None = None
-    ):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.rows_per_shard = rows_per_shard
-        self.schema = schema
-        self.rows: list[dict[str, Any]] = []
-        self.files: list[Path] = []
-        self.count = 0
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        self.count += 1
-        if len(self.rows) >= self.rows_per_shard:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        self.schema = self.schema or table.schema
-        path = self.out_dir / PART.format(len(self.files))
-        write_table(path, table)
-        self.files.append(path)
-        self.rows = []
-
-    def close(self) -> list[Path]:
-        """Write what is buffered (an empty output still gets one part with the schema) and list the parts."""
-        if self.rows or (not self.files and self.schema is not None):
-            table = pa.Table.from_pylist(self.rows, schema=self.schema)
-            path = self.out_dir / PART.format(len(self.files))
-            write_table(path, table)
-            self.files.append(path)
-            self.rows = []
-        return self.files
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-
-
 def part_files(directory: str | os.PathLike) -> list[Path]:
     """The Parquet parts of a stage output, in order."""
     return sorted(Path(directory).glob("*.parquet"))
@@ -127,7 +90,7 @@ def read_table(directory: str | os.PathLike, columns: list[str] | None = None) -
     """All parts of a stage output as one table."""
     files = part_files(directory)
     if not files:
-        from textbooks.data.documents import DataError
+        from textbooks.errors import DataError
 
         raise DataError(f"no Parquet parts in {directory}: run the stage that writes it first")
     return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)

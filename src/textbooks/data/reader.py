@@ -22,15 +22,16 @@ skipped. The stage decides, on the counts summed over all its tasks, whether tha
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import os
 import sysconfig
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,6 +41,7 @@ from textbooks.errors import ConfigError, DataError
 from textbooks.io import list_source_files, stdlib_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -457,6 +459,28 @@ def read_shard(
             yield from _jsonl(p, label, fields, stats)
         else:
             yield from _parquet(p, label, fields, stats, columns)
+
+
+def read_texts(
+    inputs: Sequence[Any],
+    *,
+    pattern: str = "**/*.py",
+    max_bytes: int | None = None,
+    stats: ReadStats | None = None,
+    where: str = "input",
+) -> Iterator[str]:
+    """The texts of every document of ``inputs``, in order (for consumers of all of them: BPE training)."""
+    stats = stats if stats is not None else ReadStats()
+    for shard in plan_shards([resolve(i, where=where) for i in inputs], pattern=pattern):
+        for rec in read_shard(shard, stats, columns=(), max_bytes=max_bytes):
+            yield rec["text"]
+
+
+def batched(it: Iterable[T], n: int) -> Iterator[list[T]]:
+    """Lists of ``n`` items (the last one shorter)."""
+    it = iter(it)
+    while batch := list(itertools.islice(it, n)):
+        yield batch
 
 
 def shard_schema(shards: Sequence[Shard], base: pa.Schema) -> pa.Schema:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
+from textbooks.errors import DataError
 
 
 class TokenShards:

@@ -14,9 +14,13 @@ every prompt. This stage does the same against any OpenAI-compatible endpoint (`
   lower-casing and collapsing whitespace) and near ones (MinHash LSH over word 5-grams, Jaccard >=
   ``near_dup_threshold``; ``null`` turns it off). The first occurrence is kept.
 
-Output (``out_dir``): ``part-*.parquet`` with ``id, text, source, topic, audience, snippet,
-snippet_source, prompt, model, params, prompt_hash, finish_reason, prompt_tokens, completion_tokens``
-and ``manifest.json`` with every count.
+Steps: ``snippets`` (one task: the seeded reservoir over ``seed_input``), ``generate`` (the requests in parts of
+``requests_per_part``, split across tasks; every task answers from the shared response cache first),
+``select`` (one task: short and duplicate answers dropped in request order), then publish.
+
+Output (``out_dir``): ``part-*.parquet`` (one per request part) with ``id, text, source, topic, audience,
+snippet, snippet_source, prompt, model, params, prompt_hash, finish_reason, prompt_tokens,
+completion_tokens`` and ``manifest.json`` with every count.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ import json
 import logging
 import random
 import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from textbooks.config import dataclass_from
-from textbooks.data.documents import DataError, ReadStats, iter_documents
+from textbooks.data.executor import ExecutorConfig
+from textbooks.data.executor import run as run_on
 from textbooks.data.llm import (
     ChatResult,
     LLMClient,
@@ -43,9 +47,11 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
-from textbooks.data.manifest import Stage, read_manifest
-from textbooks.data.parquet import ShardWriter, part_files
-from textbooks.errors import ConfigError, TextbooksError
+from textbooks.data.parquet import PartWriter
+from textbooks.data.reader import Fields, ReadStats, plan_shards, read_shard, resolve
+from textbooks.data.stage import Stage, Step, Task, execution_only, summed
+from textbooks.errors import ConfigError, DataError, TextbooksError
+from textbooks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +98,11 @@ class SynthConfig:
     text_field: str = "text"
     id_field: str = "id"
     max_file_bytes: int | None = 1_000_000
-    max_bad_fraction: float = 0.01
+    max_bad_fraction: float = execution_only(0.01)
     min_chars: int = 500  # shorter answers are dropped
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard for near-duplicates; null = exact only
-    max_failed_fraction: float = 0.1  # requests without an answer tolerated
-    rows_per_shard: int = 10_000
+    max_failed_fraction: float = execution_only(0.1)  # requests without an answer tolerated
+    requests_per_part: int = 1000  # requests per output part (the unit tasks share out)
     sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the llm's sampling
 
     def __post_init__(self) -> None:
@@ -159,32 +165,35 @@ def _snippets_of(text: str, max_lines: int) -> list[str]:
     return found
 
 
-def snippet_pool(cfg: SynthConfig, stats: ReadStats) -> list[Snippet]:
-    """Snippets from a seeded reservoir sample of ``cfg.snippet_pool`` documents of ``cfg.seed_input``."""
+def _seed_inputs(cfg: SynthConfig) -> list[str]:
     if not cfg.seed_input:
         return []
-    inputs = [cfg.seed_input] if isinstance(cfg.seed_input, str) else list(cfg.seed_input)
-    for p in inputs:
-        if not Path(p).exists():
-            raise DataError(f"stage.seed_input {p} does not exist: point it at a corpus, or set it to null")
+    return [cfg.seed_input] if isinstance(cfg.seed_input, str) else list(cfg.seed_input)
+
+
+def snippet_pool(cfg: SynthConfig, stats: ReadStats) -> list[Snippet]:
+    """Snippets from a seeded reservoir sample of ``cfg.snippet_pool`` documents of ``cfg.seed_input``."""
+    inputs = _seed_inputs(cfg)
+    if not inputs:
+        return []
+    fix = "point it at a corpus, or set stage.seed_input to null"
+    sources = [resolve(s, where="textbooks: stage.seed_input", fix=fix) for s in inputs]
     rng = random.Random(f"snippets:{cfg.seed}")
-    reservoir: list[Any] = []
-    docs = iter_documents(
-        inputs,
-        pattern=cfg.pattern,
-        text_field=cfg.text_field,
-        id_field=cfg.id_field,
-        max_bytes=cfg.max_file_bytes,
-        stats=stats,
-    )
-    for i, doc in enumerate(docs):
-        if len(reservoir) < cfg.snippet_pool:
-            reservoir.append(doc)
-        elif (j := rng.randrange(i + 1)) < cfg.snippet_pool:
-            reservoir[j] = doc
+    reservoir: list[dict[str, Any]] = []
+    fields = Fields((cfg.text_field,), cfg.id_field)
+    i = 0
+    for shard in plan_shards(sources, pattern=cfg.pattern):
+        for doc in read_shard(shard, stats, fields=fields, columns=(), max_bytes=cfg.max_file_bytes):
+            if len(reservoir) < cfg.snippet_pool:
+                reservoir.append(doc)
+            elif (j := rng.randrange(i + 1)) < cfg.snippet_pool:
+                reservoir[j] = doc
+            i += 1
     stats.check(cfg.max_bad_fraction, f"textbooks seed_input {inputs}")
     pool = [
-        Snippet(code, doc.source) for doc in reservoir for code in _snippets_of(doc.text, cfg.snippet_lines)
+        Snippet(code, doc["source"])
+        for doc in reservoir
+        for code in _snippets_of(doc["text"], cfg.snippet_lines)
     ]
     if not pool:
         raise DataError(
@@ -247,98 +256,149 @@ class Deduplicator:
         return None
 
 
+class Synthesize(Stage):
+    name = "textbooks"
+
+    def __init__(self, cfg: SynthConfig, llm: LLMConfig) -> None:
+        self.config = cfg
+        self.llm = llm
+        self.template = prompt_hash(cfg.system_prompt, cfg.prompt, cfg.snippet_template)
+        fix = "point it at a corpus, or set stage.seed_input to null"
+        self.inputs = [
+            resolve(s, where="textbooks: stage.seed_input", fix=fix).path for s in _seed_inputs(cfg)
+        ]
+        self.pattern = cfg.pattern
+
+    def key_config(self) -> dict[str, Any]:
+        return super().key_config() | {
+            "llm": {
+                "model": self.llm.model,
+                "params": self.llm.params(**self.config.sampling),
+                "prompt_hash": self.template,
+            }
+        }
+
+    def plan(self) -> dict[str, Any]:
+        per = max(1, self.config.requests_per_part)
+        return {"parts": -(-self.config.n // per), "per_part": per}
+
+    def steps(self) -> list[Step]:
+        return [
+            Step("snippets", "snippets", sharded=False),
+            Step("generate", "generate"),
+            Step("select", "select", sharded=False),
+        ]
+
+    def snippets(self, task: Task) -> dict[str, Any]:
+        stats = ReadStats()
+        pool = snippet_pool(self.config, stats)
+        write_json_atomic(task.data_dir() / "pool.json", [[s.code, s.source] for s in pool])
+        return {"pool": len(pool), "read": stats.to_dict()}
+
+    def _plans(self, task: Task) -> list[Plan]:
+        pool = [Snippet(c, s) for c, s in json.loads((task.data_dir("snippets") / "pool.json").read_text())]
+        return plan_requests(self.config, pool)
+
+    def generate(self, task: Task) -> dict[str, Any]:
+        cfg, llm = self.config, self.llm
+        plans = self._plans(task)
+        per = task.plan["per_part"]
+        llm.progress = llm.progress and task.progress
+        with LLMClient(llm, seed=cfg.seed) as client:
+
+            def one(part: int) -> dict[str, Any]:
+                mine = plans[part * per : (part + 1) * per]
+                requests = [
+                    client.request(
+                        p.prompt, system=cfg.system_prompt or None, **{**cfg.sampling, "seed": p.seed}
+                    )
+                    for p in mine
+                ]
+                rows = []
+                try:
+                    for plan, res in zip(mine, client.iter_results(requests, desc="textbooks")):
+                        row = _row(plan, res, self.template) | {"error_kind": res.error_kind, "ok": res.ok}
+                        rows.append(row)
+                except LLMUnreachableError as e:
+                    raise LLMUnreachableError(
+                        f"{e} (stage textbooks needs an LLM; there is no offline proxy)"
+                    ) from None
+                write_json_atomic(task.data_dir() / f"{part:05d}.json", rows)
+                return {"requests": len(mine)}
+
+            out = task.each_shard(task.plan["parts"], one)
+            return out | {"llm": client.stats.to_dict()}
+
+    def select(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        dedup = Deduplicator(cfg.near_dup_threshold, seed=cfg.seed + 1)
+        counts = {"requested": 0, "failed": 0, "short": 0, "exact_dups": 0, "near_dups": 0, "truncated": 0}
+        failed_by_kind: dict[str, int] = {}
+        kept = 0
+        for part in range(task.plan["parts"]):
+            rows = json.loads((task.data_dir("generate") / f"{part:05d}.json").read_text())
+            with PartWriter(task.publish_path(f"part-{part:05d}.parquet"), SCHEMA) as w:
+                for row in rows:
+                    counts["requested"] += 1
+                    ok, kind = row.pop("ok"), row.pop("error_kind")
+                    verdict = _verdict(ok, row["text"], cfg, dedup, row["id"])
+                    if verdict == "failed":
+                        failed_by_kind[str(kind)] = failed_by_kind.get(str(kind), 0) + 1
+                    if verdict != "kept":
+                        counts[verdict] += 1
+                        continue
+                    counts["truncated"] += row["finish_reason"] == "length"  # kept, but stopped at max_tokens
+                    w.add(row)
+                kept += w.count
+        return counts | {"documents": kept, "failed_by_kind": failed_by_kind}
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        s = task.stats_of("select")[0]
+        counts = {k: s[k] for k in ("requested", "failed", "short", "exact_dups", "near_dups", "truncated")}
+        counts["answered"] = counts["requested"] - counts["failed"]
+        if counts["failed"] / max(counts["requested"], 1) > cfg.max_failed_fraction:
+            raise TextbooksError(
+                f"textbooks: {counts['failed']} of {counts['requested']} requests failed ({s['failed_by_kind']}), "
+                f"more than max_failed_fraction={cfg.max_failed_fraction}. Answers already received are cached in "
+                f"{self.llm.cache}: fix the endpoint and rerun (only the rest is asked)"
+            )
+        snip = task.stats_of("snippets")[0]
+        plans = self._plans(task)
+        return {
+            "documents": s["documents"],
+            **counts,
+            "failed_by_kind": s["failed_by_kind"],
+            "topics": _tally(p.topic for p in plans),
+            "audiences": _tally(p.audience for p in plans),
+            "with_snippet": sum(p.snippet is not None for p in plans),
+            "snippet_pool": snip["pool"],
+            "read": snip["read"],
+            "llm": summed([t["llm"] for t in task.stats_of("generate")]),
+            "parts": [f"part-{p:05d}.parquet" for p in range(task.plan["parts"])],
+        }
+
+
 def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=textbooks``: generate ``stage.n`` textbook sections into ``stage.out_dir``."""
     scfg = dataclass_from(SynthConfig, cfg.stage, "stage (textbooks)")
-    return synthesize(scfg, LLMConfig.from_dict(cfg.llm), progress=bool(cfg.get("progress", True)))
+    ex = ExecutorConfig.from_config(cfg.get("executor"))
+    return synthesize(scfg, LLMConfig.from_dict(cfg.llm), ex, progress=bool(cfg.get("progress", True)))
 
 
-def synthesize(cfg: SynthConfig, llm: LLMConfig, *, progress: bool = True) -> dict:
+def synthesize(
+    cfg: SynthConfig, llm: LLMConfig, executor: ExecutorConfig | None = None, *, progress: bool = True
+) -> dict:
     """Run the stage (skipped when its manifest is current); returns the manifest."""
-    template = prompt_hash(cfg.system_prompt, cfg.prompt, cfg.snippet_template)
-    stage_cfg = asdict(cfg)
-    stage_cfg.pop("out_dir")
-    stage_cfg["llm"] = {"model": llm.model, "params": llm.params(**cfg.sampling), "prompt_hash": template}
-    inputs: list[str] = (
-        []
-        if not cfg.seed_input
-        else [cfg.seed_input]
-        if isinstance(cfg.seed_input, str)
-        else list(cfg.seed_input)
-    )
-    stage = Stage("textbooks", cfg.out_dir, stage_cfg, inputs)
-    if stage.is_current():
-        log.info("textbooks: %s is current, skipping", cfg.out_dir)
-        return read_manifest(cfg.out_dir)  # type: ignore[return-value]
-    stage.prepare()
-    out = Path(cfg.out_dir)
-    for old in part_files(out):
-        old.unlink()
-    stats = ReadStats()
-    pool = snippet_pool(cfg, stats)
-    plans = plan_requests(cfg, pool)
-    llm.progress = llm.progress and progress
-    counts = {
-        "requested": len(plans),
-        "answered": 0,
-        "failed": 0,
-        "short": 0,
-        "exact_dups": 0,
-        "near_dups": 0,
-    }
-    counts["truncated"] = 0  # kept, but the model stopped at max_tokens
-    failed_by_kind: dict[str, int] = {}
-    dedup = Deduplicator(cfg.near_dup_threshold, seed=cfg.seed + 1)
-    writer = ShardWriter(out, cfg.rows_per_shard, schema=SCHEMA)
-    with LLMClient(llm, seed=cfg.seed) as client:
-        requests = [
-            client.request(p.prompt, system=cfg.system_prompt or None, **{**cfg.sampling, "seed": p.seed})
-            for p in plans
-        ]
-        try:
-            for plan, res in zip(plans, client.iter_results(requests, desc="textbooks")):
-                verdict = _verdict(res, cfg, dedup, plan)
-                if verdict == "failed":
-                    failed_by_kind[str(res.error_kind)] = failed_by_kind.get(str(res.error_kind), 0) + 1
-                counts[verdict] = counts.get(verdict, 0) + 1
-                if verdict != "kept":
-                    continue
-                counts["truncated"] += res.finish_reason == "length"
-                writer.add(_row(plan, res, template))
-        except LLMUnreachableError as e:
-            raise LLMUnreachableError(
-                f"{e} (stage textbooks needs an LLM; there is no offline proxy)"
-            ) from None
-        llm_stats = client.stats.to_dict()
-    files = writer.close()
-    counts["answered"] = counts["requested"] - counts["failed"]
-    if counts["failed"] / counts["requested"] > cfg.max_failed_fraction:
-        raise TextbooksError(
-            f"textbooks: {counts['failed']} of {counts['requested']} requests failed ({failed_by_kind}), more "
-            f"than max_failed_fraction={cfg.max_failed_fraction}. Answers already received are cached in "
-            f"{llm.cache}: fix the endpoint and rerun (only the rest is asked)"
-        )
-    return stage.finish(
-        files,
-        documents=writer.count,
-        **{k: v for k, v in counts.items() if k != "kept"},
-        failed_by_kind=failed_by_kind,
-        topics=_tally(p.topic for p in plans),
-        audiences=_tally(p.audience for p in plans),
-        with_snippet=sum(p.snippet is not None for p in plans),
-        snippet_pool=len(pool),
-        read=stats.to_dict(),
-        llm=llm_stats,
-    )
+    return run_on(Synthesize(cfg, llm), executor, progress=progress)
 
 
-def _verdict(res: ChatResult, cfg: SynthConfig, dedup: Deduplicator, plan: Plan) -> str:
-    if not res.ok:
+def _verdict(ok: bool, text: str, cfg: SynthConfig, dedup: Deduplicator, key: str) -> str:
+    if not ok:
         return "failed"
-    text = (res.text or "").strip()
     if len(text) < cfg.min_chars:
         return "short"
-    dup = dedup.check(str(plan.index), text)
+    dup = dedup.check(key, text)
     return {"exact": "exact_dups", "near": "near_dups", None: "kept"}[dup]
 
 
