@@ -312,7 +312,9 @@ class SlurmExecutor(SlurmPipelineExecutor):
         pass
 
     def get_sbatch_args(self, max_array: int = 1) -> dict:
-        return {k: v for k, v in super().get_sbatch_args(max_array).items() if v is not None}
+        args = {k: v for k, v in super().get_sbatch_args(max_array).items() if v is not None}
+        args["mem-per-cpu"] = f"{round(float(self.mem_per_cpu_gb) * 1024)}M"  # sbatch takes whole units
+        return args
 
 
 def _slurm_state(stage: Stage) -> Path:
@@ -370,7 +372,13 @@ def _submit_slurm(stage: Stage, steps: list[Step], ex: ExecutorConfig, progress:
         )
         executors.append((step, previous))
     assert previous is not None
-    previous.run()
+    try:
+        previous.run()
+    except subprocess.CalledProcessError as e:
+        raise ConfigError(
+            f"{stage.name}: sbatch refused the job (exit status {e.returncode}; its message is above): fix "
+            "the executor.* options (partition, time, cpus_per_task, mem_per_cpu_gb, sbatch_args)"
+        ) from e
     ids = {step.name: str(e.job_id) for step, e in executors if e.job_id not in (None, -1)}
     from textbooks.io import write_json_atomic
 

@@ -6,7 +6,8 @@ Output directory::
     shard-00000.bin          flat uint16 (vocab <= 65536) or uint32 token ids
     shard-00000.json         sidecar: dtype, tokenizer name + fingerprint, EOT id, documents, tokens
 
-Token shard ``k`` holds the documents of input shard ``k`` (``textbooks.data.reader``), each encoded as
+Token shard ``k`` holds the documents of input shard ``k`` (``textbooks.data.reader``; none when it has no
+documents), each encoded as
 ordinary text (special-token text inside documents stays ordinary text; ``encode_to_numpy``, so no Python list
 of ints is ever built) and followed by ``<|endoftext|>``. The token stream a dataset reads is the shards in
 order, i.e. the documents in input order, whatever the number of tasks that wrote them, so the training data
@@ -146,8 +147,11 @@ class Pack(Stage):
                 meta = _write_shard(
                     task.publish_path(f"{name}.bin"), texts, encode, eot, dtype, cfg.batch_docs, bar
                 )
-                meta.update({"dtype": dtype.name, "tokenizer": self.tokenizer, "eot_token": eot})
-                write_json_atomic(task.publish_path(f"{name}.json"), meta)
+                if not meta["documents"]:  # an input shard with no documents leaves no token shard
+                    task.publish_path(f"{name}.bin").unlink()
+                else:
+                    meta.update({"dtype": dtype.name, "tokenizer": self.tokenizer, "eot_token": eot})
+                    write_json_atomic(task.publish_path(f"{name}.json"), meta)
                 return {"documents": meta["documents"], "tokens": meta["tokens"], "read": stats.to_dict()}
 
             try:
@@ -170,6 +174,7 @@ class Pack(Stage):
             "shards": [
                 {"path": f"shard-{k:05d}.bin", "tokens": s["tokens"], "documents": s["documents"]}
                 for k, s in enumerate(shards)
+                if s["documents"]
             ],
             "read": read.to_dict(),
             "extra": self.config.extra,

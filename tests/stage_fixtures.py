@@ -1,0 +1,60 @@
+"""A small stage for the executor tests: each task writes the squares of its shard's numbers, and a task of the
+rank named in ``fail_rank`` fails while ``fail_file`` exists (a fault the test switches on and off)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textbooks.data.stage import Stage, Step, Task, summed
+from textbooks.errors import DataError
+from textbooks.io import write_json_atomic
+
+
+@dataclass
+class SquaresConfig:
+    out_dir: str
+    shards: int = 6
+    per_shard: int = 5
+    fail_rank: int = -1
+    fail_file: str = ""
+
+
+class Squares(Stage):
+    name = "squares"
+    stale = ("part-*.json",)
+
+    def __init__(self, cfg: SquaresConfig) -> None:
+        self.config = cfg
+        self.inputs: list[Any] = []
+
+    def key_config(self) -> dict[str, Any]:
+        return {"shards": self.config.shards, "per_shard": self.config.per_shard}
+
+    def plan(self) -> dict[str, Any]:
+        return {"shards": self.config.shards}
+
+    def steps(self) -> list[Step]:
+        return [Step("square", "square"), Step("total", "total", sharded=False)]
+
+    def square(self, task: Task) -> dict[str, Any]:
+        c = self.config
+        if task.rank == c.fail_rank and c.fail_file and Path(c.fail_file).exists():
+            raise DataError(f"task {task.rank} was told to fail ({c.fail_file} exists)")
+
+        def one(i: int) -> dict[str, Any]:
+            numbers = range(i * c.per_shard, (i + 1) * c.per_shard)
+            write_json_atomic(task.publish_path(f"part-{i:05d}.json"), [n * n for n in numbers])
+            return {"sum": sum(n * n for n in numbers)}
+
+        return task.each_shard(task.plan["shards"], one)
+
+    def total(self, task: Task) -> dict[str, Any]:
+        return {"sum": summed(task.shard_stats("square"))["sum"]}
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        parts = [f"part-{i:05d}.json" for i in range(task.plan["shards"])]
+        values = [v for p in parts for v in json.loads(task.publish_path(p).read_text())]
+        return {"documents": len(values), "sum": task.stats_of("total")[0]["sum"], "values": values}

@@ -1,0 +1,153 @@
+"""The same stages on the three engines: local processes, a real one-node SLURM cluster (job arrays chained by
+dependencies) and a local Ray runtime. Outputs equal the local ones, a failing task is named with its log, and
+the rerun runs only the tasks that did not complete."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import slurm_cluster
+from stage_fixtures import Squares, SquaresConfig
+
+from textbooks.data.corpus import IngestConfig, ingest
+from textbooks.data.dedup import DedupConfig, dedup
+from textbooks.data.executor import ExecutorConfig, run
+from textbooks.data.manifest import read_manifest
+from textbooks.data.pack import PackConfig, pack
+from textbooks.errors import DataError
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
+PACKAGES = ("json", "email", "http")
+
+
+def table(out: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(out / p) for p in read_manifest(out)["parts"])
+
+
+def task_times(out: Path, step: str) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (out / ".stage" / step / "tasks").glob("*.json")}
+
+
+def expected_sum(cfg: SquaresConfig) -> int:
+    return sum(n * n for n in range(cfg.shards * cfg.per_shard))
+
+
+@pytest.fixture()
+def importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks run in other processes (jobs, Ray workers) that import this test's stage and the library."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(SRC), os.environ.get("PYTHONPATH", "")])
+    )
+
+
+def check_failure_then_rerun(tmp_path: Path, ex: ExecutorConfig) -> None:
+    """Task 1 fails; the error names it and its log; the rerun runs task 1 only and publishes."""
+    fail = tmp_path / "fail-now"
+    fail.write_text("")
+    cfg = SquaresConfig(out_dir=str(tmp_path / "squares"), fail_rank=1, fail_file=str(fail))
+    with pytest.raises(DataError, match=r"task 1 was told to fail"):
+        run(Squares(cfg), ex, progress=False)
+    out = Path(cfg.out_dir)
+    assert read_manifest(out) is None
+    done = task_times(out, "square")
+    assert sorted(done) == ["00000.json", "00002.json"]
+    log = (out / ".stage" / "square" / "logs" / "task_00001.log").read_text()
+    assert "told to fail" in log
+    fail.unlink()
+    m = run(Squares(cfg), ex, progress=False)
+    after = task_times(out, "square")
+    assert {k: after[k] for k in done} == done and "00001.json" in after  # only task 1 ran again
+    assert m["sum"] == expected_sum(cfg) and m["steps"]["square"]["tasks"] == 3
+    assert m["values"] == [n * n for n in range(cfg.shards * cfg.per_shard)]
+
+
+def test_local_processes_rerun_only_the_failed_task(tmp_path: Path, importable: None) -> None:
+    check_failure_then_rerun(tmp_path, ExecutorConfig(tasks=3, workers=2))
+
+
+# -- SLURM ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory):
+    why = slurm_cluster.missing()
+    if why:
+        pytest.skip(why)
+    with slurm_cluster.cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+@pytest.fixture()
+def on_slurm(slurm: dict[str, str], monkeypatch: pytest.MonkeyPatch, importable: None) -> ExecutorConfig:
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    return ExecutorConfig(
+        name="slurm", tasks=3, workers=-1, time="00:10:00", mem_per_cpu_gb=1.0, poll_seconds=0.5
+    )
+
+
+def test_slurm_arrays_rerun_only_the_failed_task(tmp_path: Path, on_slurm: ExecutorConfig) -> None:
+    check_failure_then_rerun(tmp_path, on_slurm)
+    jobs = json.loads((tmp_path / "squares" / ".stage" / "slurm.json").read_text())["jobs"]
+    assert set(jobs) == {"square", "total", "publish"}  # one array per step, chained
+
+
+def test_slurm_builds_the_same_data_as_local(
+    tmp_path: Path, on_slurm: ExecutorConfig, stdlib_dir: Path
+) -> None:
+    inputs = [str(stdlib_dir / p) for p in PACKAGES]
+    outs = {}
+    for name, ex in (("local", None), ("slurm", on_slurm)):
+        root = tmp_path / name
+        ingest(
+            IngestConfig(inputs=inputs, out_dir=str(root / "corpus"), shard_bytes=150_000), ex, progress=False
+        )
+        dedup(DedupConfig(inputs=[str(root / "corpus")], out_dir=str(root / "dedup")), ex, progress=False)
+        outs[name] = root
+    for stage in ("corpus", "dedup"):
+        assert table(outs["slurm"] / stage).equals(table(outs["local"] / stage)), stage
+    assert (
+        read_manifest(outs["slurm"] / "dedup")["counts"] == read_manifest(outs["local"] / "dedup")["counts"]
+    )
+    jobs = json.loads((outs["slurm"] / "dedup" / ".stage" / "slurm.json").read_text())["jobs"]
+    assert list(jobs) == ["signatures", "buckets", "cluster", "filter", "publish"]
+    script = (outs["slurm"] / "dedup" / ".stage" / "signatures" / "launch_script.slurm").read_text()
+    assert "#SBATCH --array=0-2" in script and "#SBATCH --requeue" in script
+
+
+# -- Ray -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_runtime():
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'textbooks[ray]')")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_runs_stages_and_reruns_only_the_failed_task(
+    tmp_path: Path, importable: None, ray_runtime, stdlib_dir: Path, tiny_data
+) -> None:
+    if not ray_runtime.is_initialized():
+        ray_runtime.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ex = ExecutorConfig(name="ray", tasks=3, workers=-1, mem_per_cpu_gb=0.5)
+    check_failure_then_rerun(tmp_path, ex)
+    inputs = [str(stdlib_dir / p) for p in PACKAGES]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    tok = str(tiny_data["tokenizer"])
+    for root, e in ((local, None), (remote, ex)):
+        ingest(
+            IngestConfig(inputs=inputs, out_dir=str(root / "corpus"), shard_bytes=150_000), e, progress=False
+        )
+        pack(
+            PackConfig(inputs=[str(root / "corpus")], out_dir=str(root / "tokens"), tokenizer=tok),
+            e,
+            progress=False,
+        )
+    assert table(remote / "corpus").equals(table(local / "corpus"))
+    shards = read_manifest(local / "tokens")["shards"]
+    assert shards == read_manifest(remote / "tokens")["shards"] and len(shards) > 3
+    for s in shards:
+        assert (local / "tokens" / s["path"]).read_bytes() == (remote / "tokens" / s["path"]).read_bytes()
