@@ -182,3 +182,95 @@ def test_reader_shards_are_deterministic_and_cover_every_file(stdlib_dir: Path) 
     stats = ReadStats()
     texts = [r["text"] for s in shards for r in read_shard(s, stats)]
     assert len(texts) == stats.documents == len(files)
+
+
+def _rows(out: Path) -> list[dict]:
+    m = read_manifest(out)
+    return [r for p in m["parts"] for r in pq.read_table(out / p).to_pylist()]
+
+
+def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path, stdlib_dir: Path) -> None:
+    """annotate, exercises (mined and synthetic), textbooks, decontaminate and classify: tasks=1 and tasks=4
+    on 2 workers give the same rows (ids, texts, every column); the LLM stages ask each request once."""
+    import hashlib
+
+    from openai_server import OpenAIServer, last_user_message
+
+    from textbooks.data.annotate import AnnotateConfig, annotate
+    from textbooks.data.classify import ClassifyConfig, classify
+    from textbooks.data.decontam import DecontamConfig, decontaminate
+    from textbooks.data.exercises import ExercisesConfig, build_exercises
+    from textbooks.data.llm import Backoff, LLMConfig
+    from textbooks.data.synth import SynthConfig, synthesize
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in [p for p in sorted(stdlib_dir.glob("*.py")) if p.stat().st_size < 30_000][:48]:
+        (src / f.name).write_bytes(f.read_bytes())
+
+    def answer(messages: list[dict], body: dict) -> str:
+        prompt = last_user_message(messages)
+        h = hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).hexdigest()
+        if "write `" in prompt:
+            name = prompt.split("write `")[1].split("`")[0]
+            return f'```python\ndef {name}(x):\n    """Return x plus {int(h[:4], 16)}."""\n    return x + {int(h[:4], 16)}\n```'
+        return f"# Section {h[:8]}\n\n" + " ".join(f"word{c}" for c in h) * 4
+
+    with OpenAIServer(answer) as server:
+        outs: dict[int, Path] = {}
+        for tasks in (1, 4):
+            ex = ExecutorConfig(tasks=tasks, workers=2 if tasks > 1 else 1)
+            root = tmp_path / f"t{tasks}"
+            llm = LLMConfig(
+                base_url=server.url,
+                model="m",
+                cache=str(root / "llm.sqlite"),
+                progress=False,
+                backoff=Backoff(base=0.01),
+            )
+            ingest(
+                IngestConfig(inputs=[str(src)], out_dir=str(root / "corpus"), shard_bytes=60_000),
+                ex,
+                progress=False,
+            )
+            annotate(
+                AnnotateConfig(
+                    input=str(root / "corpus"),
+                    out_dir=str(root / "annotate"),
+                    annotator="heuristic",
+                    sample_size=30,
+                ),
+                None,
+                ex,
+                progress=False,
+            )
+            build_exercises(
+                ExercisesConfig(out_dir=str(root / "mined"), source="mined", input=str(root / "corpus")),
+                None,
+                ex,
+                progress=False,
+            )
+            received = server.received
+            build_exercises(
+                ExercisesConfig(out_dir=str(root / "synthetic"), n=10, requests_per_part=3, topics=["a", "b"],
+                                name_verbs=["get", "put"], name_nouns=["x", "y"], prompt="On {topic}: write `{name}`."),
+                llm, ex, progress=False,
+            )  # fmt: skip
+            synthesize(
+                SynthConfig(out_dir=str(root / "textbooks"), topics=["t1", "t2"], audiences=["a1"], n=10, requests_per_part=3, min_chars=10),
+                llm, ex, progress=False,
+            )  # fmt: skip
+            assert server.received - received == 20  # each request asked once, whatever the tasks
+            decontaminate(
+                DecontamConfig(inputs=[str(root / "mined")], out_dir=str(root / "decontaminated"), benchmarks=["humaneval"], embedder=None),
+                ex, progress=False,
+            )  # fmt: skip
+            classify(
+                ClassifyConfig(input=str(root / "corpus"), annotations=str(root / "annotate"), out_dir=str(root / "filtered"),
+                               embed_max_chars=200, forest={"n_estimators": 20}, n_jobs=1, tokenizer=None),
+                ex, progress=False,
+            )  # fmt: skip
+            outs[tasks] = root
+    for stage in ("corpus", "annotate", "mined", "synthetic", "textbooks", "decontaminated", "filtered"):
+        one, four = _rows(outs[1] / stage), _rows(outs[4] / stage)
+        assert one == four and one, stage
