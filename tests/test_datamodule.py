@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from textbooks.data.datamodule import (
+from textbooks.errors import ConfigError, DataError
+from textbooks.train.datamodule import (
     Mixture,
     Source,
     StridedBatchSampler,
@@ -18,7 +19,6 @@ from textbooks.data.datamodule import (
     WindowDataset,
     steps_for_tokens,
 )
-from textbooks.errors import ConfigError, DataError
 
 
 def take(sampler, n):

@@ -13,10 +13,10 @@ import lightning as L
 import pytest
 import torch
 
-from textbooks.data.datamodule import Source, TokenDataModule
 from textbooks.errors import ConfigError
 from textbooks.eval.callback import EvalCallback, InTrainingEvalConfig, spread
 from textbooks.eval.problems import load_humaneval
+from textbooks.train.datamodule import Source, TokenDataModule
 from textbooks.train.logging import RunCSVLogger, define_wandb_metrics, wandb_logger
 from textbooks.train.module import CausalLMModule
 

@@ -16,10 +16,10 @@ import pytest
 
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.reader import read_texts
-from textbooks.data.shards import TokenShards
 from textbooks.errors import DataError
 from textbooks.io import EXCLUDE_DIRS, list_source_files
 from textbooks.tokenizer import load_tokenizer
+from textbooks.train.shards import TokenShards
 
 
 def test_shards_hold_every_document_separated_by_eot(tiny_data):

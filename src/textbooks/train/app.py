@@ -22,10 +22,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from textbooks.config import CONF_DIR, parse_count
-from textbooks.data.datamodule import Source, TokenDataModule, steps_for_tokens
 from textbooks.errors import ConfigError, cli_errors
 from textbooks.io import write_json_atomic
 from textbooks.tokenizer import TokenizerError, fingerprint, load_tokenizer, padded_vocab_size
+from textbooks.train.datamodule import Source, TokenDataModule, steps_for_tokens
 from textbooks.train.logging import (
     ResumeLogs,
     RunCSVLogger,

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from textbooks.data.shards import TokenShards
 from textbooks.errors import ConfigError
+from textbooks.train.shards import TokenShards
 
 _SHIFT = 40  # global window id = source << 40 | window
 
