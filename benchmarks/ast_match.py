@@ -27,9 +27,9 @@ from collections.abc import Callable
 
 from rapidfuzz.distance import Levenshtein
 
+from textbooks.benchmarks import load_humaneval
 from textbooks.data.decontam import measured
 from textbooks.data.similarity import ast_match_matrix, ast_sequence
-from textbooks.eval.problems import load_humaneval
 from textbooks.io import list_source_files, stdlib_dir
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from textbooks.benchmarks import load_humaneval, shipped_file
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems, measured
@@ -20,7 +21,7 @@ from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import ShardWriter, read_table
 from textbooks.data.similarity import NgramIndex, ast_match, ast_match_matrix, ast_sequence, ast_units, ngrams
-from textbooks.eval.problems import load_humaneval
+from textbooks.errors import TextbooksError
 from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
 
@@ -103,8 +104,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pretrained(PhiForCausalLM(cfg), tmp_path_factory.mktemp("m") / "model", tokenizer="p50k_base")
 
 
-def _cfg(inputs: list[Path], out: Path, benchmarks_dir: Path, **kw) -> DecontamConfig:
-    kw = {"embedder": None, "mbpp": str(benchmarks_dir / "mbpp.jsonl"), "workers": 1} | kw
+def _cfg(inputs: list[Path], out: Path, **kw) -> DecontamConfig:
+    kw = {"embedder": None, "workers": 1} | kw
     return DecontamConfig(inputs=[str(i) for i in inputs], out_dir=str(out), **kw)
 
 
@@ -142,14 +143,10 @@ def test_match_matrix_is_rapidfuzz_levenshtein_with_cutoff(stdlib_dir: Path) -> 
     np.testing.assert_allclose(cut, np.where(full >= 0.6, full, 0.0), atol=1e-6)
 
 
-def test_renamed_copies_found_and_pruned(
-    training: dict, tmp_path: Path, benchmarks_dir: Path, tiny_model: Path
-) -> None:
+def test_renamed_copies_found_and_pruned(training: dict, tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "decon"
     cache = tmp_path / "cache"
-    cfg = _cfg(
-        [training["dir"]], out, benchmarks_dir, embedder=f"textbooks:{tiny_model}", scores_cache=str(cache)
-    )
+    cfg = _cfg([training["dir"]], out, embedder=f"textbooks:{tiny_model}", scores_cache=str(cache))
     m = decontaminate(cfg, progress=False)
     n = len(training["rows"])
     assert m["problems"] == {"humaneval": 164, "mbpp": 500}
@@ -193,7 +190,6 @@ def test_renamed_copies_found_and_pruned(
         _cfg(
             [training["dir"]],
             out2,
-            benchmarks_dir,
             embedder=f"textbooks:{tiny_model}",
             scores_cache=str(cache),
             tau=0.8,
@@ -214,7 +210,7 @@ def test_real_functions_stay_far_from_humaneval(stdlib_dir: Path) -> None:
     assert len(tau) > 100 and max(tau) < 0.75, sorted(tau)[-3:]
 
 
-def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: Path) -> None:
+def test_exercises_compare_prompt_plus_solution(tmp_path: Path) -> None:
     """Mined exercises: prompt (signature + docstring) + solution (body) is the program compared."""
     he = {p.task_id: p for p in measured(load_humaneval())}
     code = rename_everything(he["HumanEval/12"].code)
@@ -235,27 +231,33 @@ def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: 
                 "source": "mined",
             }
         )
-    m = decontaminate(_cfg([ex], tmp_path / "out", benchmarks_dir, benchmarks=["humaneval"]), progress=False)
+    m = decontaminate(_cfg([ex], tmp_path / "out", benchmarks=["humaneval"]), progress=False)
     assert m["counts"]["removed"] == 1
     row = read_table(tmp_path / "out" / "removed").to_pylist()[0]
     assert row["ast_problem"] == "HumanEval/12" and row["ast_match"] >= 0.99
     # without the tokenizer, removed tokens are counted as whitespace-separated words, and the manifest says so
-    cfg = _cfg([ex], tmp_path / "ws", benchmarks_dir, benchmarks=["humaneval"], tokenizer="no_such_encoding")
+    cfg = _cfg([ex], tmp_path / "ws", benchmarks=["humaneval"], tokenizer="no_such_encoding")
     m = decontaminate(cfg, progress=False)
     assert m["counts"]["token_counter"] == "whitespace (tokenizer no_such_encoding unavailable)"
     assert m["counts"]["removed_tokens"] == len((prompt + solution).split())
 
 
-def test_missing_mbpp_warns_or_fails(training: dict, tmp_path: Path, benchmarks_dir: Path) -> None:
-    cfg = _cfg([training["dir"]], tmp_path / "out", benchmarks_dir, mbpp=str(tmp_path / "none.jsonl"))
-    problems, notes = load_problems(cfg)
-    assert len(problems) == 164 and "HumanEval only" in notes[0]
-    cfg.require_mbpp = True
-    with pytest.raises(DataError, match=r"MBPP file .*none.jsonl not found; set stage.mbpp"):
+def test_mbpp_ships_and_a_wrong_mbpp_file_fails(training: dict, tmp_path: Path) -> None:
+    """MBPP needs no file beside the checkout; a file that is named but missing is an error, never a
+    silent HumanEval-only decontamination."""
+    problems, notes = load_problems(_cfg([training["dir"]], tmp_path / "out"))
+    assert len(problems) == 164 + 500 and not notes
+    alone = tmp_path / "bench"  # benchmarks_dir replaces the shipped copy
+    alone.mkdir()
+    (alone / "mbpp.jsonl").write_text(shipped_file("mbpp").read_text().splitlines()[19] + "\n")  # task 20
+    problems, _ = load_problems(_cfg([training["dir"]], tmp_path / "out", benchmarks_dir=str(alone)))
+    assert len(problems) == 164 + 1
+    cfg = _cfg([training["dir"]], tmp_path / "out", mbpp=str(tmp_path / "none.jsonl"))
+    with pytest.raises(TextbooksError, match=r"mbpp: benchmark file not found: .*none\.jsonl"):
         decontaminate(cfg, progress=False)
     assert read_manifest(tmp_path / "out") is None
     with pytest.raises(DataError, match=r"input .*absent does not exist"):
-        decontaminate(_cfg([tmp_path / "absent"], tmp_path / "o2", benchmarks_dir), progress=False)
+        decontaminate(_cfg([tmp_path / "absent"], tmp_path / "o2"), progress=False)
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
@@ -263,4 +265,4 @@ def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
         cfg = compose("data", overrides=["stage=decontaminate", f"paths.data={tmp_path}", "stage.tau=0.9"])
     c = dataclass_from(DecontamConfig, cfg.stage, "stage decontaminate")
     assert c.inputs == [f"{tmp_path}/exercises"] and c.out_dir == f"{tmp_path}/decontaminated-tau0.9"
-    assert c.mbpp.endswith("benchmarks/mbpp.jsonl") and json.dumps(c.mbpp_task_ids) == "[11, 510]"
+    assert c.mbpp is None and c.benchmarks_dir is None and json.dumps(c.mbpp_task_ids) == "[11, 510]"

@@ -86,7 +86,7 @@ def run_demo(cfg: DictConfig) -> dict:
         *t.overrides,
     ]
     corpus = "[" + ",".join(str(c) for c in cfg.corpus) + "]"
-    benchmarks = str(Path(cfg.benchmarks).resolve())
+    benchmarks = [f"paths.benchmarks={Path(cfg.benchmarks).resolve()}"] if cfg.benchmarks else []
     print(f"textbooks demo: Figure 2.1 at CPU scale; everything goes to {work}")
 
     # data: raw code -> dedup -> labels -> token shards of The Stack+ and of the exercises
@@ -100,7 +100,7 @@ def run_demo(cfg: DictConfig) -> dict:
         [
             *d,
             "stage=decontaminate",
-            f"paths.benchmarks={benchmarks}",
+            *benchmarks,
             f"stage.embedder={cfg.decontam_embedder or 'null'}",
             *dx,
         ]

