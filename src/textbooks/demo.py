@@ -12,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from textbooks.config import CONF_DIR
-from textbooks.errors import TextbooksError, cli_errors
+from textbooks.config import Count, hydra_app
+from textbooks.errors import TextbooksError
 
 TABLE_COLUMNS = [
     "run_name",
@@ -188,8 +187,15 @@ def report(cfg: DictConfig, work: Path) -> dict:
     return {"runs": runs, "bars": bars}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="demo")
-@cli_errors
+@hydra_app(
+    "demo",
+    types={
+        "eval_limit": int | None,
+        "train.tokens": Count | None,
+        "train.finetune_tokens": Count,
+        "train.model": str | None,
+    },
+)
 def main(cfg: DictConfig) -> None:
     t0 = time.time()
     run_demo(cfg)

@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
-from textbooks.config import CONF_DIR
-from textbooks.errors import ConfigError, TextbooksError, cli_errors
+from textbooks.config import hydra_app
+from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import (
     LM,
@@ -460,8 +459,7 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-@cli_errors
+@hydra_app("eval", types={"limit": int | None, "threads": int | None, "sandbox.workers": int | None})
 def main(cfg: DictConfig) -> None:
     results = run(cfg)
     print(json.dumps(_headline(results), indent=2))
