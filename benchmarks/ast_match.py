@@ -1,8 +1,8 @@
 """AST match rate throughput: (training function, HumanEval problem) pairs per second.
 
 Pairs: real functions of the standard library (a seeded sample of files, every function in them) × the
-164 HumanEval programs, both as ``textbooks.data.similarity.ast_sequence`` strings (names, comments and
-docstrings removed).
+164 HumanEval programs, both as ``textbooks.data.similarity.ast_sequence`` strings (names, comments,
+docstrings, type annotations and imports removed).
 
 * ``difflib`` (baseline): ``difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()`` per pair, the
   standard-library way to compare two sequences (on a subset of pairs: it is slow).

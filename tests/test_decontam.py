@@ -12,16 +12,27 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from rewrites import harness_aliases, rewrite
 
-from textbooks.benchmarks import load_humaneval, shipped_file
+from textbooks.benchmarks import load_humaneval, load_mbpp, shipped_file
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems, measured
 from textbooks.data.documents import DataError
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import ShardWriter, read_table
-from textbooks.data.similarity import NgramIndex, ast_match, ast_match_matrix, ast_sequence, ast_units, ngrams
+from textbooks.data.similarity import (
+    NgramIndex,
+    ast_match,
+    ast_match_matrix,
+    ast_sequence,
+    ast_units,
+    ngrams,
+    parse_python,
+)
 from textbooks.errors import TextbooksError
+from textbooks.eval.prompts import program_for_code
+from textbooks.eval.sandbox import Sandbox
 from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
 
@@ -116,6 +127,12 @@ def test_ast_sequence_ignores_names_comments_docstrings() -> None:
     seq = [ast_sequence(ast.parse(s)) for s in (a, b, c)]
     assert seq[0] == seq[1] and seq[0] != seq[2]
     assert ast_match(a, b) == 1.0 and 0.9 < ast_match(a, c) < 1.0
+    # type annotations and imports are not part of the program's structure either
+    d = (
+        "from typing import List\nimport math as m\n"
+        "def h(xs: List[int]) -> int:\n    t: int = 0\n    n: int\n    for x in xs:\n        t += x.v\n    return t\n"
+    )
+    assert ast_sequence(ast.parse(d)) == seq[0] and ast_match(a, d) == 1.0
     assert ast_units("not python (", "functions") == []
     assert len(ast_units("```python\ndef f():\n    return 1\n```\nprose", "functions")) == 1
     assert ngrams("A b c d", 3) == {"a b c", "b c d"}
@@ -179,9 +196,13 @@ def test_renamed_copies_found_and_pruned(training: dict, tmp_path: Path, tiny_mo
     assert any(r["task_id"] == "HumanEval/10" and "ngram" in r["selected_by"] for r in closest)
     assert {r["task_id"] for r in closest} >= {"HumanEval/0", "Mbpp/11", "Mbpp/510"}  # nearest by embedding
     report = (out / "report/report.md").read_text()
+    # 6 problems: the copy of HumanEval/55 (Fibonacci) also matches Mbpp/389 (Lucas numbers), the same
+    # program with other constants, once its type annotation no longer counts
     assert (
-        f"| 0.95 | {len(COPIED)} | {len(COPIED)} |" in report and "| HumanEval/10 | doc-copy | t |" in report
+        f"| 0.95 | {len(COPIED)} | {len(COPIED) + 1} |" in report
+        and "| HumanEval/10 | doc-copy | t |" in report
     )
+    assert "| Mbpp/389 | copy-HumanEval/55 | test | 0.981 |" in report
     assert (out / "report/closest.csv").read_text().splitlines()[0].startswith("benchmark,task_id,item_id")
 
     # another pruning rule reuses the cached scores; the 13-gram rule prunes the docstring copy
@@ -208,6 +229,77 @@ def test_real_functions_stay_far_from_humaneval(stdlib_dir: Path) -> None:
     units = [ast_units(text, "functions") for _, text in funcs]
     tau = [ast_match_matrix(u, he, min_match=0.5).max() for u in units]
     assert len(tau) > 100 and max(tau) < 0.75, sorted(tau)[-3:]
+
+
+@pytest.fixture(scope="module")
+def rewritten() -> list[dict]:
+    """Every HumanEval program (prompt + canonical solution) and every MBPP test-split solution (the default
+    problem set of the stage), rewritten by ``rewrites.rewrite``: names, docstrings, comments, annotations
+    and imports all changed."""
+    problems = list(load_humaneval()) + list(load_mbpp(split="test"))
+    out = []
+    for i, (p, m) in enumerate(zip(problems, measured(problems), strict=True)):
+        code, names = rewrite(m.code, seed=i)
+        out.append({"problem": p, "original": m.code, "code": code, "names": names})
+    return out
+
+
+def test_rewrites_keep_the_program(rewritten: list[dict]) -> None:
+    """The rewrites are other texts of the same programs: every one still passes its benchmark's tests,
+    and none of the names it renamed is left."""
+    assert len(rewritten) == 164 + 500
+    for r in rewritten:
+        left = {n.id for n in ast.walk(ast.parse(r["code"])) if isinstance(n, ast.Name)} & set(r["names"])
+        assert r["names"] and not left, (r["problem"].task_id, left)
+        assert r["code"] != r["original"]
+    programs = [
+        program_for_code(r["problem"], r["code"] + harness_aliases(r["code"], r["names"]), plus=False)
+        for r in rewritten
+    ]
+    with Sandbox() as sandbox:
+        results = sandbox.run_many(programs)
+    failed = [
+        (r["problem"].task_id, x.status, x.message[:80]) for r, x in zip(rewritten, results) if not x.passed
+    ]
+    assert not failed, failed
+
+
+def test_rewrites_that_keep_the_program_are_pruned(
+    rewritten: list[dict], tmp_path: Path, stdlib_dir: Path
+) -> None:
+    """At the default setting (τ ≥ 0.95) every rewrite is pruned, matched to its own problem (or one with
+    the same program), while real library functions stay far below."""
+    taus = [ast_match(r["code"], r["original"]) for r in rewritten]
+    low = [(r["problem"].task_id, t) for r, t in zip(rewritten, taus) if not t >= 0.95]
+    assert not low, (
+        f"{len(low)} rewrites below 0.95 (min {min(taus):.3f}, mean {np.mean(taus):.3f}): {low[:10]}"
+    )
+    rows = [{"id": f"rw-{r['problem'].task_id}", "text": r["code"], "source": "rewrite"} for r in rewritten]
+    funcs = stdlib_functions(stdlib_dir)
+    rows += [{"id": name, "text": text, "source": "stdlib"} for name, text in funcs]
+    docs = tmp_path / "docs"
+    with ShardWriter(docs, rows_per_shard=500) as w:
+        for row in rows:
+            w.add(row)
+    m = decontaminate(
+        DecontamConfig(inputs=[str(docs)], out_dir=str(tmp_path / "out"), embedder=None), progress=False
+    )
+    assert m["problems"] == {"humaneval": 164, "mbpp": 500} and m["config"]["tau"] == 0.95
+    removed = {r["id"]: r for r in read_table(tmp_path / "out" / "removed").to_pylist()}
+    assert set(removed) == {row["id"] for row in rows if row["source"] == "rewrite"}
+    same = {}  # problems whose programs are the same tree as another's
+    for p in measured(r["problem"] for r in rewritten):
+        same.setdefault(ast_sequence(parse_python(p.code)), set()).add(p.task_id)
+    for r in rewritten:
+        got = removed[f"rw-{r['problem'].task_id}"]
+        twins = same[ast_sequence(parse_python(r["original"]))]
+        assert got["ast_match"] >= 0.95 and got["ast_problem"] in twins, (
+            r["problem"].task_id,
+            got["ast_problem"],
+        )
+    scores = pq.read_table(tmp_path / "out" / "report" / "scores.parquet").to_pylist()
+    stdlib_tau = [s["ast_match"] for s in scores if s["source"] == "stdlib"]
+    assert len(stdlib_tau) == len(funcs) > 100 and max(stdlib_tau) < 0.8, sorted(stdlib_tau)[-3:]
 
 
 def test_exercises_compare_prompt_plus_solution(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
 BENCHMARKS = ("humaneval", "mbpp")
 MEASURES = ("ast", "embedding", "ngram")
-SCORES_VERSION = 1  # bump when scoring changes, so cached scores are recomputed
+SCORES_VERSION = 2  # bump when scoring changes, so cached scores are recomputed
 
 
 # -- benchmark problems ---------------------------------------------------------------------------------------
