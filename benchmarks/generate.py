@@ -22,8 +22,8 @@ import time
 
 import torch
 
+from textbooks.benchmarks import load_humaneval
 from textbooks.eval.generate import GenerationConfig, TextbooksLM
-from textbooks.eval.problems import load_humaneval
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer, padded_vocab_size
 

@@ -1,4 +1,4 @@
-"""Shared test set-up: offline everything, small thread counts, paths to shared data."""
+"""Shared test set-up: offline everything, small thread counts, a tiny real corpus."""
 
 from __future__ import annotations
 
@@ -31,15 +31,6 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
-
-
-@pytest.fixture(scope="session")
-def benchmarks_dir() -> Path:
-    """MBPP, sanitized MBPP, HumanEval+ and MBPP+ files (../shared/data/benchmarks beside the checkout)."""
-    d = Path(os.environ.get("TEXTBOOKS_BENCHMARKS", REPO.parent / "shared" / "data" / "benchmarks"))
-    if not d.is_dir():
-        pytest.skip(f"benchmark files not found at {d} (set TEXTBOOKS_BENCHMARKS)")
-    return d
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from textbooks.eval.problems import load_humaneval
+from textbooks.benchmarks import load_humaneval
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.tokenizer import eot_token, load_tokenizer
 

@@ -13,16 +13,27 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from rewrites import harness_aliases, rewrite
 
+from textbooks.benchmarks import load_humaneval, load_mbpp, shipped_file
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR, dataclass_from
 from textbooks.data.contamination import measured
 from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table, write_table
-from textbooks.data.similarity import NgramIndex, ast_match, ast_match_matrix, ast_sequence, ast_units, ngrams
-from textbooks.errors import DataError
-from textbooks.eval.problems import load_humaneval
+from textbooks.data.similarity import (
+    NgramIndex,
+    ast_match,
+    ast_match_matrix,
+    ast_sequence,
+    ast_units,
+    ngrams,
+    parse_python,
+)
+from textbooks.errors import DataError, TextbooksError
+from textbooks.eval.prompts import program_for_code
+from textbooks.eval.sandbox import Sandbox
 from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
 
@@ -113,8 +124,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_pretrained(PhiForCausalLM(cfg), tmp_path_factory.mktemp("m") / "model", tokenizer="p50k_base")
 
 
-def _cfg(inputs: list[Path], out: Path, benchmarks_dir: Path, **kw) -> DecontamConfig:
-    kw = {"embedder": None, "mbpp": str(benchmarks_dir / "mbpp.jsonl"), "workers": 1} | kw
+def _cfg(inputs: list[Path], out: Path, **kw) -> DecontamConfig:
+    kw = {"embedder": None, "workers": 1} | kw
     return DecontamConfig(inputs=[str(i) for i in inputs], out_dir=str(out), **kw)
 
 
@@ -125,6 +136,12 @@ def test_ast_sequence_ignores_names_comments_docstrings() -> None:
     seq = [ast_sequence(ast.parse(s)) for s in (a, b, c)]
     assert seq[0] == seq[1] and seq[0] != seq[2]
     assert ast_match(a, b) == 1.0 and 0.9 < ast_match(a, c) < 1.0
+    # type annotations and imports are not part of the program's structure either
+    d = (
+        "from typing import List\nimport math as m\n"
+        "def h(xs: List[int]) -> int:\n    t: int = 0\n    n: int\n    for x in xs:\n        t += x.v\n    return t\n"
+    )
+    assert ast_sequence(ast.parse(d)) == seq[0] and ast_match(a, d) == 1.0
     assert ast_units("not python (", "functions") == []
     assert len(ast_units("```python\ndef f():\n    return 1\n```\nprose", "functions")) == 1
     assert ngrams("A b c d", 3) == {"a b c", "b c d"}
@@ -152,14 +169,10 @@ def test_match_matrix_is_rapidfuzz_levenshtein_with_cutoff(stdlib_dir: Path) -> 
     np.testing.assert_allclose(cut, np.where(full >= 0.6, full, 0.0), atol=1e-6)
 
 
-def test_renamed_copies_found_and_pruned(
-    training: dict, tmp_path: Path, benchmarks_dir: Path, tiny_model: Path
-) -> None:
+def test_renamed_copies_found_and_pruned(training: dict, tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "decon"
     cache = tmp_path / "cache"
-    cfg = _cfg(
-        [training["dir"]], out, benchmarks_dir, embedder=f"textbooks:{tiny_model}", scores_cache=str(cache)
-    )
+    cfg = _cfg([training["dir"]], out, embedder=f"textbooks:{tiny_model}", scores_cache=str(cache))
     m = decontaminate(cfg, progress=False)
     n = len(training["rows"])
     assert m["problems"] == {"humaneval": 164, "mbpp": 500}
@@ -192,9 +205,13 @@ def test_renamed_copies_found_and_pruned(
     assert any(r["task_id"] == "HumanEval/10" and "ngram" in r["selected_by"] for r in closest)
     assert {r["task_id"] for r in closest} >= {"HumanEval/0", "Mbpp/11", "Mbpp/510"}  # nearest by embedding
     report = (out / "report/report.md").read_text()
+    # 6 problems: the copy of HumanEval/55 (Fibonacci) also matches Mbpp/389 (Lucas numbers), the same
+    # program with other constants, once its type annotation no longer counts
     assert (
-        f"| 0.95 | {len(COPIED)} | {len(COPIED)} |" in report and "| HumanEval/10 | doc-copy | t |" in report
+        f"| 0.95 | {len(COPIED)} | {len(COPIED) + 1} |" in report
+        and "| HumanEval/10 | doc-copy | t |" in report
     )
+    assert "| Mbpp/389 | copy-HumanEval/55 | test | 0.981 |" in report
     assert (out / "report/closest.csv").read_text().splitlines()[0].startswith("benchmark,task_id,item_id")
 
     # another pruning rule reuses the cached scores; the 13-gram rule prunes the docstring copy
@@ -203,7 +220,6 @@ def test_renamed_copies_found_and_pruned(
         _cfg(
             [training["dir"]],
             out2,
-            benchmarks_dir,
             embedder=f"textbooks:{tiny_model}",
             scores_cache=str(cache),
             tau=0.8,
@@ -224,7 +240,76 @@ def test_real_functions_stay_far_from_humaneval(stdlib_dir: Path) -> None:
     assert len(tau) > 100 and max(tau) < 0.75, sorted(tau)[-3:]
 
 
-def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def rewritten() -> list[dict]:
+    """Every HumanEval program (prompt + canonical solution) and every MBPP test-split solution (the default
+    problem set of the stage), rewritten by ``rewrites.rewrite``: names, docstrings, comments, annotations
+    and imports all changed."""
+    problems = list(load_humaneval()) + list(load_mbpp(split="test"))
+    out = []
+    for i, (p, m) in enumerate(zip(problems, measured(problems), strict=True)):
+        code, names = rewrite(m.code, seed=i)
+        out.append({"problem": p, "original": m.code, "code": code, "names": names})
+    return out
+
+
+def test_rewrites_keep_the_program(rewritten: list[dict]) -> None:
+    """The rewrites are other texts of the same programs: every one still passes its benchmark's tests,
+    and none of the names it renamed is left."""
+    assert len(rewritten) == 164 + 500
+    for r in rewritten:
+        left = {n.id for n in ast.walk(ast.parse(r["code"])) if isinstance(n, ast.Name)} & set(r["names"])
+        assert r["names"] and not left, (r["problem"].task_id, left)
+        assert r["code"] != r["original"]
+    programs = [
+        program_for_code(r["problem"], r["code"] + harness_aliases(r["code"], r["names"]), plus=False)
+        for r in rewritten
+    ]
+    with Sandbox() as sandbox:
+        results = sandbox.run_many(programs)
+    failed = [
+        (r["problem"].task_id, x.status, x.message[:80]) for r, x in zip(rewritten, results) if not x.passed
+    ]
+    assert not failed, failed
+
+
+def test_rewrites_that_keep_the_program_are_pruned(
+    rewritten: list[dict], tmp_path: Path, stdlib_dir: Path
+) -> None:
+    """At the default setting (τ ≥ 0.95) every rewrite is pruned, matched to its own problem (or one with
+    the same program), while real library functions stay far below."""
+    taus = [ast_match(r["code"], r["original"]) for r in rewritten]
+    low = [(r["problem"].task_id, t) for r, t in zip(rewritten, taus) if not t >= 0.95]
+    assert not low, (
+        f"{len(low)} rewrites below 0.95 (min {min(taus):.3f}, mean {np.mean(taus):.3f}): {low[:10]}"
+    )
+    rows = [{"id": f"rw-{r['problem'].task_id}", "text": r["code"], "source": "rewrite"} for r in rewritten]
+    funcs = stdlib_functions(stdlib_dir)
+    rows += [{"id": name, "text": text, "source": "stdlib"} for name, text in funcs]
+    docs = tmp_path / "docs"
+    write_parts(docs, rows, rows_per_part=500)
+    m = decontaminate(
+        DecontamConfig(inputs=[str(docs)], out_dir=str(tmp_path / "out"), embedder=None), progress=False
+    )
+    assert m["problems"] == {"humaneval": 164, "mbpp": 500} and m["config"]["tau"] == 0.95
+    removed = {r["id"]: r for r in read_table(tmp_path / "out" / "removed").to_pylist()}
+    assert set(removed) == {row["id"] for row in rows if row["source"] == "rewrite"}
+    same = {}  # problems whose programs are the same tree as another's
+    for p in measured(r["problem"] for r in rewritten):
+        same.setdefault(ast_sequence(parse_python(p.code)), set()).add(p.task_id)
+    for r in rewritten:
+        got = removed[f"rw-{r['problem'].task_id}"]
+        twins = same[ast_sequence(parse_python(r["original"]))]
+        assert got["ast_match"] >= 0.95 and got["ast_problem"] in twins, (
+            r["problem"].task_id,
+            got["ast_problem"],
+        )
+    scores = pq.read_table(tmp_path / "out" / "report" / "scores.parquet").to_pylist()
+    stdlib_tau = [s["ast_match"] for s in scores if s["source"] == "stdlib"]
+    assert len(stdlib_tau) == len(funcs) > 100 and max(stdlib_tau) < 0.8, sorted(stdlib_tau)[-3:]
+
+
+def test_exercises_compare_prompt_plus_solution(tmp_path: Path) -> None:
     """Mined exercises: prompt (signature + docstring) + solution (body) is the program compared."""
     he = {p.task_id: p for p in measured(load_humaneval())}
     code = rename_everything(he["HumanEval/12"].code)
@@ -236,27 +321,33 @@ def test_exercises_compare_prompt_plus_solution(tmp_path: Path, benchmarks_dir: 
     ex = tmp_path / "exercises"
     row = {"id": "ex-0", "prompt": prompt, "solution": solution, "text": prompt, "entry_point": func.name}
     write_parts(ex, [row | {"source": "mined"}])
-    m = decontaminate(_cfg([ex], tmp_path / "out", benchmarks_dir, benchmarks=["humaneval"]), progress=False)
+    m = decontaminate(_cfg([ex], tmp_path / "out", benchmarks=["humaneval"]), progress=False)
     assert m["counts"]["removed"] == 1
     row = read_table(tmp_path / "out" / "removed").to_pylist()[0]
     assert row["ast_problem"] == "HumanEval/12" and row["ast_match"] >= 0.99
     # without the tokenizer, removed tokens are counted as whitespace-separated words, and the manifest says so
-    cfg = _cfg([ex], tmp_path / "ws", benchmarks_dir, benchmarks=["humaneval"], tokenizer="no_such_encoding")
+    cfg = _cfg([ex], tmp_path / "ws", benchmarks=["humaneval"], tokenizer="no_such_encoding")
     m = decontaminate(cfg, progress=False)
     assert m["counts"]["token_counter"] == "whitespace (tokenizer no_such_encoding unavailable)"
     assert m["counts"]["removed_tokens"] == len((prompt + solution).split())
 
 
-def test_missing_mbpp_warns_or_fails(training: dict, tmp_path: Path, benchmarks_dir: Path) -> None:
-    cfg = _cfg([training["dir"]], tmp_path / "out", benchmarks_dir, mbpp=str(tmp_path / "none.jsonl"))
-    problems, notes = load_problems(cfg)
-    assert len(problems) == 164 and "HumanEval only" in notes[0]
-    cfg.require_mbpp = True
-    with pytest.raises(DataError, match=r"MBPP file .*none.jsonl not found; set stage.mbpp"):
+def test_mbpp_ships_and_a_wrong_mbpp_file_fails(training: dict, tmp_path: Path) -> None:
+    """MBPP needs no file beside the checkout; a file that is named but missing is an error, never a
+    silent HumanEval-only decontamination."""
+    problems, notes = load_problems(_cfg([training["dir"]], tmp_path / "out"))
+    assert len(problems) == 164 + 500 and not notes
+    alone = tmp_path / "bench"  # benchmarks_dir replaces the shipped copy
+    alone.mkdir()
+    (alone / "mbpp.jsonl").write_text(shipped_file("mbpp").read_text().splitlines()[19] + "\n")  # task 20
+    problems, _ = load_problems(_cfg([training["dir"]], tmp_path / "out", benchmarks_dir=str(alone)))
+    assert len(problems) == 164 + 1
+    cfg = _cfg([training["dir"]], tmp_path / "out", mbpp=str(tmp_path / "none.jsonl"))
+    with pytest.raises(TextbooksError, match=r"mbpp: benchmark file not found: .*none\.jsonl"):
         decontaminate(cfg, progress=False)
     assert read_manifest(tmp_path / "out") is None
     with pytest.raises(DataError, match=r"input .*absent does not exist"):
-        decontaminate(_cfg([tmp_path / "absent"], tmp_path / "o2", benchmarks_dir), progress=False)
+        decontaminate(_cfg([tmp_path / "absent"], tmp_path / "o2"), progress=False)
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
@@ -264,4 +355,4 @@ def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
         cfg = compose("data", overrides=["stage=decontaminate", f"paths.data={tmp_path}", "stage.tau=0.9"])
     c = dataclass_from(DecontamConfig, cfg.stage, "stage decontaminate")
     assert c.inputs == [f"{tmp_path}/exercises"] and c.out_dir == f"{tmp_path}/decontaminated-tau0.9"
-    assert c.mbpp.endswith("benchmarks/mbpp.jsonl") and json.dumps(c.mbpp_task_ids) == "[11, 510]"
+    assert c.mbpp is None and c.benchmarks_dir is None and json.dumps(c.mbpp_task_ids) == "[11, 510]"

@@ -16,11 +16,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from models import memorized_humaneval_model, tiny_model
 
+from textbooks.benchmarks import load_humaneval
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR
 from textbooks.errors import ConfigError
 from textbooks.eval.app import EvalError, run
-from textbooks.eval.problems import load_humaneval
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs
 
@@ -81,16 +81,13 @@ def test_canonical_humaneval_passes_everything(tmp_path):
         ("mbpp_plus", "mbpp+/all", "mbpp-0shot"),
     ],
 )
-def test_every_benchmark_config_loads_and_its_references_pass(
-    benchmark, label, fmt, benchmarks_dir, tmp_path
-):
+def test_every_benchmark_config_loads_and_its_references_pass(benchmark, label, fmt, tmp_path):
 
     res = run(
         config(
             "completions=canonical",
             f"benchmark={benchmark}",
             "limit=6",
-            f"paths.benchmarks={benchmarks_dir}",
             f"out_dir={tmp_path}",
         )
     )

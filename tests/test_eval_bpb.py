@@ -4,16 +4,15 @@ and a model that has learnt a solution by heart scores it far below the others."
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from models import memorize, tiny_model
 
+from textbooks.benchmarks import load_humaneval, load_mbpp
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb, gold_pair, gold_solution, move_whitespace, sequence_nats
 from textbooks.eval.generate import TextbooksLM
-from textbooks.eval.problems import load_humaneval, load_mbpp
 from textbooks.eval.prompts import build_prompt, mbpp_fewshot_examples
 from textbooks.tokenizer import load_tokenizer
 
@@ -37,9 +36,9 @@ def by_hand(lm: TextbooksLM, context: str, solution: str) -> tuple[float, int]:
     return nats, len(scored.encode())
 
 
-def test_bpb_equals_a_per_token_computation(p50k_lm, benchmarks_dir: Path):
+def test_bpb_equals_a_per_token_computation(p50k_lm):
     he = list(load_humaneval())[:5]
-    mbpp = list(load_mbpp(benchmarks_dir / "mbpp.jsonl", "test"))[:4]
+    mbpp = list(load_mbpp(split="test"))[:4]
     for problems in (he, mbpp):
         report = gold_bpb(p50k_lm, problems, batch_size=3)
         for p, r in zip(problems, report.problems):
@@ -58,15 +57,15 @@ def test_bpb_equals_a_per_token_computation(p50k_lm, benchmarks_dir: Path):
     assert [r.nats for r in one.problems] == pytest.approx([r.nats for r in gold_bpb(p50k_lm, he).problems])
 
 
-def test_what_is_scored_for_each_benchmark(benchmarks_dir: Path):
+def test_what_is_scored_for_each_benchmark():
     p = load_humaneval()["HumanEval/0"]
     context, solution = gold_pair(p)
     assert context == p.prompt and solution == p.canonical_solution
     assert move_whitespace(context, solution) == (p.prompt.rstrip(), "\n" + p.canonical_solution)
-    mbpp = load_mbpp(benchmarks_dir / "mbpp.jsonl", "test")["Mbpp/11"]
+    mbpp = load_mbpp(split="test")["Mbpp/11"]
     assert "\r\n" in mbpp.canonical_solution and "\r" not in gold_solution(mbpp)
     assert gold_pair(mbpp)[0] == build_prompt(mbpp, "mbpp-0shot")
-    examples = mbpp_fewshot_examples(load_mbpp(benchmarks_dir / "mbpp.jsonl", "prompt"))
+    examples = mbpp_fewshot_examples(load_mbpp(split="prompt"))
     assert gold_pair(mbpp, "mbpp-3shot", examples)[0].endswith("[BEGIN]\n")
 
 

@@ -13,9 +13,9 @@ import lightning as L
 import pytest
 import torch
 
+from textbooks.benchmarks import load_humaneval
 from textbooks.errors import ConfigError
 from textbooks.eval.callback import EvalCallback, InTrainingEvalConfig, spread
-from textbooks.eval.problems import load_humaneval
 from textbooks.train.datamodule import Source, TokenDataModule
 from textbooks.train.logging import RunCSVLogger, define_wandb_metrics, wandb_logger
 from textbooks.train.module import CausalLMModule
@@ -168,4 +168,6 @@ def test_unknown_keys_and_missing_files_fail_before_training(tiny_data, tmp_path
     with pytest.raises(ConfigError, match="tokens_per_step"):
         EvalCallback(str(tiny_data["tokenizer"]), 0, {})
     with pytest.raises(Exception, match="benchmark file not found"):
-        EvalCallback(str(tiny_data["tokenizer"]), TOKENS_PER_STEP, {"mbpp_path": str(tmp_path / "no.jsonl")})
+        EvalCallback(
+            str(tiny_data["tokenizer"]), TOKENS_PER_STEP, {"mbpp": True, "benchmarks_dir": str(tmp_path)}
+        )

@@ -9,9 +9,9 @@ import pytest
 import torch
 from models import memorized_humaneval_model, tiny_model
 
+from textbooks.benchmarks import Problem, load_humaneval
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.generate import GenerationConfig, HFCodec, TextbooksLM, load_lm
-from textbooks.eval.problems import Problem, load_humaneval
 from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
 from textbooks.model import PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer

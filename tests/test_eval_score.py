@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from textbooks.benchmarks import ProblemSet, load_benchmark, load_humaneval, load_mbpp, shipped_file
 from textbooks.errors import TextbooksError
 from textbooks.eval.passk import aggregate_pass_at_k
 from textbooks.eval.plus import CHUNK, input_template
-from textbooks.eval.problems import ProblemSet, load_benchmark, load_humaneval, load_mbpp
 from textbooks.eval.prompts import build_program
 from textbooks.eval.sandbox import Limits, Sandbox
 from textbooks.eval.score import TIMING_FIELDS, SamplesError, main, score_canonical, score_samples
@@ -48,10 +49,8 @@ def test_humaneval_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path
     assert s["sandbox"]["workers"] == sandbox.workers
 
 
-def test_mbpp_test_split_reference_solutions_all_pass(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
-) -> None:
-    problems = load_mbpp(benchmarks_dir / "mbpp.jsonl", "test")
+def test_mbpp_test_split_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path) -> None:
+    problems = load_mbpp(split="test")
     s = assert_all_pass(problems, sandbox, tmp_path)
     assert s["n_samples"] == 500 and s["benchmark"]["label"] == "mbpp/test"
     slow = json.loads(
@@ -60,36 +59,30 @@ def test_mbpp_test_split_reference_solutions_all_pass(
     assert slow["passed"] and slow["cpu_s"] > 1.0  # the ~4 s reference passes under the default limits
 
 
-def test_mbpp_challenge_tests_pass_too(sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path) -> None:
-    every = load_mbpp(benchmarks_dir / "mbpp.jsonl", "all")
+def test_mbpp_challenge_tests_pass_too(sandbox: Sandbox, tmp_path: Path) -> None:
+    every = load_mbpp(split="all")
     subset = ProblemSet(every.info, {k: p for k, p in every.problems.items() if p.challenge_test_list})
     assert len(subset) == 11
     assert_all_pass(subset, sandbox, tmp_path, include_challenge=True)
 
 
-def test_sanitized_mbpp_reference_solutions_all_pass(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
-) -> None:
-    s = assert_all_pass(
-        load_benchmark("mbpp-sanitized", split="all", data_dir=benchmarks_dir), sandbox, tmp_path
-    )
+def test_sanitized_mbpp_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path) -> None:
+    s = assert_all_pass(load_benchmark("mbpp-sanitized", split="all"), sandbox, tmp_path)
     assert s["n_samples"] == 427
 
 
 def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    problems = load_benchmark("humaneval+", data_dir=benchmarks_dir)
+    problems = load_benchmark("humaneval+")
     s = assert_all_pass(problems, sandbox, tmp_path)
     assert s["n_samples"] == 164 and s["pass@k"] == s["pass@k_base"] == {"pass@1": 1.0}
     program = build_program(problems["HumanEval/0"], problems["HumanEval/0"].canonical_solution)
     assert len(program.tests) == 1 + 2 * -(-len(problems["HumanEval/0"].extra["plus_input"]) // CHUNK)
 
 
-def test_mbpp_plus_reference_solutions_pass_their_base_tests(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
-) -> None:
-    s = assert_all_pass(load_benchmark("mbpp+", data_dir=benchmarks_dir), sandbox, tmp_path, plus=False)
+def test_mbpp_plus_reference_solutions_pass_their_base_tests(sandbox: Sandbox, tmp_path: Path) -> None:
+    s = assert_all_pass(load_benchmark("mbpp+"), sandbox, tmp_path, plus=False)
     assert s["n_samples"] == 378 and "pass@k_base" not in s and s["plus_tests"] is False
 
 
@@ -120,10 +113,8 @@ MBPP_PLUS_SPECIAL = [
 ]
 
 
-def test_mbpp_plus_differential_tests_pass_for_the_references(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
-) -> None:
-    every = load_benchmark("mbpp+", data_dir=benchmarks_dir)
+def test_mbpp_plus_differential_tests_pass_for_the_references(sandbox: Sandbox, tmp_path: Path) -> None:
+    every = load_benchmark("mbpp+")
     ids = [f"Mbpp/{n}" for n in MBPP_PLUS_SPECIAL]
     subset = ProblemSet(every.info, {t: every[t] for t in ids})
     s = assert_all_pass(subset, sandbox, tmp_path)
@@ -132,10 +123,8 @@ def test_mbpp_plus_differential_tests_pass_for_the_references(
     assert input_template(every["Mbpp/124"])[1] == [True, True]  # stored as "0", "1j"
 
 
-def test_humaneval_plus_catches_what_the_base_tests_miss(
-    sandbox: Sandbox, benchmarks_dir: Path, tmp_path: Path
-) -> None:
-    problems = load_benchmark("humaneval+", data_dir=benchmarks_dir)
+def test_humaneval_plus_catches_what_the_base_tests_miss(sandbox: Sandbox, tmp_path: Path) -> None:
+    problems = load_benchmark("humaneval+")
     body0 = problems["HumanEval/0"].canonical_solution
     rows = [
         {"task_id": "HumanEval/0", "completion": body0},
@@ -202,8 +191,8 @@ def test_scoring_samples_writes_results_and_pass_at_k(sandbox: Sandbox, tmp_path
     assert summary["limits"]["test_cpu_s"] == 1.0 and "network" in summary["sandbox"]
 
 
-def test_pass_at_10_with_ten_samples_each(sandbox: Sandbox, tmp_path: Path, benchmarks_dir: Path) -> None:
-    problems = load_mbpp(benchmarks_dir / "mbpp.jsonl")
+def test_pass_at_10_with_ten_samples_each(sandbox: Sandbox, tmp_path: Path) -> None:
+    problems = load_mbpp()
     rows = []
     for tid, c in {"Mbpp/11": 2, "Mbpp/12": 0}.items():
         p = problems[tid]
@@ -299,15 +288,23 @@ def test_missing_or_empty_samples_file(tmp_path: Path) -> None:
         score_samples(write_jsonl(tmp_path / "empty.jsonl", []), load_humaneval())
 
 
-def test_command_line(tmp_path: Path, benchmarks_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    problems = load_mbpp(benchmarks_dir / "mbpp.jsonl")
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    problems = load_mbpp()
     rows = [{"task_id": "Mbpp/11", "completion": problems["Mbpp/11"].canonical_solution}]
     samples = write_jsonl(tmp_path / "s.jsonl", rows)
-    main([str(samples), "--benchmark", "mbpp", "--data-dir", str(benchmarks_dir), "--format", "mbpp-3shot"])
+    bench = tmp_path / "bench"  # --data-dir replaces the shipped copy
+    bench.mkdir()
+    shutil.copy(shipped_file("mbpp"), bench / "mbpp.jsonl")
+    main([str(samples), "--benchmark", "mbpp", "--data-dir", str(bench), "--format", "mbpp-3shot"])
     out = json.loads(capsys.readouterr().out)
     assert out["benchmark"] == "mbpp/test" and out["pass@k"] == {"pass@1": 1.0}
+    assert json.loads((tmp_path / "results.json").read_text())["benchmark"]["source"] == str(
+        bench / "mbpp.jsonl"
+    )
     assert (tmp_path / "results.json").is_file()
     with pytest.raises(SystemExit) as e:
-        main([str(samples), "--benchmark", "mbpp+"])  # no file for MBPP+: one line on stderr, status 2
+        main(
+            [str(samples), "--benchmark", "mbpp+", "--data-dir", str(bench)]
+        )  # no MBPP+ there: one line, status 2
     assert e.value.code == 2
     assert "MbppPlus.jsonl.gz" in capsys.readouterr().err

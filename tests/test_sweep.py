@@ -25,7 +25,7 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, stdlib_dir, benchmarks_dir):
+def demo(tmp_path_factory, stdlib_dir):
     """textbooks-demo at toy scale: a few stdlib packages, a tiny model, two seeds, 5 HumanEval problems."""
     root = tmp_path_factory.mktemp("demo")
     corpus = ",".join(str(stdlib_dir / p) for p in PACKAGES)
@@ -42,7 +42,6 @@ def demo(tmp_path_factory, stdlib_dir, benchmarks_dir):
             "annotate_sample=150",
             "eval_limit=5",
             "eval_max_new_tokens=24",
-            f"benchmarks={benchmarks_dir}",
             "decontam_embedder=null",
             'train.overrides=["train.seq_len=64","eval.every_tokens=20K","eval.bpb_problems=10"]',
         ],

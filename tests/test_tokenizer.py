@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -20,7 +25,10 @@ from textbooks.tokenizer import (
     fingerprint,
     load_tokenizer,
     padded_vocab_size,
+    verify_bpe_file,
 )
+
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +109,94 @@ def test_bad_tokenizer_names(tmp_path):
 def test_padded_vocab():
     assert padded_vocab_size(50281) == 50304
     assert padded_vocab_size(512) == 512
+
+
+def _train(path, stdlib_dir, package: str, vocab: int = 300):
+    from textbooks.data.reader import read_texts
+    from textbooks.tokenizer import train_bpe
+
+    return train_bpe(read_texts([str(stdlib_dir / package)]), vocab, path, show_progress=False)
+
+
+def test_a_bpe_retrained_at_the_same_path_is_never_served_stale(tmp_path, stdlib_dir, monkeypatch):
+    """Neither tiktoken's path-keyed file cache nor an earlier load in this process hides a new file."""
+    cache = tmp_path / "tiktoken-cache"
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+    path = tmp_path / "bpe.tiktoken"
+    old = fingerprint(_train(path, stdlib_dir, "json"))
+    old_bytes = path.read_bytes()
+    assert fingerprint(load_tokenizer(path)) == old
+    new = fingerprint(_train(path, stdlib_dir, "email"))
+    assert new != old and fingerprint(load_tokenizer(path)) == new == fingerprint(load_tokenizer(str(path)))
+    # what tiktoken's loader would serve for this path: a cached copy keyed by sha1(path)
+    cache.mkdir(exist_ok=True)
+    (cache / hashlib.sha1(str(path.resolve()).encode()).hexdigest()).write_bytes(old_bytes)
+    (cache / hashlib.sha1(str(path).encode()).hexdigest()).write_bytes(old_bytes)
+    assert fingerprint(load_tokenizer(path)) == new
+    ranks = load_tokenizer(path)._mergeable_ranks
+    assert hashlib.sha256(
+        b"".join(base64.b64encode(t) + b" %d\n" % r for t, r in ranks.items())
+    ).hexdigest() == (hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def test_a_truncated_or_replaced_bpe_is_refused(tmp_path, stdlib_dir):
+    path = tmp_path / "bpe.tiktoken"
+    _train(path, stdlib_dir, "json")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(
+        TokenizerError, match=r"bpe\.tiktoken .* does not match its sidecar bpe\.json .* truncated"
+    ):
+        load_tokenizer(path)
+    with pytest.raises(TokenizerError, match="truncated or replaced"):
+        verify_bpe_file(path)
+    path.write_bytes(data)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(TokenizerError, match=r"bpe\.json is not a tokenizer sidecar with a sha256"):
+        load_tokenizer(path)
+
+
+def _data(root, *args):
+    """``textbooks-data`` as a user runs it (tiktoken's cache dir set, as the Makefile does)."""
+    env = os.environ | {"TIKTOKEN_CACHE_DIR": str(root / "tiktoken-cache")}
+    cmd = [str(BIN / "textbooks-data"), f"paths.root={root}", "tokenizer=bpe", "tokenizer.vocab_size=300"]
+    cmd += ["progress=false", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=600)
+
+
+@pytest.mark.slow
+def test_pack_after_retraining_uses_the_new_tokenizer_and_training_refuses_old_shards(tmp_path, stdlib_dir):
+    """stage=tokenizer on a new corpus at the same path, then stage=pack: the shards are the new tokenizer's,
+    the shards packed before are refused; a truncated file stops pack and is retrained by stage=tokenizer."""
+    from textbooks.errors import DataError
+    from textbooks.train.shards import TokenShards
+
+    tok = tmp_path / "data" / "tokenizer" / "bpe-300.tiktoken"
+    corpus = str(stdlib_dir / "json")
+
+    def pack(out):
+        r = _data(tmp_path, "stage=pack", f"stage.inputs=[{corpus}]", f"stage.out_dir={tmp_path / out}")
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads((tmp_path / out / "shard-00000.json").read_text())["tokenizer"]["fingerprint"]
+
+    for package, out in (("json", "before"), ("email", "after")):
+        r = _data(tmp_path, "stage=tokenizer", f"stage.inputs=[{stdlib_dir / package}]")
+        assert r.returncode == 0, r.stderr[-3000:]
+        recorded = pack(out)
+        assert recorded == fingerprint(load_tokenizer(tok))  # the file actually on disk
+    assert TokenShards(tmp_path / "before").tokenizer["fingerprint"] != recorded
+    with pytest.raises(DataError, match="were written with tokenizer"):
+        TokenShards(tmp_path / "before").check_tokenizer(fingerprint(load_tokenizer(tok)), "bpe-300")
+    TokenShards(tmp_path / "after").check_tokenizer(fingerprint(load_tokenizer(tok)), "bpe-300")
+
+    good = tok.read_bytes()
+    tok.write_bytes(good[:-100])
+    r = _data(tmp_path, "stage=pack", f"stage.inputs=[{corpus}]", f"stage.out_dir={tmp_path / 'cut'}")
+    assert r.returncode == 2 and not (tmp_path / "cut" / "manifest.json").exists()
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: tokenizer file") and "does not match its sidecar" in line, r.stderr[-3000:]
+    r = _data(tmp_path, "stage=tokenizer", f"stage.inputs=[{stdlib_dir / 'email'}]")
+    assert r.returncode == 0 and "does not match its sidecar" in r.stdout + r.stderr, r.stderr[-3000:]
+    assert "training it again" in r.stdout + r.stderr
+    assert tok.read_bytes() == good  # the same corpus trains the same file

@@ -12,12 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
-from textbooks.config import CONF_DIR
-from textbooks.errors import TextbooksError, cli_errors
+from textbooks.config import Count, hydra_app
+from textbooks.errors import TextbooksError
 
 TABLE_COLUMNS = [
     "run_name",
@@ -86,7 +85,7 @@ def run_demo(cfg: DictConfig) -> dict:
         *t.overrides,
     ]
     corpus = "[" + ",".join(str(c) for c in cfg.corpus) + "]"
-    benchmarks = str(Path(cfg.benchmarks).resolve())
+    benchmarks = [f"paths.benchmarks={Path(cfg.benchmarks).resolve()}"] if cfg.benchmarks else []
     print(f"textbooks demo: Figure 2.1 at CPU scale; everything goes to {work}")
 
     # data: raw code -> dedup -> labels -> token shards of The Stack+ and of the exercises
@@ -100,7 +99,7 @@ def run_demo(cfg: DictConfig) -> dict:
         [
             *d,
             "stage=decontaminate",
-            f"paths.benchmarks={benchmarks}",
+            *benchmarks,
             f"stage.embedder={cfg.decontam_embedder or 'null'}",
             *dx,
         ]
@@ -188,8 +187,15 @@ def report(cfg: DictConfig, work: Path) -> dict:
     return {"runs": runs, "bars": bars}
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="demo")
-@cli_errors
+@hydra_app(
+    "demo",
+    types={
+        "eval_limit": int | None,
+        "train.tokens": Count | None,
+        "train.finetune_tokens": Count,
+        "train.model": str | None,
+    },
+)
 def main(cfg: DictConfig) -> None:
     t0 = time.time()
     run_demo(cfg)

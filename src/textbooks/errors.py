@@ -23,6 +23,32 @@ class DataError(TextbooksError):
     """Input data cannot be used; the message names the file and the fix."""
 
 
+class ConfigValueError(ConfigError):
+    """A config value of the wrong type: ``<key>=<value>: expected <what>`` (the key once it is known)."""
+
+    def __init__(self, key: str | None, value: Any, expected: str, where: str | None = None) -> None:
+        self.key, self.value, self.expected, self.where = key, value, expected, where
+        shown = show_value(value)
+        at = f"{key}={shown}" if key else repr(value) if isinstance(value, str) else shown
+        super().__init__(f"{at}: expected {expected}" + (f" ({where})" if where else ""))
+
+    def with_key(self, key: str | None) -> ConfigValueError:
+        return ConfigValueError(key, self.value, self.expected, self.where)
+
+
+def show_value(value: Any) -> str:
+    """A config value as it is written on the command line (``lots``, ``1.5``, ``[1, 2]``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(show_value, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{show_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def cli_errors(fn: F) -> F:
     """Run ``fn``; a ``TextbooksError`` becomes ``error: <message>`` on stderr and exit status 2.
 

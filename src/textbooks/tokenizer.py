@@ -7,8 +7,13 @@ Two kinds, one interface:
   ``install_p50k`` rebuilds its file byte-exactly from GPT-2's ``encoder.json``/``vocab.bpe`` for machines
   that cannot download it.
 * a byte-level BPE trained on a corpus with the ``tokenizers`` library, saved as a standard ``.tiktoken``
-  ranks file plus a JSON sidecar (pattern, special tokens). Small vocabularies make CPU runs much faster,
-  because the logits dominate small models.
+  ranks file plus a JSON sidecar (pattern, special tokens, the file's sha256). Small vocabularies make CPU
+  runs much faster, because the logits dominate small models.
+
+A trained file is read directly and checked against the sha256 its sidecar records on every load, never
+through tiktoken's file cache: that cache is keyed by the file's *path*, so a BPE retrained at the same
+path would be served with the old vocabulary (and a truncated file would be used as is). Loaded encodings
+are reused within a process only while the file's content is the same.
 
 Every encoding has ``<|endoftext|>``, which separates documents in token shards.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import functools
 import hashlib
 import json
@@ -25,12 +31,13 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import tiktoken
 import tiktoken.load
 
 from textbooks.errors import TextbooksError
-from textbooks.io import write_bytes_atomic
+from textbooks.io import sha256_bytes, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -182,27 +189,78 @@ def train_bpe(
     return load_tokenizer(out_path)
 
 
-def _load_bpe_file(path: Path) -> tiktoken.Encoding:
+def _read_bpe_file(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """A trained BPE file's bytes and its sidecar, after checking the file against the sidecar's sha256."""
     meta_path = path.with_suffix(".json")
+    how = f"with `textbooks-data stage=tokenizer tokenizer=bpe` (stage.out={path})"
+    retrain = f"retrain it {how}"
     if not path.is_file() or not meta_path.is_file():
+        raise TokenizerError(f"tokenizer file {path} (with its {meta_path.name}) not found: train it {how}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        expected = meta["sha256"]
+    except (ValueError, KeyError, TypeError) as e:
         raise TokenizerError(
-            f"tokenizer file {path} (with its {meta_path.name}) not found: train it with "
-            f"`textbooks-data stage=tokenizer tokenizer=bpe` (stage.out={path})"
+            f"{meta_path} is not a tokenizer sidecar with a sha256 ({type(e).__name__}: {e}): {retrain}"
+        ) from None
+    data = path.read_bytes()
+    digest = sha256_bytes(data)
+    if digest != expected:
+        raise TokenizerError(
+            f"tokenizer file {path} ({len(data)} bytes, sha256 {digest[:12]}) does not match its sidecar "
+            f"{meta_path.name} (sha256 {str(expected)[:12]}): it was truncated or replaced; {retrain}"
         )
-    meta = json.loads(meta_path.read_text())
-    ranks = tiktoken.load.load_tiktoken_bpe(str(path))
-    return tiktoken.Encoding(
-        name=meta["name"],
-        pat_str=meta["pat_str"],
-        mergeable_ranks=ranks,
-        special_tokens=meta["special_tokens"],
-    )
+    return data, meta
+
+
+def verify_bpe_file(path: str | os.PathLike) -> str:
+    """The sha256 of a trained BPE file, after checking it against its sidecar (``TokenizerError`` if not)."""
+    return sha256_bytes(_read_bpe_file(Path(path))[0])
+
+
+def _parse_ranks(data: bytes, path: Path) -> dict[bytes, int]:
+    """The ``.tiktoken`` format (as ``tiktoken.load.load_tiktoken_bpe`` reads it, without its cache)."""
+    ranks: dict[bytes, int] = {}
+    for i, line in enumerate(data.splitlines(), 1):
+        if not line:
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token, validate=True)] = int(rank)
+        except (ValueError, binascii.Error):
+            raise TokenizerError(f"tokenizer file {path}, line {i}: not `base64(token) rank`") from None
+    return ranks
+
+
+# Encodings of trained BPE files by content (file sha256 + sidecar), so a retrained file is never served
+# from an earlier load; small, since a process uses one or two tokenizers.
+_BPE_ENCODINGS: dict[tuple[str, str], tiktoken.Encoding] = {}
+
+
+def _load_bpe_file(path: Path) -> tiktoken.Encoding:
+    data, meta = _read_bpe_file(path)
+    key = (sha256_bytes(data), json.dumps(meta, sort_keys=True))
+    enc = _BPE_ENCODINGS.get(key)
+    if enc is None:
+        enc = tiktoken.Encoding(
+            name=meta["name"],
+            pat_str=meta["pat_str"],
+            mergeable_ranks=_parse_ranks(data, path),
+            special_tokens=meta["special_tokens"],
+        )
+        if "n_vocab" in meta and enc.n_vocab != meta["n_vocab"]:
+            raise TokenizerError(
+                f"tokenizer file {path} has {enc.n_vocab} ids, its sidecar says {meta['n_vocab']}: retrain it"
+            )
+        while len(_BPE_ENCODINGS) >= 8:
+            _BPE_ENCODINGS.pop(next(iter(_BPE_ENCODINGS)))
+        _BPE_ENCODINGS[key] = enc
+    return enc
 
 
 @functools.lru_cache(maxsize=16)
 def _load_cached(name: str) -> tiktoken.Encoding:
-    if name.endswith(".tiktoken") or os.sep in name:
-        return _load_bpe_file(Path(name))
+    """A named tiktoken encoding (tiktoken checks its cached files against their official sha256)."""
     if name not in tiktoken.list_encoding_names():
         raise TokenizerError(
             f"unknown tokenizer {name!r}: use a tiktoken encoding ({', '.join(tiktoken.list_encoding_names())}) "
@@ -228,8 +286,8 @@ def _load_cached(name: str) -> tiktoken.Encoding:
 def load_tokenizer(name_or_path: str | os.PathLike) -> tiktoken.Encoding:
     """A tiktoken encoding by name (``p50k_base``) or a trained BPE by its ``.tiktoken`` path."""
     name = str(name_or_path)
-    if name.endswith(".tiktoken"):
-        name = str(Path(name).resolve())
+    if name.endswith(".tiktoken") or os.sep in name:
+        return _load_bpe_file(Path(name).resolve())
     return _load_cached(name)
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 import importlib
 import logging
 
-import hydra
 from omegaconf import DictConfig
 
-from textbooks.config import CONF_DIR
-from textbooks.errors import cli_errors
+from textbooks.config import hydra_app
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +40,7 @@ def run(cfg: DictConfig) -> dict:
     return manifest
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="data")
-@cli_errors
+@hydra_app("data")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -1,7 +1,13 @@
-"""Stage ``tokenizer``: train the byte-level BPE of ``conf/tokenizer/bpe.yaml`` on a corpus."""
+"""Stage ``tokenizer``: train the byte-level BPE of ``conf/tokenizer/bpe.yaml`` on a corpus.
+
+The stage is current only when its manifest matches the config and inputs *and* the tokenizer file is the
+one it wrote: the file must match the sha256 in its sidecar and in the manifest. A truncated, replaced or
+half-written file (a new file next to an old sidecar) is trained again instead of being reported current.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -9,7 +15,24 @@ from omegaconf import DictConfig, OmegaConf
 from textbooks.data.manifest import Stage, read_manifest
 from textbooks.data.reader import ReadStats, read_texts
 from textbooks.errors import ConfigError
-from textbooks.tokenizer import train_bpe
+from textbooks.tokenizer import TokenizerError, train_bpe, verify_bpe_file
+
+log = logging.getLogger(__name__)
+
+
+def _is_built(out: Path, manifest: dict | None) -> bool:
+    """The file the stage wrote is there, intact (its sidecar's sha256) and the one the manifest records."""
+    if manifest is None or not out.is_file():
+        return False
+    try:
+        sha = verify_bpe_file(out)
+    except TokenizerError as e:
+        log.warning("stage tokenizer: %s; training it again", e)
+        return False
+    if sha != manifest.get("sha256"):
+        log.warning("stage tokenizer: %s is not the file this stage wrote; training it again", out)
+        return False
+    return True
 
 
 def run_stage(cfg: DictConfig) -> dict:
@@ -20,7 +43,7 @@ def run_stage(cfg: DictConfig) -> dict:
             f"stage=tokenizer trains a BPE; choose it with tokenizer=bpe (got {cfg.tokenizer.name!r})"
         )
     stage = Stage("tokenizer", out.parent / f"{out.stem}.stage", s, s["inputs"], s["pattern"])
-    if stage.is_current() and out.is_file():
+    if stage.is_current() and _is_built(out, read_manifest(stage.out_dir)):
         return read_manifest(stage.out_dir)  # type: ignore[return-value]
     stage.prepare()
     stats = ReadStats()
@@ -35,5 +58,10 @@ def run_stage(cfg: DictConfig) -> dict:
         show_progress=bool(cfg.get("progress", True)),
     )
     return stage.finish(
-        [], tokenizer=str(out), n_vocab=enc.n_vocab, documents=stats.documents, read=stats.to_dict()
+        [],
+        tokenizer=str(out),
+        sha256=verify_bpe_file(out),
+        n_vocab=enc.n_vocab,
+        documents=stats.documents,
+        read=stats.to_dict(),
     )

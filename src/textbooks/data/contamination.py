@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from textbooks.benchmarks import Problem as BenchmarkProblem
+from textbooks.benchmarks import load_benchmark
 from textbooks.data.reader import batched
 from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, parse_python
 from textbooks.errors import ConfigError
-from textbooks.eval.problems import Problem as BenchmarkProblem
-from textbooks.eval.problems import load_mbpp
 
 MEASURES = ("ast", "embedding", "ngram")
 
@@ -63,7 +63,7 @@ def _docstring(prompt: str, entry_point: str | None) -> str:
 
 
 def measured(problems: Iterable[BenchmarkProblem]) -> list[Problem]:
-    """Benchmark problems (``textbooks.eval.problems``) as the measures see them."""
+    """Benchmark problems (``textbooks.benchmarks``) as the measures see them."""
     out = []
     for p in problems:
         if p.benchmark.startswith("humaneval"):
@@ -80,11 +80,14 @@ def measured(problems: Iterable[BenchmarkProblem]) -> list[Problem]:
     return out
 
 
-def mbpp_range(path: str | Path, task_ids: list[int] | None = None) -> list[Problem]:
-    """MBPP problems of ``mbpp.jsonl`` whose task id is in ``task_ids``, an inclusive [first, last] (all if null)."""
+def mbpp_range(
+    path: str | Path | None, task_ids: list[int] | None = None, data_dir: str | Path | None = None
+) -> list[Problem]:
+    """MBPP problems whose task id is in ``task_ids``, an inclusive [first, last] (all if null), from
+    ``path``, else ``data_dir``/mbpp.jsonl, else the copy shipped in ``textbooks.benchmarks``."""
     if task_ids and len(task_ids) != 2:
         raise ConfigError(f"mbpp_task_ids={task_ids}: give an inclusive range [first, last] or null")
-    problems = load_mbpp(path, split="all")
+    problems = load_benchmark("mbpp", path, "all", data_dir=data_dir)
     if task_ids:
         problems = [p for p in problems if task_ids[0] <= p.number <= task_ids[1]]
     return measured(problems)

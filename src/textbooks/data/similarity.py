@@ -1,9 +1,11 @@
 """How alike two programs are: the AST match rate and word n-gram overlap of the paper's contamination study.
 
-* ``ast_sequence`` writes a syntax tree as a string of node types (names, comments, docstrings dropped;
-  constants as type + hash), ``ast_units`` gives the sequences an item is compared by (the whole program
-  and each function in it), and ``ast_match`` / ``ast_match_matrix`` give τ = 1 − normalised Levenshtein
-  distance between such sequences (``rapidfuzz``, all pairs at C speed).
+* ``ast_sequence`` writes a syntax tree as a string of node types (constants as type + hash), without
+  what a rewrite can change while keeping the program: names, comments, docstrings, type annotations and
+  imports (``x: int = 0`` is written as ``x = 0``). ``ast_units`` gives the sequences an item is compared
+  by (the whole program and each function in it), and ``ast_match`` / ``ast_match_matrix`` give
+  τ = 1 − normalised Levenshtein distance between such sequences (``rapidfuzz``, all pairs at C speed).
+  A benchmark solution with every name, docstring, comment, annotation and import changed keeps τ = 1.
 * ``ngrams`` / ``NgramIndex``: distinct lower-cased word n-grams and their overlap with a set of problems.
 
 ``textbooks.data.decontam`` scores training items against HumanEval/MBPP with these.
@@ -45,6 +47,10 @@ _CONST_TYPE_CHAR = {
 _CLOSE = ")"
 _DOC_OWNERS = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef)
+# Fields that hold only type information, and statements a rewrite moves, renames or drops at will:
+# imports (their order, aliases, `from typing import ...`) and annotations without a value.
+_TYPE_FIELDS = frozenset({"annotation", "returns", "type_comment", "type_params"})
+_ASSIGN = _NODE_CHAR[ast.Assign]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -62,15 +68,25 @@ def _is_docstring(stmt: ast.stmt) -> bool:
     )
 
 
+def _kept(node: Any) -> bool:
+    if not isinstance(node, ast.AST):  # lists of names hold str
+        return False
+    t = type(node)
+    return not (t is ast.Import or t is ast.ImportFrom or (t is ast.AnnAssign and node.value is None))
+
+
 def _children(node: ast.AST) -> list[ast.AST]:
-    """Child nodes in field order, without load/store contexts and without a leading docstring."""
+    """Child nodes in field order, without load/store contexts, type annotations, imports and a leading
+    docstring."""
     out: list[ast.AST] = []
     for name in node._fields:
+        if name in _TYPE_FIELDS:
+            continue
         value = getattr(node, name, None)
         if type(value) is list:
             if value and name == "body" and isinstance(node, _DOC_OWNERS) and _is_docstring(value[0]):
                 value = value[1:]
-            out.extend(v for v in value if isinstance(v, ast.AST))  # lists of names hold str
+            out.extend(v for v in value if _kept(v))
         elif isinstance(value, ast.AST) and not isinstance(value, ast.expr_context):
             out.append(value)
     return out
@@ -89,6 +105,10 @@ def _serialise(root: ast.AST) -> tuple[str, list[tuple[int, int]]]:
             funcs.append((item, len(out)))
         elif type(item) is ast.Constant:
             out.extend(_const_chars(type(item.value).__name__, repr(item.value)))
+        elif type(item) is ast.AnnAssign:  # `x: T = v` is `x = v` (without a value it is not kept)
+            out.append(_ASSIGN)
+            stack.append(None)
+            stack.extend((item.value, item.target))
         else:
             if isinstance(item, _FUNCS):
                 stack.append(len(out))
@@ -103,8 +123,9 @@ def _serialise(root: ast.AST) -> tuple[str, list[tuple[int, int]]]:
 def ast_sequence(node: ast.AST) -> str:
     """A tree as a string to edit: node types in pre-order, ``)`` after each node's children.
 
-    Names (identifiers, arguments, attributes, imports), load/store contexts, comments and docstrings do
-    not appear; constants appear as their type and a hash of their value (one character each).
+    Names (identifiers, arguments, attributes), load/store contexts, comments, docstrings, type
+    annotations and import statements do not appear; an annotated assignment appears as an assignment;
+    constants appear as their type and a hash of their value (one character each).
     """
     return _serialise(node)[0]
 

@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from textbooks.config import CONF_DIR
-from textbooks.errors import ConfigError, TextbooksError, cli_errors
+from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
+from textbooks.config import hydra_app
+from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import (
     LM,
@@ -48,7 +48,6 @@ from textbooks.eval.generate import (
     resolve_device,
     resolve_dtype,
 )
-from textbooks.eval.problems import Problem, ProblemSet, load_benchmark
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     build_prompt,
@@ -151,14 +150,15 @@ def _mismatch(what: Path, old: dict[str, Any], new: dict[str, Any]) -> EvalError
 
 def load_problems(cfg: DictConfig) -> tuple[ProblemSet, str, tuple[Problem, ...]]:
     """The benchmark's problems (first ``limit``), its prompt format and the 3-shot examples if any."""
-    b = cfg.benchmark
-    problems = load_benchmark(b.name, b.path, b.split, hub=bool(b.get("hub", False)))
+    b, data_dir = cfg.benchmark, cfg.paths.get("benchmarks")
+    problems = load_benchmark(b.name, b.path, b.split, data_dir=data_dir, hub=bool(b.get("hub", False)))
     fmt = b.prompt_format or default_format(b.name)
     if fmt not in PROMPT_FORMATS:
         raise ConfigError(f"benchmark.prompt_format={fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
     examples: tuple[Problem, ...] = ()
     if fmt == "mbpp-3shot":
-        examples = mbpp_fewshot_examples(load_benchmark(b.name, b.path, "prompt", hub=bool(b.get("hub"))))
+        prompt_split = load_benchmark(b.name, b.path, "prompt", data_dir=data_dir, hub=bool(b.get("hub")))
+        examples = mbpp_fewshot_examples(prompt_split)
     if cfg.limit is not None:
         if int(cfg.limit) < 1:
             raise ConfigError(f"limit={cfg.limit}: give a positive number of problems, or null for all")
@@ -459,8 +459,7 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-@cli_errors
+@hydra_app("eval", types={"limit": int | None, "threads": int | None, "sandbox.workers": int | None})
 def main(cfg: DictConfig) -> None:
     results = run(cfg)
     print(json.dumps(_headline(results), indent=2))

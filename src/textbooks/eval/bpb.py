@@ -35,9 +35,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from textbooks.benchmarks import Problem
 from textbooks.errors import ConfigError
 from textbooks.eval.generate import LM
-from textbooks.eval.problems import Problem
 from textbooks.eval.prompts import build_prompt, default_format
 
 LN2 = math.log(2.0)

@@ -1,6 +1,6 @@
 """In-training evaluation: a Lightning callback that scores the model every N tokens seen.
 
-Each evaluation measures, for HumanEval (and MBPP when a file is given):
+Each evaluation measures, for HumanEval (and MBPP with ``mbpp=true``):
 
 * gold-solution bits per byte (``bpb.gold_bpb``) on all problems, or the first ``bpb_problems``;
 * greedy pass@1 on ``pass_problems`` problems spread evenly over the benchmark, executed in the sandbox.
@@ -28,11 +28,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from textbooks.benchmarks import Problem, ProblemSet, load_benchmark, load_humaneval
 from textbooks.config import dataclass_from, parse_count
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import LM, GenerationConfig, TextbooksLM, TiktokenCodec
-from textbooks.eval.problems import Problem, ProblemSet, load_humaneval, load_mbpp
 from textbooks.eval.prompts import build_program, build_prompt, default_format, stop_sequences
 from textbooks.eval.sandbox import Limits, Sandbox
 from textbooks.model import PhiForCausalLM
@@ -46,8 +46,9 @@ class InTrainingEvalConfig:
 
     every_tokens: int | str = "50M"  # evaluate every this many tokens seen (rounded to optimizer steps)
     humaneval: bool = True
-    mbpp_path: str | None = None  # mbpp.jsonl; None = no MBPP
+    mbpp: bool = False
     mbpp_split: str = "test"
+    benchmarks_dir: str | None = None  # mbpp.jsonl from here instead of the shipped copy (paths.benchmarks)
     bpb_problems: int | None = None  # gold bpb on the first N problems of each benchmark; None = all
     pass_problems: int = 20  # greedy pass@1 on N problems spread over each benchmark; 0 = off
     max_new_tokens: int = 128
@@ -65,8 +66,8 @@ class InTrainingEvalConfig:
             raise ConfigError(f"eval.every_tokens must be >= 1, got {self.every_tokens}")
         if self.pass_problems < 0 or (self.bpb_problems is not None and self.bpb_problems < 0):
             raise ConfigError("eval.pass_problems and eval.bpb_problems must be >= 0")
-        if not self.humaneval and not self.mbpp_path:
-            raise ConfigError("eval: nothing to evaluate; keep humaneval=true or give mbpp_path")
+        if not self.humaneval and not self.mbpp:
+            raise ConfigError("eval: nothing to evaluate; set humaneval=true or mbpp=true")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InTrainingEvalConfig:
@@ -94,8 +95,8 @@ def load_suites(cfg: InTrainingEvalConfig) -> list[Suite]:
     suites = []
     if cfg.humaneval:
         suites.append(Suite("humaneval", load_humaneval(), "humaneval"))
-    if cfg.mbpp_path:
-        mbpp = load_mbpp(cfg.mbpp_path, cfg.mbpp_split)
+    if cfg.mbpp:
+        mbpp = load_benchmark("mbpp", split=cfg.mbpp_split, data_dir=cfg.benchmarks_dir)
         suites.append(Suite("mbpp", mbpp, default_format("mbpp")))
     return suites
 

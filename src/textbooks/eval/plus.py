@@ -37,7 +37,7 @@ import ast
 import json
 from typing import Any
 
-from textbooks.eval.problems import Problem
+from textbooks.benchmarks import Problem
 
 CHUNK = 1  # inputs per program test; each test has its own CPU budget
 

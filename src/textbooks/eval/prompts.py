@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from textbooks.benchmarks import BenchmarkError, Problem, ProblemSet
 from textbooks.eval.plus import plus_code
-from textbooks.eval.problems import BenchmarkError, Problem, ProblemSet
 from textbooks.eval.sandbox import Program
 
 PROMPT_FORMATS = ("humaneval", "mbpp-0shot", "mbpp-3shot")

