@@ -43,7 +43,7 @@ from datatrove.executor.slurm import SlurmPipelineExecutor
 from textbooks.config import dataclass_from
 from textbooks.data.manifest import read_manifest
 from textbooks.data.reader import WORK_DIR
-from textbooks.data.stage import Stage, StageTask, Step, all_steps, is_current, prepare
+from textbooks.data.stage import Stage, StageTask, Step, all_steps, prepare, published
 from textbooks.errors import ConfigError, TextbooksError
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,13 @@ def run(stage: Stage, executor: ExecutorConfig | None = None, *, progress: bool 
     ex = executor or ExecutorConfig()
     ex.validate()
     key = stage.key()
-    if is_current(stage, key):
+    state = published(stage, key)
+    if state == "current":
         log.info("%s: %s is current, skipping", stage.name, stage.out_dir)
         return read_manifest(stage.out_dir)  # type: ignore[return-value]
     if ex.name == "slurm":
         _check_no_jobs_running(stage)
-    prepare(stage, key)
+    prepare(stage, key, fresh=state == "damaged")  # damaged outputs: nothing of that build is reused
     steps = all_steps(stage)
     if ex.name == "slurm":
         ids = _submit_slurm(stage, steps, ex, progress)

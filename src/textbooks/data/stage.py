@@ -182,6 +182,10 @@ class Stage:
         """JSON-able facts every task needs, computed once (e.g. the input shards)."""
         return {}
 
+    def is_built(self, manifest: dict[str, Any]) -> bool:
+        """Whether a published manifest's outputs are still what the stage wrote (beyond their sizes)."""
+        return True
+
     def steps(self) -> list[Step]:
         raise NotImplementedError
 
@@ -320,24 +324,26 @@ def publish(stage: Stage, task: Task) -> dict[str, Any]:
     return {"outputs": len(outputs)}
 
 
-def is_current(stage: Stage, key: dict[str, Any]) -> bool:
-    """A published manifest with this key whose outputs are all present."""
+def published(stage: Stage, key: dict[str, Any]) -> str:
+    """``current``: a manifest with this key whose outputs are all present and intact; ``damaged``: such a
+    manifest whose outputs are not (missing, resized, or ``Stage.is_built`` says so); else ``absent``."""
     out = stage.out_dir
     m = read_manifest(out)
     if m is None or {k: m.get(k) for k in key} != key:
-        return False
-    return all(
+        return "absent"
+    intact = all(
         (out / o["path"]).is_file() and (out / o["path"]).stat().st_size == o["bytes"]
         for o in m.get("outputs", [])
     )
+    return "current" if intact and stage.is_built(m) else "damaged"
 
 
-def prepare(stage: Stage, key: dict[str, Any]) -> dict[str, Any]:
+def prepare(stage: Stage, key: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
     """The build state of ``stage``: reuse ``.stage`` when its key matches (finished tasks are kept), else
-    start it afresh with a new plan. Returns the plan document."""
+    (or when ``fresh``) start it afresh with a new plan. Returns the plan document."""
     work = stage.out_dir / WORK_DIR
     path = work / PLAN
-    if path.is_file():
+    if path.is_file() and not fresh:
         try:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError:
