@@ -361,6 +361,9 @@ def test_synthetic_stage_keeps_valid_exercises_and_reruns_from_the_cache(tmp_pat
         assert json.loads(r["params"])["seed"] == plan.seed and r["model"] == "fake-model"
         assert run_exec(r["text"], plan.name)([16, 9]) == 7
     assert read_table(tmp_path / "again").equals(read_table(cfg.out_dir))
+    div = manifest["diversity"]  # the canned bodies differ only in the name: n-grams repeat across names
+    assert div["all"]["count"] == len(good) and div["all"]["distinct_4"] < 0.5
+    assert set(div["name"]) == {p.name for p in good} and set(div["topic"]) == {"strings", "lists", "numbers"}
 
 
 def test_synthetic_without_an_endpoint_points_to_mining(tmp_path):

@@ -119,6 +119,12 @@ def test_stage_keeps_long_unique_sections_with_their_provenance(tmp_path):
     kept = 36 - by_topic["recursion"] - (by_topic["dictionaries"] - 1) - (by_topic["sets"] - 1)
     assert len(rows) == manifest["documents"] == kept
     assert manifest["topics"] == dict(sorted(by_topic.items()))
+    div = manifest["diversity"]  # of every answer: dictionaries always the same text, loops never repeated
+    n = by_topic["dictionaries"]
+    assert div["topic"]["dictionaries"]["near_duplicate_rate"] == round((n - 1) / n, 4)
+    assert div["topic"]["loops"]["near_duplicate_rate"] == 0.0
+    assert div["topic"]["loops"]["distinct_4"] > div["topic"]["dictionaries"]["distinct_4"]
+    assert div["all"]["count"] == 36 and set(div["audience"]) == set(AUDIENCES)
     first = rows[0]
     plan = plans[int(first["id"].split("-")[1])]
     assert (first["topic"], first["audience"], first["prompt"]) == (plan.topic, plan.audience, plan.prompt)

@@ -46,6 +46,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
+from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
 from textbooks.data.llm import (
@@ -568,8 +569,10 @@ class Exercises(Stage):
         reasons: Counter = Counter()
         kept, limit = 0, self.config.max_exercises if self.config.source == "mined" else None
         parts = []
+        candidates: list[dict[str, Any]] = []
         for part in range(task.plan["parts"]):
             rows = pq.read_table(task.data_dir(first) / f"{part:05d}.parquet").to_pylist()
+            candidates += [{"text": r["text"], "topic": r["topic"], "name": r["entry_point"]} for r in rows]
             with PartWriter(task.publish_path(f"part-{part:05d}.parquet"), SCHEMA, keep_empty=False) as w:
                 for row in rows:
                     if limit is not None and kept >= limit:
@@ -583,7 +586,8 @@ class Exercises(Stage):
                     kept += 1
             if w.count:
                 parts.append(w.path.name)
-        return {"documents": kept, "reasons": dict(reasons), "parts": parts}
+        div = diversity(candidates, ["topic", "name"] if self.config.source == "synthetic" else [])
+        return {"documents": kept, "reasons": dict(reasons), "parts": parts, "diversity": div}
 
     def summarize(self, task: Task) -> dict[str, Any]:
         cfg = self.config
@@ -607,6 +611,7 @@ class Exercises(Stage):
             "documents": sel["documents"],
             "source": cfg.source,
             "counts": dict(sorted(reasons.items())),
+            "diversity": sel["diversity"],  # of every parsed exercise, per topic and function-name constraint
             **extra,
             "parts": sel["parts"],
         }

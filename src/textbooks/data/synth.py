@@ -16,7 +16,8 @@ every prompt. This stage does the same against any OpenAI-compatible endpoint (`
 
 Steps: ``snippets`` (one task: the seeded reservoir over ``seed_input``), ``generate`` (the requests in parts of
 ``requests_per_part``, split across tasks; every task answers from the shared response cache first),
-``select`` (one task: short and duplicate answers dropped in request order), then publish.
+``select`` (one task: short and duplicate answers dropped in request order; distinct-n and near-duplicate rates of all answers, per
+topic and audience, go into the manifest's ``diversity``), then publish.
 
 Output (``out_dir``): ``part-*.parquet`` (one per request part) with ``id, text, source, topic, audience,
 snippet, snippet_source, prompt, model, params, prompt_hash, finish_reason, prompt_tokens,
@@ -37,6 +38,7 @@ from typing import Any
 import pyarrow as pa
 
 from textbooks.config import dataclass_from
+from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
 from textbooks.data.llm import (
@@ -335,8 +337,10 @@ class Synthesize(Stage):
         counts = {"requested": 0, "failed": 0, "short": 0, "exact_dups": 0, "near_dups": 0, "truncated": 0}
         failed_by_kind: dict[str, int] = {}
         kept = 0
+        answered: list[dict[str, Any]] = []
         for part in range(task.plan["parts"]):
             rows = json.loads((task.data_dir("generate") / f"{part:05d}.json").read_text())
+            answered += [{k: r[k] for k in ("text", "topic", "audience")} for r in rows if r["ok"]]
             with PartWriter(task.publish_path(f"part-{part:05d}.parquet"), SCHEMA) as w:
                 for row in rows:
                     counts["requested"] += 1
@@ -350,7 +354,8 @@ class Synthesize(Stage):
                     counts["truncated"] += row["finish_reason"] == "length"  # kept, but stopped at max_tokens
                     w.add(row)
                 kept += w.count
-        return counts | {"documents": kept, "failed_by_kind": failed_by_kind}
+        div = diversity(answered, ["topic", "audience"], threshold=cfg.near_dup_threshold or 0.7)
+        return counts | {"documents": kept, "failed_by_kind": failed_by_kind, "diversity": div}
 
     def summarize(self, task: Task) -> dict[str, Any]:
         cfg = self.config
@@ -369,6 +374,7 @@ class Synthesize(Stage):
             "documents": s["documents"],
             **counts,
             "failed_by_kind": s["failed_by_kind"],
+            "diversity": s["diversity"],  # of every answer, before short and duplicate ones were dropped
             "topics": _tally(p.topic for p in plans),
             "audiences": _tally(p.audience for p in plans),
             "with_snippet": sum(p.snippet is not None for p in plans),
