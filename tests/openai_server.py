@@ -8,7 +8,11 @@ str`` (deterministic, keyed off the prompt), and any request can be turned into 
   ``"401"``, ``"404"``: that HTTP status with an OpenAI-style error body;
 * ``"slow:S"``: answer only after ``S`` seconds (beyond a client's timeout; outcome ``slow``, not ``ok``);
 * ``"drop"``: read the request, then close the socket without a response;
-* ``"malformed"``: status 200 with a truncated JSON body; ``"nochoices"``: valid JSON without ``choices``.
+* ``"malformed"``: status 200 with a truncated JSON body; ``"nochoices"``: valid JSON without ``choices``;
+* ``"odd:NAME"``: status 200 with the body ``odd_reply(NAME, ...)``: a reply a client cannot use, one odd
+  field at a time (``ODD_REPLIES`` lists them: non-numeric usage, choices of the wrong shape, content of
+  the wrong type, a non-JSON body, a JSON array, nulls, ...); ``"bad_gzip"``: a body that says it is
+  gzip-compressed and is not.
 
 Faults are taken from a FIFO (``queue_faults``), in arrival order, or decided per request by
 ``fault_fn(prompt, attempt)`` where ``attempt`` counts the requests seen with that prompt (1, 2, ...).
@@ -173,6 +177,65 @@ def completion(content: str, model: str, n: int, prompt: str) -> dict[str, Any]:
     }
 
 
+def _with(path: str, value: Any) -> Callable[[dict[str, Any]], bytes]:
+    """A reply maker: the standard completion with the field at ``path`` (dots; digits index lists) set
+    to ``value``."""
+
+    def make(good: dict[str, Any]) -> bytes:
+        node: Any = good
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+        return json.dumps(good).encode()
+
+    return make
+
+
+def _raw(body: bytes) -> Callable[[dict[str, Any]], bytes]:
+    return lambda good: body
+
+
+# Replies a client cannot parse, each odd in one way; every one must be a malformed reply (retried,
+# then counted as failed), never an exception out of the client.
+ODD_REPLIES: dict[str, Callable[[dict[str, Any]], bytes]] = {
+    "usage_string": _with("usage.prompt_tokens", "many"),
+    "usage_negative": _with("usage.completion_tokens", -3),
+    "usage_fraction": _with("usage.prompt_tokens", 1.5),
+    "usage_bool": _with("usage.completion_tokens", True),
+    "usage_list": _with("usage", [1, 2]),
+    "usage_string_object": _with("usage", "n/a"),
+    "choices_object": _with("choices", {"0": {"message": {"content": "x"}}}),
+    "choices_empty": _with("choices", []),
+    "choices_null": _with("choices", None),
+    "choice_null": _with("choices.0", None),
+    "choice_string": _with("choices.0", "hello"),
+    "message_null": _with("choices.0.message", None),
+    "message_string": _with("choices.0.message", "hello"),
+    "content_null": _with("choices.0.message.content", None),
+    "content_number": _with("choices.0.message.content", 42),
+    "content_list": _with("choices.0.message.content", [{"type": "text", "text": "x"}]),
+    "finish_reason_number": _with("choices.0.finish_reason", 3),
+    "finish_reason_object": _with("choices.0.finish_reason", {"type": "stop"}),
+    "model_number": _with("model", 7),
+    "not_json": _raw(b"<html><body>502 Bad Gateway</body></html>"),
+    "empty_body": _raw(b""),
+    "json_array": _raw(b'[{"choices": []}]'),
+    "json_null": _raw(b"null"),
+    "json_string": _raw(b'"hello"'),
+    "json_number": _raw(b"12"),
+    "error_object": _raw(b'{"error": {"message": "model overloaded", "type": "server_error"}}'),
+    "deep_nesting": _raw(b"[" * 100_000 + b"]" * 100_000),
+    "invalid_utf8": _raw(b'{"choices": [{"message": {"content": "\xff\xfe"}}]}'),
+    "nan_usage": _raw(b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": NaN}}'),
+}
+
+
+def odd_reply(name: str, good: dict[str, Any]) -> bytes:
+    """The body of fault ``odd:NAME``, made from the standard reply ``good``."""
+    return ODD_REPLIES[name](good)
+
+
 _STATUS_TEXT = {
     401: ("invalid_api_key", "Incorrect API key provided."),
     404: ("model_not_found", "The model does not exist."),
@@ -239,6 +302,13 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "malformed":
             self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "trunc')
             return "malformed"
+        if fault is not None and fault.startswith("odd:"):
+            good = completion(server.responder(messages, body), body.get("model", "fake"), 0, prompt)
+            self._send(200, odd_reply(fault[4:], good))
+            return fault
+        if fault == "bad_gzip":  # says gzip, is not: the HTTP client cannot decode the body
+            self._send(200, b"this is not gzip data", {"Content-Encoding": "gzip"})
+            return "bad_gzip"
         if fault == "nochoices":
             self._send(200, json.dumps({"id": "chatcmpl-empty", "object": "chat.completion"}).encode())
             return "nochoices"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import OpenAIServer, closed_port
+from openai_server import ODD_REPLIES, OpenAIServer, closed_port
 
 from textbooks.data.llm import (
     Backoff,
@@ -23,6 +23,8 @@ from textbooks.data.llm import (
     LLMConfig,
     LLMError,
     LLMUnreachableError,
+    MalformedResponse,
+    parse_completion,
     parse_retry_after,
     run_requests,
 )
@@ -315,3 +317,61 @@ def test_hydra_presets_compose(repo_root, tmp_path):
     assert vllm.base_url.endswith(":8000/v1") and vllm.backoff.base == openai_cfg.backoff.base
     assert ollama.base_url.endswith(":11434/v1")
     assert json.loads(json.dumps(openai_cfg.params())) == {"temperature": 0.0, "max_tokens": 1024}
+
+
+ODD_FAULTS = [f"odd:{name}" for name in ODD_REPLIES] + ["malformed", "nochoices", "bad_gzip"]
+
+
+def test_every_unparseable_reply_is_retried_as_malformed(server, tmp_path):
+    """Whatever field of a 200 reply is odd, the client retries it as a malformed reply and then
+    takes the good answer; nothing raises out of the client."""
+    first = {f"q{i}": fault for i, fault in enumerate(ODD_FAULTS)}
+    server.fault_fn = lambda prompt, attempt: first.get(prompt) if attempt == 1 else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite", concurrency=4))
+    results = client.run([client.request(p) for p in first])
+    assert [r.text for r in results] == [f"echo: {p}" for p in first]
+    assert all(r.attempts == 2 for r in results)
+    assert client.stats.errors == {"malformed": len(ODD_FAULTS)}
+    assert sum(server.outcomes[f] for f in ODD_FAULTS) == len(ODD_FAULTS)
+
+
+def test_a_reply_that_stays_unparseable_is_a_counted_failure(server, tmp_path):
+    """The issue's case: ``"usage": {"prompt_tokens": "many"}`` on every attempt. Each such request is
+    given up after max_attempts as ``malformed``, recorded in the cache's failures table, and the
+    rest of the run goes on."""
+    odd = {f"bad{i}": fault for i, fault in enumerate(ODD_FAULTS)}
+    server.fault_fn = lambda prompt, attempt: odd.get(prompt)
+    cache = tmp_path / "c.sqlite"
+    client = LLMClient(make_config(server.url, cache, max_attempts=2, concurrency=4))
+    prompts = ["good0", *odd, "good1"]
+    results = client.run([client.request(p) for p in prompts])
+    assert results[0].ok and results[-1].ok
+    bad = results[1:-1]
+    assert all(not r.ok and r.error_kind == "malformed" and r.attempts == 2 for r in bad)
+    assert "usage.prompt_tokens" in bad[0].error and "'many'" in bad[0].error
+    assert client.stats.failures == {"malformed": len(ODD_FAULTS)} and client.stats.succeeded == 2
+    assert all(server.attempts[p] == 2 for p in odd)
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM failures WHERE kind = 'malformed'").fetchone()[0] == len(
+            ODD_FAULTS
+        )
+    assert cached_keys(cache) == {results[0].request.key, results[-1].request.key}
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"null", b'"x"', b"{}", b"[" * 50_000, b"\xff"])
+def test_parse_completion_raises_only_malformed(body):
+    with pytest.raises(MalformedResponse):
+        parse_completion(body)
+
+
+def test_integral_float_token_counts_are_accepted():
+    body = json.dumps(
+        {"choices": [{"message": {"content": "hi"}, "finish_reason": None}], "usage": {"prompt_tokens": 3.0}}
+    )
+    _, parsed = parse_completion(body)
+    assert (parsed.text, parsed.prompt_tokens, parsed.completion_tokens, parsed.finish_reason) == (
+        "hi",
+        3,
+        0,
+        None,
+    )

@@ -11,7 +11,8 @@ What it promises:
   The endpoint's URL is not part of the key: the same model served elsewhere shares the cache.
 * **Failures are bounded and reported, not fatal.** At most ``concurrency`` requests are in flight
   (``asyncio.Semaphore``). 429, 408/409, 5xx, timeouts (``timeout`` seconds per request), dropped
-  connections and malformed response bodies are retried with exponential backoff and jitter, waiting
+  connections and malformed replies (any 200 body the client cannot parse, whatever field is odd:
+  see ``parse_completion``) are retried with exponential backoff and jitter, waiting
   ``Retry-After`` (or ``retry-after-ms``) instead when the server sends it. After ``max_attempts`` the
   request is returned as failed (``ChatResult.error``), counted in ``LLMStats`` and noted in the cache's
   ``failures`` table; other requests carry on. The ``openai`` package's own retries are off
@@ -319,27 +320,85 @@ class _Parsed:
     completion_tokens: int
 
 
-def parse_completion(body: str) -> tuple[dict[str, Any], _Parsed]:
-    """The JSON of a chat completion and its content; ``MalformedResponse`` when it is not one."""
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise MalformedResponse(f"body is not JSON ({e.msg} at {e.pos}): {body[:80]!r}") from None
-    choices = data.get("choices") if isinstance(data, dict) else None
+def parse_completion(body: str | bytes) -> tuple[dict[str, Any], _Parsed]:
+    """The JSON of a chat completion and its content; ``MalformedResponse`` when it is not one.
+
+    Any body that is not exactly a chat completion (not JSON, not an object, an ``error`` object sent
+    with status 200, ``choices`` or ``message`` of the wrong shape, content that is not a string, a
+    non-string ``finish_reason`` or ``model``, token counts that are not non-negative integers) is
+    malformed: the caller retries it and, after ``max_attempts``, counts it as failed. Nothing else
+    is raised, whatever the body holds.
+    """
+    data, body = _json_object(body)
+    choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedResponse(f"no choices in the reply: {body[:80]!r}")
+        raise MalformedResponse(f"no choices in the reply: {_excerpt(body)}")
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise MalformedResponse(f"choices[0].message.content is not a string: {body[:80]!r}")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return data, _Parsed(
-        text=content,
-        finish_reason=choices[0].get("finish_reason"),
-        model=data.get("model"),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        raise MalformedResponse(f"choices[0].message.content is not a string: {_excerpt(body)}")
+    return data, _parsed(data, content, choices[0], body)
+
+
+def _json_object(body: str | bytes) -> tuple[dict[str, Any], str]:
+    """``body`` (UTF-8 when bytes) parsed as a JSON object, and its text; ``MalformedResponse`` for
+    anything else (including an OpenAI error object sent with status 200)."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MalformedResponse(
+                f"body is not UTF-8 ({e.reason} at byte {e.start}): {body[:80]!r}"
+            ) from None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise MalformedResponse(f"body is not JSON ({e.msg} at {e.pos}): {_excerpt(body)}") from None
+    except (ValueError, RecursionError) as e:  # e.g. nesting deeper than the parser's stack
+        raise MalformedResponse(f"body is not usable JSON ({type(e).__name__}): {_excerpt(body)}") from None
+    if not isinstance(data, dict):
+        raise MalformedResponse(f"body is a JSON {type(data).__name__}, not an object: {_excerpt(body)}")
+    if "error" in data and "choices" not in data:
+        raise MalformedResponse(f"status 200 with an error object: {_excerpt(body)}")
+    return data, body
+
+
+def _parsed(data: dict[str, Any], text: str, choice: dict[str, Any], body: str) -> _Parsed:
+    """The fields every reply kind shares: finish reason, model and token usage, type-checked."""
+    finish_reason, model = choice.get("finish_reason"), data.get("model")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise MalformedResponse(f"choices[0].finish_reason is not a string: {_excerpt(body)}")
+    if model is not None and not isinstance(model, str):
+        raise MalformedResponse(f"model is not a string: {_excerpt(body)}")
+    usage = data.get("usage")
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, dict):
+        raise MalformedResponse(f"usage is not an object: {_excerpt(body)}")
+    return _Parsed(
+        text=text,
+        finish_reason=finish_reason,
+        model=model,
+        prompt_tokens=_count(usage, "prompt_tokens", body),
+        completion_tokens=_count(usage, "completion_tokens", body),
     )
+
+
+def _count(usage: Mapping[str, Any], name: str, body: str) -> int:
+    """A token count: absent or null is 0; a non-negative integer (``12`` or ``12.0``) is kept;
+    anything else is a malformed reply."""
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedResponse(f"usage.{name} is not a token count ({value!r}): {_excerpt(body)}")
+    return value
+
+
+def _excerpt(body: str, n: int = 120) -> str:
+    return repr(body[:n]) + ("..." if len(body) > n else "")
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -528,7 +587,7 @@ class LLMClient:
         raw = await self._client.chat.completions.with_raw_response.create(
             model=request.model, messages=request.messages, extra_body=extra or None, **named
         )
-        return parse_completion(raw.text)
+        return parse_completion(raw.content)
 
     async def _fetch(self, request: ChatRequest) -> ChatResult:
         if self._client is None:
@@ -599,6 +658,8 @@ class LLMClient:
             return _Failure("timeout", f"no reply within llm.timeout={self.config.timeout}s", True)
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e
+            if _is_decoding_error(cause):  # a reply arrived, but its body cannot be decoded
+                return _Failure("malformed", f"body cannot be decoded ({cause})", True)
             return _Failure("connection", f"{type(cause).__name__}: {cause}", True)
         if isinstance(e, MalformedResponse):
             return _Failure("malformed", str(e), True)
@@ -629,6 +690,12 @@ class LLMClient:
                 return _Failure("server", msg, True, retry_after)
             return _Failure("rejected", msg, False)
         raise e
+
+
+def _is_decoding_error(e: BaseException) -> bool:
+    """An HTTP client's ``DecodingError`` (httpx's, or httpx2's, which ``openai`` uses): the body
+    arrived but its content encoding is broken."""
+    return any(c.__name__ == "DecodingError" and c.__module__.startswith("httpx") for c in type(e).__mro__)
 
 
 def _run_coroutine(coro: Any) -> Any:
