@@ -1,11 +1,14 @@
-"""A real OpenAI-compatible chat-completions server on 127.0.0.1, for tests, with injectable faults.
+"""A real OpenAI-compatible server on 127.0.0.1, for tests, with injectable faults.
 
 ``OpenAIServer`` speaks ``POST /v1/chat/completions`` with the standard JSON reply (``id``, ``choices[0].
-message.content``, ``finish_reason``, ``usage``). Its answers come from a ``responder(messages, body) ->
+message.content``, ``finish_reason``, ``usage``) and ``POST /v1/completions`` (``choices[0].text``; the
+prompt is seen by responders and fault functions as one user message, and ``body["api"]`` is
+``"completions"``). Its answers come from a ``responder(messages, body) ->
 str`` (deterministic, keyed off the prompt), and any request can be turned into a fault:
 
 * ``"429"`` (no Retry-After), ``"429:1.5"`` (``Retry-After: 1.5``), ``"500"``, ``"502"``, ``"503"``,
-  ``"401"``, ``"404"``: that HTTP status with an OpenAI-style error body;
+  ``"401"``, ``"404"``, ``"400"`` (a prompt too long for the context, as llama.cpp says it): that HTTP
+  status with an OpenAI-style error body;
 * ``"slow:S"``: answer only after ``S`` seconds (beyond a client's timeout; outcome ``slow``, not ``ok``);
 * ``"drop"``: read the request, then close the socket without a response;
 * ``"malformed"``: status 200 with a truncated JSON body; ``"nochoices"``: valid JSON without ``choices``;
@@ -67,8 +70,10 @@ class OpenAIServer:
         fault_fn: FaultFn | None = None,
         delay: float = 0.0,
         api_key: str | None = None,
+        finish_reason: Callable[[list[dict], dict], str] | None = None,
     ) -> None:
         self.responder = responder
+        self.finish_reason = finish_reason  # (messages, body) -> the reply's finish_reason ("stop" if None)
         self.fault_fn = fault_fn
         self.delay = delay  # seconds before every answer (to make runs long enough to interrupt)
         self.api_key = api_key  # when set, requests must carry "Authorization: Bearer <api_key>"
@@ -153,22 +158,26 @@ class OpenAIServer:
             self.log.append(Event(time.monotonic(), prompt, attempt, outcome))
 
 
-def completion(content: str, model: str, n: int, prompt: str) -> dict[str, Any]:
-    """A standard chat-completion object."""
+def completion(
+    content: str, model: str, n: int, prompt: str, finish_reason: str = "stop", api: str = "chat"
+) -> dict[str, Any]:
+    """A standard chat-completion object (``api="completions"``: a text completion)."""
+    if api == "completions":
+        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
+    else:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
     return {
-        "id": f"chatcmpl-fake-{n}",
-        "object": "chat.completion",
+        "id": f"{'cmpl' if api == 'completions' else 'chatcmpl'}-fake-{n}",
+        "object": "text_completion" if api == "completions" else "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_fake",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
+        "choices": [choice],
         "usage": {
             "prompt_tokens": len(prompt.split()),
             "completion_tokens": len(content.split()),
@@ -183,7 +192,10 @@ def _with(path: str, value: Any) -> Callable[[dict[str, Any]], bytes]:
 
     def make(good: dict[str, Any]) -> bytes:
         node: Any = good
-        *parents, last = path.split(".")
+        where = path
+        if where == "choices.0.message.content" and "text" in good["choices"][0]:
+            where = "choices.0.text"  # a text completion's content
+        *parents, last = where.split(".")
         for part in parents:
             node = node[int(part)] if part.isdigit() else node[part]
         node[int(last) if last.isdigit() else last] = value
@@ -231,12 +243,20 @@ ODD_REPLIES: dict[str, Callable[[dict[str, Any]], bytes]] = {
 }
 
 
+# odd only in a chat reply (a text completion has no ``message``)
+CHAT_ONLY_ODD = frozenset({"message_null", "message_string"})
+
+
 def odd_reply(name: str, good: dict[str, Any]) -> bytes:
     """The body of fault ``odd:NAME``, made from the standard reply ``good``."""
     return ODD_REPLIES[name](good)
 
 
 _STATUS_TEXT = {
+    400: (  # llama.cpp's answer to a prompt longer than a slot's context
+        "exceed_context_size_error",
+        "request (3031 tokens) exceeds the available context size (1024 tokens), try increasing it",
+    ),
     401: ("invalid_api_key", "Incorrect API key provided."),
     404: ("model_not_found", "The model does not exist."),
     429: ("rate_limit_exceeded", "Rate limit reached."),
@@ -275,10 +295,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         server = self.owner
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        path = self.path.rstrip("/").removeprefix("/v1")
+        if path not in ("/chat/completions", "/completions"):
             self._error(404)
             return
         body = json.loads(raw)
+        if path == "/completions":  # the prompt stands for one user message
+            body["messages"] = [{"role": "user", "content": str(body.get("prompt", ""))}]
+            body["api"] = "completions"
         messages = body.get("messages", [])
         prompt = last_user_message(messages)
         attempt, fault = server._admit(prompt)
@@ -303,7 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "trunc')
             return "malformed"
         if fault is not None and fault.startswith("odd:"):
-            good = completion(server.responder(messages, body), body.get("model", "fake"), 0, prompt)
+            content = server.responder(messages, body)
+            good = completion(content, body.get("model", "fake"), 0, prompt, api=body.get("api", "chat"))
             self._send(200, odd_reply(fault[4:], good))
             return fault
         if fault == "bad_gzip":  # says gzip, is not: the HTTP client cannot decode the body
@@ -323,7 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
         content = server.responder(messages, body)
         with server.lock:
             n = server.received
-        self._send(200, json.dumps(completion(content, body.get("model", "fake"), n, prompt)).encode())
+        reason = server.finish_reason(messages, body) if server.finish_reason else "stop"
+        reply = completion(content, body.get("model", "fake"), n, prompt, reason, body.get("api", "chat"))
+        self._send(200, json.dumps(reply).encode())
         return "slow" if slow else "ok"  # a slow answer is not counted as answered: its client gave up
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import ODD_REPLIES, OpenAIServer, closed_port
+from openai_server import CHAT_ONLY_ODD, ODD_REPLIES, OpenAIServer, closed_port
 
 from textbooks.data.llm import (
     Backoff,
@@ -26,6 +26,7 @@ from textbooks.data.llm import (
     MalformedResponse,
     parse_completion,
     parse_retry_after,
+    parse_text_completion,
     run_requests,
 )
 from textbooks.errors import ConfigError
@@ -375,3 +376,72 @@ def test_integral_float_token_counts_are_accepted():
         0,
         None,
     )
+
+
+def test_an_endpoint_that_stops_answering_stops_the_run(server, tmp_path):
+    """A server that answered and then went away (a crash) is one LLMUnreachableError after
+    ``unreachable_after`` requests in a row failed to connect, not thousands of slow failures."""
+    answered = {"a0", "a1", "a2"}
+    server.fault_fn = lambda prompt, attempt: None if prompt in answered else "drop"
+    cfg = make_config(server.url, tmp_path / "c.sqlite", max_attempts=2, unreachable_after=4, concurrency=1)
+    client = LLMClient(cfg)
+    with pytest.raises(LLMUnreachableError, match="stopped answering: the last 4 requests") as err:
+        client.run([client.request(p) for p in ["a0", "a1", "a2", *(f"x{i}" for i in range(100))]])
+    assert server.url in str(err.value) and "c.sqlite" in str(err.value)
+    assert client.stats.succeeded == 3 and server.received == 3 + 4 * 2
+    assert len(cached_keys(tmp_path / "c.sqlite")) == 3
+
+
+def test_a_prompt_too_long_for_the_context_fails_alone_with_its_reason(server, tmp_path):
+    server.fault_fn = lambda prompt, attempt: "400" if prompt == "long" else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+    results = client.run([client.request(p) for p in ("a", "long", "b")])
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_kind == "too_long" and results[1].attempts == 1  # not retried
+    assert "exceeds the available context size" in results[1].error and "ctx_size" in results[1].error
+
+
+def test_truncated_answers_are_visible(tmp_path):
+    def cut(messages, body):
+        return "partial" if "cut" in messages[-1]["content"] else "whole"
+
+    def reason(messages, body):
+        return "length" if messages[-1]["content"] == "cut" else "stop"
+
+    with OpenAIServer(cut, finish_reason=reason) as server:
+        client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+        results = client.run([client.request("cut"), client.request("full")])
+        assert [r.truncated for r in results] == [True, False] and client.stats.truncated == 1
+        again = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+        cached = again.run([again.request("cut"), again.request("full")])
+    assert [r.finish_reason for r in cached] == ["length", "stop"] and again.stats.truncated == 1
+
+
+def test_completions_api_requests_are_answered_cached_and_keyed_apart(server, tmp_path):
+    cache = tmp_path / "c.sqlite"
+    client = LLMClient(make_config(server.url, cache))
+    plain = client.completion_request("def add(a, b):\n", stop=["\ndef"])
+    chat = client.request("def add(a, b):\n")
+    results = client.run([plain, chat])
+    assert [r.text for r in results] == ["echo: def add(a, b):\n"] * 2
+    assert plain.key != chat.key and plain.api == "completions" and chat.api == "chat"
+    assert server.received == 2
+    again = LLMClient(make_config(server.url, cache))
+    assert again.run([again.completion_request("def add(a, b):\n", stop=["\ndef"])])[0].cached
+    assert server.received == 2
+
+
+def test_every_unparseable_text_completion_is_malformed(server, tmp_path):
+    faults = [f"odd:{n}" for n in ODD_REPLIES if n not in CHAT_ONLY_ODD] + ["malformed", "nochoices"]
+    first = {f"q{i}": fault for i, fault in enumerate(faults)}
+    server.fault_fn = lambda prompt, attempt: first.get(prompt) if attempt == 1 else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite", concurrency=4))
+    results = client.run([client.completion_request(p) for p in first])
+    assert [r.text for r in results] == [f"echo: {p}" for p in first]
+    assert client.stats.errors == {"malformed": len(faults)}
+
+
+def test_a_chat_reply_to_a_completions_request_is_malformed():
+    chat_body = json.dumps({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]})
+    with pytest.raises(MalformedResponse, match="text is not a string"):
+        parse_text_completion(chat_body)
