@@ -176,6 +176,9 @@ class LocalServer:
                 self.stop()
                 if not bind_failed or attempt == 2:
                     raise
+            except BaseException:  # Ctrl-C while it loads: no server left behind
+                self.stop()
+                raise
         raise AssertionError("unreachable")
 
     def _spawn(self) -> None:
