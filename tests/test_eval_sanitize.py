@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from textbooks.eval.problems import load_humaneval
+from textbooks.benchmarks import load_humaneval
 from textbooks.eval.sanitize import (
     code_extract,
     defines,

@@ -24,6 +24,7 @@ answers from the shared response cache first), then publish.
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import logging
@@ -50,6 +51,7 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
+from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
@@ -415,9 +417,10 @@ class Annotate(Stage):
         picked = chosen(cfg.seed, total, cfg.sample_size)
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         client = None
+        endpoint = contextlib.ExitStack()
         if self.llm is not None:
             self.llm.progress = self.llm.progress and task.progress
-            client = LLMClient(self.llm, seed=cfg.seed)
+            client = LLMClient(endpoint.enter_context(llm_endpoint(self.llm)), seed=cfg.seed)
         try:
 
             def one(i: int) -> dict[str, Any]:
@@ -437,6 +440,7 @@ class Annotate(Stage):
         finally:
             if client is not None:
                 client.close()
+            endpoint.close()
         if client is not None:
             result["llm"] = client.stats.to_dict()
         return result

@@ -56,6 +56,7 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
+from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter, write_table
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
@@ -550,7 +551,7 @@ class Exercises(Stage):
         plans = plan_exercises(cfg)
         per = task.plan["per_part"]
         llm.progress = llm.progress and task.progress
-        with LLMClient(llm, seed=cfg.seed) as client:
+        with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
 
             def one(part: int) -> dict[str, Any]:
                 reasons: Counter = Counter()

@@ -136,7 +136,7 @@ class LLMConfig:
     # None with ``local`` set: the stage runner starts the local server (``llm_server.llm_endpoint``)
     base_url: str | None = "https://api.openai.com/v1"
     model: str = "gpt-3.5-turbo"
-    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (unset: local servers)
+    api_key_env: str | None = "OPENAI_API_KEY"  # environment variable holding the key (null: none needed)
     concurrency: int = 8  # requests in flight
     timeout: float = 120.0  # seconds per request attempt
     max_attempts: int = 6  # attempts per request before it is reported as failed

@@ -49,6 +49,7 @@ from textbooks.data.llm import (
     fill_template,
     prompt_hash,
 )
+from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
 from textbooks.data.reader import Fields, ReadStats, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
@@ -306,7 +307,7 @@ class Synthesize(Stage):
         plans = self._plans(task)
         per = task.plan["per_part"]
         llm.progress = llm.progress and task.progress
-        with LLMClient(llm, seed=cfg.seed) as client:
+        with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
 
             def one(part: int) -> dict[str, Any]:
                 mine = plans[part * per : (part + 1) * per]
