@@ -26,7 +26,7 @@ from textbooks.data.annotate import (
     parse_score,
 )
 from textbooks.data.app import run
-from textbooks.data.llm import Backoff, LLMConfig
+from textbooks.data.llm_config import Backoff, LLMConfig
 from textbooks.data.parquet import read_table
 from textbooks.errors import DataError
 

@@ -13,7 +13,7 @@ from openai_server import OpenAIServer, closed_port, last_user_message
 
 from textbooks.benchmarks import load_humaneval
 from textbooks.config import CONF_DIR
-from textbooks.data.llm import LocalServerConfig
+from textbooks.data.llm_config import LocalServerConfig
 from textbooks.data.llm_server import local_server
 from textbooks.errors import ConfigError
 from textbooks.eval.app import EvalError, run

@@ -151,3 +151,28 @@ def test_ray_runs_stages_and_reruns_only_the_failed_task(
     assert shards == read_manifest(remote / "tokens")["shards"] and len(shards) > 3
     for s in shards:
         assert (local / "tokens" / s["path"]).read_bytes() == (remote / "tokens" / s["path"]).read_bytes()
+
+
+def test_slurm_llm_stage_with_a_server_per_task_shares_one_cache(
+    tmp_path: Path, on_slurm: ExecutorConfig, importable: None
+) -> None:
+    """textbooks (LLM) on SLURM with llm=local: each task starts its own llama.cpp server on its node, writes
+    a cache shard of its own; publishing folds the shards in, so the same stage elsewhere asks nothing."""
+    from textbooks.data.llm_cache import shard_dir
+    from textbooks.data.llm_config import LLMConfig, LocalServerConfig
+    from textbooks.data.synth import SynthConfig, synthesize
+
+    def llm() -> LLMConfig:
+        local = LocalServerConfig(parallel=1, ctx_size=1024, log_dir=str(tmp_path / "logs"))
+        return LLMConfig(base_url=None, local=local, model="smollm2", cache=str(tmp_path / "llm.sqlite"),
+                         concurrency=1, max_tokens=24, progress=False)  # fmt: skip
+
+    def cfg(out: str) -> SynthConfig:
+        return SynthConfig(out_dir=str(tmp_path / out), topics=["loops", "lists"], audiences=["kids"], n=4,
+                           requests_per_part=2, min_chars=5)  # fmt: skip
+
+    m = synthesize(cfg("slurm"), llm(), on_slurm, progress=False)
+    assert m["requested"] == 4 and m["llm"]["http_requests"] >= 4 and m["steps"]["generate"]["tasks"] == 3
+    assert not list(shard_dir(tmp_path / "llm.sqlite").glob("*.sqlite"))  # folded into the cache
+    again = synthesize(cfg("local"), llm(), progress=False)
+    assert again["llm"]["cache_hits"] == 4 and again["llm"]["http_requests"] == 0

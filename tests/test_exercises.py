@@ -21,7 +21,7 @@ from textbooks.data.exercises import (
     plan_exercises,
     signature,
 )
-from textbooks.data.llm import Backoff, LLMConfig, LLMUnreachableError
+from textbooks.data.llm_config import Backoff, LLMConfig, LLMUnreachableError
 from textbooks.data.parquet import part_files, read_table
 from textbooks.errors import ConfigError, DataError
 from textbooks.io import stdlib_dir

@@ -16,18 +16,13 @@ from pathlib import Path
 import pytest
 from openai_server import CHAT_ONLY_ODD, ODD_REPLIES, OpenAIServer, closed_port
 
-from textbooks.data.llm import (
-    Backoff,
-    ChatRequest,
-    LLMClient,
-    LLMConfig,
-    LLMError,
-    LLMUnreachableError,
+from textbooks.data.llm import ChatRequest, LLMClient, run_requests
+from textbooks.data.llm_config import Backoff, LLMConfig, LLMError, LLMUnreachableError
+from textbooks.data.llm_replies import (
     MalformedResponse,
     parse_completion,
     parse_retry_after,
     parse_text_completion,
-    run_requests,
 )
 from textbooks.errors import ConfigError
 
@@ -199,7 +194,8 @@ def test_cancelled_run_keeps_what_it_received(tmp_path):
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import sys
-    from textbooks.data.llm import Backoff, LLMClient, LLMConfig
+    from textbooks.data.llm_config import Backoff, LLMConfig
+    from textbooks.data.llm import LLMClient
     url, cache = sys.argv[1], sys.argv[2]
     cfg = LLMConfig(base_url=url, model="fake-model", cache=cache, concurrency=2, progress=False,
                     backoff=Backoff(base=0.01))
@@ -445,3 +441,39 @@ def test_a_chat_reply_to_a_completions_request_is_malformed():
     chat_body = json.dumps({"choices": [{"message": {"content": "x"}, "finish_reason": "stop"}]})
     with pytest.raises(MalformedResponse, match="text is not a string"):
         parse_text_completion(chat_body)
+
+
+def test_sharded_cache_tasks_on_several_machines_share_answers_after_the_merge(tmp_path):
+    """Each process writes a shard of its own (one writer per file, no WAL), reads the main file and the
+    shards that existed when it opened; merging folds the shards in and removes them."""
+    import subprocess
+    import sys
+
+    from textbooks.data.llm_cache import ResponseCache, merge_shards, shard_dir
+    from textbooks.data.llm_replies import Parsed
+
+    main = tmp_path / "responses.sqlite"
+    code = (
+        "import sys; from textbooks.data.llm_cache import ResponseCache; from textbooks.data.llm_replies import Parsed; "
+        f"c = ResponseCache({str(main)!r}, sharded=True); k = sys.argv[1]; "
+        "seen = sorted(c.get_many(['a', 'b', 'c'])); "
+        "c.put(k, 'm', {'k': k}, {'id': k}, Parsed('answer ' + k, 'stop', 'm', 1, 2)); c.close(); print(','.join(seen))"
+    )
+    seen = [
+        subprocess.run(
+            [sys.executable, "-c", code, k], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for k in "ab"
+    ]
+    assert seen == ["", "a"]  # the second process read the first one's shard
+    assert len(list(shard_dir(main).glob("*.sqlite"))) == 2 and not main.exists()
+    assert merge_shards(main) == 2 and not list(shard_dir(main).glob("*.sqlite"))
+    local = ResponseCache(main)
+    assert (
+        sorted(local.get_many(["a", "b", "c"])) == ["a", "b"] and local.get_many(["b"])["b"][1] == "answer b"
+    )
+    local.close()
+    later = ResponseCache(main, sharded=True)  # a task of a later stage reads the merged file
+    later.put("c", "m", {}, {}, Parsed("answer c", "stop", "m", 1, 1))
+    assert sorted(later.get_many(["a", "b", "c"])) == ["a", "b", "c"]
+    later.close()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from textbooks.data.llm import Backoff, LLMClient, LLMConfig, LocalServerConfig
+from textbooks.data.llm import LLMClient
+from textbooks.data.llm_config import Backoff, LLMConfig, LocalServerConfig
 from textbooks.data.llm_server import LocalServerError, llm_endpoint, local_server, model_path
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
@@ -133,7 +134,7 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
     script = textwrap.dedent(
         f"""
         import time
-        from textbooks.data.llm import LocalServerConfig
+        from textbooks.data.llm_config import LocalServerConfig
         from textbooks.data.llm_server import local_server
         with local_server(LocalServerConfig(parallel=1, ctx_size=512, log_dir={str(tmp_path)!r})) as s:
             print(s.proc.pid, flush=True)

@@ -200,7 +200,7 @@ def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path,
     from textbooks.data.classify import ClassifyConfig, classify
     from textbooks.data.decontam import DecontamConfig, decontaminate
     from textbooks.data.exercises import ExercisesConfig, build_exercises
-    from textbooks.data.llm import Backoff, LLMConfig
+    from textbooks.data.llm_config import Backoff, LLMConfig
     from textbooks.data.synth import SynthConfig, synthesize
 
     src = tmp_path / "src"

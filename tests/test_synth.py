@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from openai_server import OpenAIServer, last_user_message
 
 from textbooks.data.app import run
-from textbooks.data.llm import Backoff, LLMConfig
+from textbooks.data.llm_config import Backoff, LLMConfig
 from textbooks.data.parquet import read_table
 from textbooks.data.synth import Deduplicator, SynthConfig, plan_requests, request_seed, synthesize
 from textbooks.errors import ConfigError

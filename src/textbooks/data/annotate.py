@@ -44,13 +44,9 @@ from tqdm.auto import tqdm
 from textbooks.config import dataclass_from
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.llm import (
-    LLMClient,
-    LLMConfig,
-    LLMUnreachableError,
-    fill_template,
-    prompt_hash,
-)
+from textbooks.data.llm import LLMClient, fill_template, prompt_hash
+from textbooks.data.llm_cache import SharedCache
+from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
@@ -351,7 +347,7 @@ def chosen(seed: int, total: int, sample_size: int) -> set[int]:
     return set(random.Random(seed).sample(range(total), min(sample_size, total)))
 
 
-class Annotate(Stage):
+class Annotate(SharedCache, Stage):
     name = "annotate"
     stale = ("part-*.parquet", "failures.jsonl")
 

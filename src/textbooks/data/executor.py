@@ -118,6 +118,7 @@ def run(stage: Stage, executor: ExecutorConfig | None = None, *, progress: bool 
     if ex.name == "slurm":
         _check_no_jobs_running(stage)
     prepare(stage, key, fresh=state == "damaged")  # damaged outputs: nothing of that build is reused
+    stage.on_executor(ex.name)
     steps = all_steps(stage)
     if ex.name == "slurm":
         ids = _submit_slurm(stage, steps, ex, progress)

@@ -49,13 +49,9 @@ from textbooks.config import dataclass_from
 from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.llm import (
-    LLMClient,
-    LLMConfig,
-    LLMUnreachableError,
-    fill_template,
-    prompt_hash,
-)
+from textbooks.data.llm import LLMClient, fill_template, prompt_hash
+from textbooks.data.llm_cache import SharedCache
+from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter, write_table
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
@@ -478,7 +474,7 @@ SYNTHETIC_KEYS = ("n", "topics", "name_verbs", "name_nouns", "system_prompt", "p
                   "requests_per_part")  # fmt: skip
 
 
-class Exercises(Stage):
+class Exercises(SharedCache, Stage):
     name = "exercises"
 
     def __init__(self, cfg: ExercisesConfig, llm: LLMConfig | None) -> None:

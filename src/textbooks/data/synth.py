@@ -41,14 +41,9 @@ from textbooks.config import dataclass_from
 from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.llm import (
-    ChatResult,
-    LLMClient,
-    LLMConfig,
-    LLMUnreachableError,
-    fill_template,
-    prompt_hash,
-)
+from textbooks.data.llm import ChatResult, LLMClient, fill_template, prompt_hash
+from textbooks.data.llm_cache import SharedCache
+from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
 from textbooks.data.reader import Fields, ReadStats, plan_shards, read_shard, resolve
@@ -259,7 +254,7 @@ class Deduplicator:
         return None
 
 
-class Synthesize(Stage):
+class Synthesize(SharedCache, Stage):
     name = "textbooks"
 
     def __init__(self, cfg: SynthConfig, llm: LLMConfig) -> None:

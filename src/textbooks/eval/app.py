@@ -455,7 +455,7 @@ def _score(
 def _served_llm(cfg: DictConfig) -> Any:
     """The client settings for a served model: the ``llm`` preset, with ``endpoint=`` as its URL and the
     served model's name; ``base_url`` stays null for ``llm=local`` without an endpoint (started below)."""
-    from textbooks.data.llm import LLMConfig
+    from textbooks.data.llm_config import LLMConfig
 
     llm = LLMConfig.from_dict(cfg.llm)
     return dataclasses.replace(
@@ -477,7 +477,7 @@ def _generate_served(
     opts: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Generate with a served model (the local server only for the generation, not the scoring)."""
-    from textbooks.data.llm import LLMError
+    from textbooks.data.llm_config import LLMError
     from textbooks.data.llm_server import llm_endpoint
 
     try:
