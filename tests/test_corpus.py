@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 
-from textbooks.config import CONF_DIR, dataclass_from
+from textbooks.config import dataclass_from
+from textbooks.data.app import compose
 from textbooks.data.corpus import FILTERS, IngestConfig, ingest
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table
@@ -157,8 +157,7 @@ def test_input_aliases(stdlib_dir: Path) -> None:
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("data", overrides=["stage=ingest", f"paths.data={tmp_path}"])
+    cfg = compose(["stage=ingest", f"paths.data={tmp_path}"])
     c = dataclass_from(IngestConfig, cfg.stage, "stage ingest")
     assert c.inputs == ["stdlib"] and c.out_dir == f"{tmp_path}/corpus"
     with pytest.raises(ConfigError, match=r"unknown keys \['max_size'\]"):

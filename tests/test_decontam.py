@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from rewrites import harness_aliases, rewrite
 
 from textbooks.benchmarks import load_humaneval, load_mbpp, shipped_file
 from textbooks.checkpoint import save_pretrained
-from textbooks.config import CONF_DIR, dataclass_from
+from textbooks.config import dataclass_from
+from textbooks.data.app import compose
 from textbooks.data.contamination import measured
 from textbooks.data.decontam import DecontamConfig, decontaminate, load_problems
 from textbooks.data.manifest import read_manifest
@@ -351,8 +351,7 @@ def test_mbpp_ships_and_a_wrong_mbpp_file_fails(training: dict, tmp_path: Path) 
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("data", overrides=["stage=decontaminate", f"paths.data={tmp_path}", "stage.tau=0.9"])
+    cfg = compose(["stage=decontaminate", f"paths.data={tmp_path}", "stage.tau=0.9"])
     c = dataclass_from(DecontamConfig, cfg.stage, "stage decontaminate")
     assert c.inputs == [f"{tmp_path}/exercises"] and c.out_dir == f"{tmp_path}/decontaminated-tau0.9"
     assert c.mbpp is None and c.benchmarks_dir is None and json.dumps(c.mbpp_task_ids) == "[11, 510]"

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasketch import MinHash
-from hydra import compose, initialize_config_dir
 
-from textbooks.config import CONF_DIR, dataclass_from
+from textbooks.config import dataclass_from
+from textbooks.data.app import compose
 from textbooks.data.corpus import IngestConfig, ingest
 from textbooks.data.dedup import DedupConfig, dedup
 from textbooks.data.executor import ExecutorConfig
@@ -230,7 +230,6 @@ def test_killed_run_reruns_to_same_output(stdlib_dir: Path, tmp_path: Path) -> N
 
 
 def test_stage_config_matches_dataclass(tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("data", overrides=["stage=dedup", f"paths.data={tmp_path}"])
+    cfg = compose(["stage=dedup", f"paths.data={tmp_path}"])
     c = dataclass_from(DedupConfig, cfg.stage, "stage dedup")
     assert c.inputs == [f"{tmp_path}/corpus"] and c.threshold == 0.7 and c.token_pattern == r"\w+"

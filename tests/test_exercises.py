@@ -241,7 +241,7 @@ def test_bad_configs_are_clear(tmp_path):
     with pytest.raises(ConfigError, match="synthetic or mined"):
         ExercisesConfig(out_dir="x", source="llm")
     with pytest.raises(ConfigError, match="topics"):
-        ExercisesConfig(out_dir="x", source="synthetic")
+        ExercisesConfig(out_dir="x", source="synthetic", topics=[])
     with pytest.raises(DataError, match="does not exist"):
         build_exercises(mined(tmp_path, tmp_path / "nope"), progress=False)
 

@@ -302,13 +302,12 @@ def test_config_errors_are_clear(tmp_path):
 
 
 def test_hydra_presets_compose(repo_root, tmp_path):
-    from hydra import compose, initialize_config_dir
+    from textbooks.data.app import compose
 
-    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-        cfg = compose("data", overrides=["stage=annotate", f"paths.cache={tmp_path}"])
-        openai_cfg = LLMConfig.from_dict(cfg.llm)
-        vllm = LLMConfig.from_dict(compose("data", overrides=["stage=textbooks", "llm=vllm"]).llm)
-        ollama = LLMConfig.from_dict(compose("data", overrides=["stage=exercises", "llm=ollama"]).llm)
+    cfg = compose(["stage=annotate", f"paths.cache={tmp_path}"])
+    openai_cfg = LLMConfig.from_dict(cfg.llm)
+    vllm = LLMConfig.from_dict(compose(["stage=textbooks", "llm=vllm"]).llm)
+    ollama = LLMConfig.from_dict(compose(["stage=exercises", "llm=ollama"]).llm)
     assert openai_cfg.base_url == "https://api.openai.com/v1" and openai_cfg.api_key_env == "OPENAI_API_KEY"
     assert openai_cfg.cache == f"{tmp_path}/llm/responses.sqlite"
     assert vllm.base_url.endswith(":8000/v1") and vllm.backoff.base == openai_cfg.backoff.base

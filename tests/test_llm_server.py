@@ -170,14 +170,11 @@ def test_the_command_line_server_stops_on_ctrl_c(tmp_path):
 
 
 def test_llm_local_starts_a_server_for_the_block_only(repo_root, tmp_path, served):
-    from hydra import compose, initialize_config_dir
+    from textbooks.data.app import compose
 
-    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-        local = compose("data", overrides=["stage=textbooks", "llm=local", f"paths.cache={tmp_path}"]).llm
-        given = compose(
-            "data", overrides=["stage=textbooks", "llm=local", f"llm.base_url={served.base_url}"]
-        ).llm
-        vllm = compose("data", overrides=["stage=textbooks", "llm=vllm"]).llm
+    local = compose(["stage=textbooks", "llm=local", f"paths.cache={tmp_path}"]).llm
+    given = compose(["stage=textbooks", "llm=local", f"llm.base_url={served.base_url}"]).llm
+    vllm = compose(["stage=textbooks", "llm=vllm"]).llm
     assert local.base_url is None and local.concurrency == local.local.parallel == 4
     with llm_endpoint(local) as cfg:
         assert cfg.base_url.startswith("http://127.0.0.1:") and cfg.base_url != served.base_url
@@ -197,12 +194,10 @@ def test_llm_local_starts_a_server_for_the_block_only(repo_root, tmp_path, serve
 
 
 def test_without_the_hook_llm_local_is_one_clear_error(repo_root):
-    from hydra import compose, initialize_config_dir
-
+    from textbooks.data.app import compose
     from textbooks.errors import ConfigError
 
-    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-        local = compose("data", overrides=["stage=textbooks", "llm=local"]).llm
+    local = compose(["stage=textbooks", "llm=local"]).llm
     with pytest.raises(ConfigError, match="llm_endpoint"):
         LLMClient(LLMConfig.from_dict(local))
 

@@ -363,6 +363,16 @@ def config_error_line(ex: BaseException) -> str | None:
     for e in _chain(ex):
         if isinstance(e, TextbooksError):
             return str(e)
+    for e in _chain(ex):  # a structured config (a dataclass schema) refused a value of the wrong type
+        schema, key = getattr(e, "object_type", None), getattr(e, "key", None)
+        if (
+            isinstance(e, OmegaConfBaseException)
+            and dataclasses.is_dataclass(schema)
+            and isinstance(key, str)
+        ):
+            hint = typing.get_type_hints(schema).get(key)
+            if hint is not None:
+                return str(ConfigValueError(getattr(e, "full_key", None) or key, e.value, describe(hint)))
     if isinstance(ex, OmegaConfBaseException):
         msg = _omegaconf_message(ex)
         key = getattr(ex, "full_key", None)

@@ -49,6 +49,7 @@ from textbooks.data.llm_cache import SharedCache
 from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
+from textbooks.data.prompts import ANNOTATE_PROMPT, ANNOTATE_SYSTEM
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, DataError, TextbooksError
@@ -77,7 +78,7 @@ SCHEMA = pa.schema(
 class AnnotateConfig:
     """``conf/stage/annotate.yaml``."""
 
-    input: str | list[str]  # stage output(s), JSONL/Parquet files or source directories
+    input: Any  # a stage output, JSONL/Parquet file(s) or source directories (one path or a list)
     out_dir: str
     annotator: str = "llm"  # llm (the paper's method) | heuristic (an offline proxy)
     sample_size: int = 100_000
@@ -91,9 +92,11 @@ class AnnotateConfig:
     shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
     max_bad_fraction: float = execution_only(0.01)  # malformed input records tolerated
     max_failed_fraction: float = execution_only(0.05)  # LLM failures (no answer / no parseable score)
-    system_prompt: str = ""
-    prompt: str = "{text}"  # {text} is replaced by the document (its first max_chars characters)
-    sampling: dict[str, Any] = field(default_factory=dict)  # per-request overrides of llm sampling
+    system_prompt: str = ANNOTATE_SYSTEM
+    prompt: str = ANNOTATE_PROMPT  # {text} is replaced by the document (its first max_chars characters)
+    # per-request overrides of the llm's sampling
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 256})
+    name: str = "annotate"  # the stage (conf/stage/annotate.yaml)
 
     def __post_init__(self) -> None:
         if self.annotator not in ("llm", "heuristic"):

@@ -36,6 +36,7 @@ class TokenizerConfig:
     min_frequency: int = 2
     max_file_bytes: int | None = 1_000_000
     progress: bool = execution_only(True)
+    name: str = "tokenizer"  # the stage (conf/stage/tokenizer.yaml)
 
     @property
     def out_dir(self) -> str:

@@ -104,7 +104,7 @@ BASE = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.stri
 class ClassifyConfig:
     """``conf/stage/classify.yaml``."""
 
-    input: str | list[str]  # the corpus to filter: stage output(s), JSONL/Parquet, source directories
+    input: Any  # the corpus to filter: stage output(s), JSONL/Parquet, source directories (one or a list)
     annotations: str  # the labelled sample (``textbooks-data stage=annotate``)
     out_dir: str
     threshold: float = 0.5  # keep documents whose P(educational) >= threshold
@@ -118,9 +118,16 @@ class ClassifyConfig:
     batch_docs: int = execution_only(1024)  # documents embedded, cached and scored per step
     test_fraction: float = 0.2  # held-out share of the annotations (stratified, seeded)
     seed: int = 0
+    # RandomForestClassifier keyword arguments (random_state is ``seed``); positives are usually the minority
     forest: dict[str, Any] = field(
-        default_factory=lambda: {"n_estimators": 200, "min_samples_leaf": 1, "class_weight": "balanced"}
-    )  # RandomForestClassifier keyword arguments (random_state is ``seed``)
+        default_factory=lambda: {
+            "n_estimators": 200,
+            "max_depth": None,
+            "min_samples_leaf": 1,
+            "max_features": "sqrt",
+            "class_weight": "balanced",
+        }
+    )
     n_jobs: int = execution_only(-1)  # forest threads (-1: all cores); does not change results
     tokenizer: str | None = "p50k_base"  # counts tokens kept; None or unavailable: whitespace words
     write_dropped: bool = True  # dropped documents with their text in dropped/
@@ -128,6 +135,7 @@ class ClassifyConfig:
     max_file_bytes: int | None = 1_000_000
     shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
     max_bad_fraction: float = execution_only(0.01)
+    name: str = "classify"  # the stage (conf/stage/classify.yaml)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:

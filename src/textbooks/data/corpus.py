@@ -93,6 +93,7 @@ class IngestConfig:
     rows_per_group: int = execution_only(10_000)  # Parquet row group size of the output parts
     max_bad_fraction: float = execution_only(0.01)  # malformed records / unreadable files tolerated
     hf_cache_dir: str | None = execution_only(None)  # huggingface_hub cache (default: its own)
+    name: str = "ingest"  # the stage (conf/stage/ingest.yaml)
 
 
 @dataclass

@@ -115,6 +115,7 @@ class DecontamConfig:
     chunk_items: int = execution_only(2048)
     scores_cache: str | None = execution_only(None)  # caches scores across runs that differ only in pruning
     max_bad_fraction: float = execution_only(0.01)
+    name: str = "decontaminate"  # the stage (conf/stage/decontaminate.yaml)
 
 
 def item_text(rec: dict[str, Any]) -> str:

@@ -94,6 +94,7 @@ class DedupConfig:
     max_rows: int = execution_only(2_000_000)  # rows of sorted runs held in memory at once per task
     rows_per_group: int = execution_only(10_000)  # Parquet row groups of the output parts
     max_bad_fraction: float = execution_only(0.01)
+    name: str = "dedup"  # the stage (conf/stage/dedup.yaml)
 
     def definition(self) -> Duplicates:
         names = {f.name for f in fields(Duplicates)}

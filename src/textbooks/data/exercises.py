@@ -54,6 +54,7 @@ from textbooks.data.llm_cache import SharedCache
 from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter, write_table
+from textbooks.data.prompts import EXERCISE_PROMPT, EXERCISE_SYSTEM, EXERCISE_TOPICS, NAME_NOUNS, NAME_VERBS
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, TextbooksError
@@ -87,7 +88,7 @@ class ExercisesConfig:
     source: str = "synthetic"  # synthetic (LLM, the paper's method) | mined (offline proxy)
     seed: int = 0
     # -- mined
-    input: str | list[str] | None = None  # corpus to mine; null = the Python standard library
+    input: Any = None  # corpus to mine (one path or a list); null = the Python standard library
     pattern: str = "**/*.py"
     text_field: str = "text"
     id_field: str = "id"
@@ -102,14 +103,15 @@ class ExercisesConfig:
     max_exercises: int | None = None  # stop after this many (null: all)
     # -- synthetic
     n: int = 1000
-    topics: list[str] = field(default_factory=list)
-    name_verbs: list[str] = field(default_factory=list)
-    name_nouns: list[str] = field(default_factory=list)
-    system_prompt: str = ""
-    prompt: str = "Write a Python function named {name} about {topic}."  # {name} {topic}
-    sampling: dict[str, Any] = field(default_factory=dict)
+    topics: list[str] = field(default_factory=lambda: list(EXERCISE_TOPICS))
+    name_verbs: list[str] = field(default_factory=lambda: list(NAME_VERBS))  # names are <verb>_<noun>
+    name_nouns: list[str] = field(default_factory=lambda: list(NAME_NOUNS))
+    system_prompt: str = EXERCISE_SYSTEM
+    prompt: str = EXERCISE_PROMPT  # {name} (the function-name constraint) and {topic}
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 1024})
     requests_per_part: int = 1000  # requests per part (the unit tasks share out)
     max_failed_fraction: float = execution_only(0.1)
+    name: str = "exercises"  # the stage (conf/stage/exercises.yaml)
 
     def __post_init__(self) -> None:
         if self.source not in ("synthetic", "mined"):

@@ -130,3 +130,10 @@ class LLMConfig:
 
     def api_key(self) -> str:
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+
+def register_schema() -> None:
+    """``LLMConfig`` as the schema of the ``llm`` config group (``llm/llm_schema``), for every app composing it."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="llm", name="llm_schema", node=LLMConfig)

@@ -31,18 +31,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from textbooks.config import dataclass_from
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
 from textbooks.data.reader import Fields, ReadStats, Shard, Source, batched, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
+from textbooks.errors import ConfigError
 from textbooks.io import atomic_path, write_json_atomic
 from textbooks.tokenizer import eot_token, fingerprint, load_tokenizer
 
 
 @dataclass
 class PackConfig:
-    inputs: list[str]  # source directories, JSONL or Parquet files/directories, earlier stages' outputs
-    out_dir: str
+    inputs: Any = None  # source directories, JSONL or Parquet files/directories, earlier stages' outputs
+    out_dir: str | None = None
     tokenizer: str = "p50k_base"  # tiktoken name or a trained .tiktoken path
     pattern: str = "**/*.py"  # files to read inside source directories
     text_field: str = "text"
@@ -53,6 +55,12 @@ class PackConfig:
     num_threads: int = execution_only(0)  # tokenizer threads per task (0 = one per CPU)
     max_bad_fraction: float = execution_only(0.01)
     extra: dict = field(default_factory=dict)  # free-form provenance (e.g. the mixture name)
+    # or a named piece of the dataset mixtures: its inputs are components[component], its out_dir
+    # ${paths.data}/tokens/<tokenizer tag>/<component> (exercises: the set decontaminated at tau)
+    component: str | None = execution_only(None)
+    components: dict[str, list[str]] = field(default_factory=dict, metadata={"execution": True})
+    tau: float = execution_only(0.95)
+    name: str = "pack"  # the stage (conf/stage/pack.yaml)
 
 
 def token_dtype(n_vocab: int) -> np.dtype:
@@ -212,29 +220,19 @@ def pack(cfg: PackConfig, executor: ExecutorConfig | None = None, *, progress: b
     return run_on(Pack(cfg), executor, progress=progress)
 
 
-def run_stage(cfg) -> dict:
+def run_stage(cfg: Any) -> dict:
     """``textbooks-data stage=pack``: pack a named component, or ``stage.inputs`` into ``stage.out_dir``."""
-    from omegaconf import OmegaConf
-
-    from textbooks.errors import ConfigError
-
-    s = OmegaConf.to_container(cfg.stage, resolve=True)
-    s.pop("name")
-    component, components = s.pop("component"), s.pop("components")
-    tau = s.pop("tau")
-    if component is not None:
-        if component not in components:
-            raise ConfigError(f"stage.component={component!r}: choose one of {sorted(components)}")
-        s["inputs"] = s["inputs"] or components[component]
-        name = f"{component}-tau{tau}" if component == "exercises" else component
-        s["out_dir"] = s["out_dir"] or str(Path(cfg.paths.data) / "tokens" / cfg.tokenizer.tag / name)
-        s["extra"] = {"component": component} | ({"tau": tau} if component == "exercises" else {})
-    if not s["inputs"] or not s["out_dir"]:
+    c = dataclass_from(PackConfig, cfg.stage, "stage pack")
+    if c.component is not None:
+        if c.component not in c.components:
+            raise ConfigError(f"stage.component={c.component!r}: choose one of {sorted(c.components)}")
+        name = f"{c.component}-tau{c.tau}" if c.component == "exercises" else c.component
+        c.inputs = c.inputs or c.components[c.component]
+        c.out_dir = c.out_dir or str(Path(cfg.paths.data) / "tokens" / cfg.tokenizer.tag / name)
+        c.extra = {"component": c.component} | ({"tau": c.tau} if c.component == "exercises" else {})
+    if not c.inputs or not c.out_dir:
         raise ConfigError(
             "stage=pack needs stage.component=<name> or both stage.inputs=[...] and stage.out_dir=..."
         )
-    if isinstance(s["inputs"], str):
-        s["inputs"] = [s["inputs"]]
-    return pack(
-        PackConfig(**s), ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True)
-    )
+    c.inputs = [c.inputs] if isinstance(c.inputs, str) else list(c.inputs)
+    return pack(c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True))

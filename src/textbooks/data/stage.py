@@ -64,12 +64,12 @@ def execution_only(default: Any = None, **kwargs: Any) -> Any:
 
 
 def output_config(cfg: Any) -> dict[str, Any]:
-    """The fields of a stage config dataclass that define its output (all but ``execution_only`` ones and
-    ``out_dir``): the one place that tells the two kinds apart."""
+    """The fields of a stage config dataclass that define its output (all but ``execution_only`` ones,
+    ``out_dir`` and ``name``): the one place that tells the two kinds apart."""
     return {
         f.name: _plain(getattr(cfg, f.name))
         for f in fields(cfg)
-        if not f.metadata.get("execution") and f.name != "out_dir"
+        if not f.metadata.get("execution") and f.name not in ("out_dir", "name")
     }
 
 

@@ -46,6 +46,7 @@ from textbooks.data.llm_cache import SharedCache
 from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
+from textbooks.data.prompts import AUDIENCES, SNIPPET_TEMPLATE, TEXTBOOK_PROMPT, TEXTBOOK_SYSTEM, TOPICS
 from textbooks.data.reader import Fields, ReadStats, plan_shards, read_shard, resolve
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, DataError, TextbooksError
@@ -79,16 +80,14 @@ class SynthConfig:
     """``conf/stage/textbooks.yaml``."""
 
     out_dir: str
-    topics: list[str]
-    audiences: list[str]
-    n: int = 1000  # sections to request
+    topics: list[str] = field(default_factory=lambda: list(TOPICS))
+    audiences: list[str] = field(default_factory=lambda: list(AUDIENCES))
+    n: int = 1000  # sections to request (the paper: < 1B tokens from GPT-3.5)
     seed: int = 0
-    system_prompt: str = ""
-    prompt: str = (
-        "Write a textbook section on {topic} for {audience}.{snippet}"  # {topic} {audience} {snippet}
-    )
-    snippet_template: str = "\n\n```python\n{code}\n```"  # what {snippet} becomes ({code}, {source})
-    seed_input: str | list[str] | None = None  # optional corpus the snippets come from
+    system_prompt: str = TEXTBOOK_SYSTEM
+    prompt: str = TEXTBOOK_PROMPT  # {topic} and {audience} are filled in per request, {snippet} may be empty
+    snippet_template: str = SNIPPET_TEMPLATE  # what {snippet} becomes ({code}, {source})
+    seed_input: Any = None  # optional corpus the snippets come from
     snippet_fraction: float = 0.5  # share of requests that get a snippet (when seed_input is set)
     snippet_pool: int = 2000  # documents of seed_input drawn (seeded reservoir) to take snippets from
     snippet_lines: int = 30  # longest snippet, in lines
@@ -101,7 +100,9 @@ class SynthConfig:
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard for near-duplicates; null = exact only
     max_failed_fraction: float = execution_only(0.1)  # requests without an answer tolerated
     requests_per_part: int = 1000  # requests per output part (the unit tasks share out)
-    sampling: dict[str, Any] = field(default_factory=dict)  # overrides of the llm's sampling
+    # overrides of the llm's sampling (diversity wants temperature ~1)
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 2048})
+    name: str = "textbooks"  # the stage (conf/stage/textbooks.yaml)
 
     def __post_init__(self) -> None:
         if not self.topics or not self.audiences:

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
 from textbooks.config import hydra_app
+from textbooks.data.llm_config import register_schema as register_llm_schema
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import (
@@ -573,6 +574,9 @@ def _headline(results: dict[str, Any]) -> dict[str, Any]:
         "skipped": results.get("skipped", False),
         "results": str(Path(results["out_dir"]) / SUMMARY_NAME),
     }
+
+
+register_llm_schema()  # conf/llm/*: the presets of a served model's client
 
 
 @hydra_app("eval", types={"limit": int | None, "threads": int | None, "sandbox.workers": int | None})
