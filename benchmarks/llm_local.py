@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from textbooks.data.llm import LLMClient, LLMConfig, LocalServerConfig
+from textbooks.data.llm import LLMClient
+from textbooks.data.llm_config import LLMConfig, LocalServerConfig
 from textbooks.data.llm_server import local_server
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"

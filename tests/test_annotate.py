@@ -18,14 +18,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from openai_server import OpenAIServer, closed_port, last_user_message
 
-from textbooks.data.annotate import (
-    SIGNALS,
-    AnnotateConfig,
-    annotate,
-    heuristic_score,
-    parse_score,
-)
+from textbooks.data.annotate import AnnotateConfig, annotate, parse_score
 from textbooks.data.app import run
+from textbooks.data.heuristic import SIGNALS, heuristic_score
 from textbooks.data.llm_config import Backoff, LLMConfig
 from textbooks.data.parquet import read_table
 from textbooks.errors import DataError

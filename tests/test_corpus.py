@@ -13,9 +13,9 @@ import pytest
 from textbooks.config import dataclass_from
 from textbooks.data.app import compose
 from textbooks.data.corpus import FILTERS, IngestConfig, ingest
+from textbooks.data.inputs import resolve
 from textbooks.data.manifest import read_manifest
 from textbooks.data.parquet import read_table
-from textbooks.data.reader import resolve
 from textbooks.errors import ConfigError, DataError
 
 STDLIB_FILES = ["json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "json/tool.py"]

@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 from openai_server import OpenAIServer, last_user_message
 
-from textbooks.data.exercises import (
-    ExercisesConfig,
-    build_exercises,
-    exercise_from_answer,
-    free_names,
-    plan_exercises,
-    signature,
-)
+from textbooks.data.exercises import ExercisesConfig, build_exercises, plan_exercises
+from textbooks.data.functions import exercise_from_answer, free_names, signature
 from textbooks.data.llm_config import Backoff, LLMConfig, LLMUnreachableError
 from textbooks.data.parquet import part_files, read_table
 from textbooks.errors import ConfigError, DataError

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from openai_server import CHAT_ONLY_ODD, ODD_REPLIES, OpenAIServer, closed_port
 
-from textbooks.data.llm import ChatRequest, LLMClient, run_requests
+from textbooks.data.llm import LLMClient, run_requests
 from textbooks.data.llm_config import Backoff, LLMConfig, LLMError, LLMUnreachableError
 from textbooks.data.llm_replies import (
     MalformedResponse,
@@ -24,6 +24,7 @@ from textbooks.data.llm_replies import (
     parse_retry_after,
     parse_text_completion,
 )
+from textbooks.data.llm_requests import ChatRequest
 from textbooks.errors import ConfigError
 
 TESTS = Path(__file__).resolve().parent

@@ -18,9 +18,10 @@ import pytest
 
 from textbooks.data.corpus import IngestConfig, ingest
 from textbooks.data.executor import ExecutorConfig
+from textbooks.data.inputs import plan_shards, resolve
 from textbooks.data.manifest import read_manifest
 from textbooks.data.pack import PackConfig, pack
-from textbooks.data.reader import ReadStats, plan_shards, read_shard, resolve
+from textbooks.data.reader import ReadStats, read_shard
 from textbooks.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ from typing import Any
 from textbooks.config import dataclass_from
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.reader import ReadStats, read_texts, resolve
+from textbooks.data.inputs import resolve
+from textbooks.data.reader import ReadStats, read_texts
 from textbooks.data.stage import Stage, Step, Task, execution_only
 from textbooks.errors import ConfigError
 from textbooks.tokenizer import TokenizerError, train_bpe, verify_bpe_file

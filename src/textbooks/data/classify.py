@@ -58,6 +58,7 @@ from textbooks.data.embed_cache import (
 )
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
+from textbooks.data.inputs import Shard, Source, plan_shards, resolve
 from textbooks.data.parquet import PartWriter
 from textbooks.data.quality import (
     ANNOTATE_HINT,
@@ -67,17 +68,7 @@ from textbooks.data.quality import (
     positive_proba,
     train,
 )
-from textbooks.data.reader import (
-    Fields,
-    ReadStats,
-    Shard,
-    Source,
-    batched,
-    plan_shards,
-    read_shard,
-    resolve,
-    shard_schema,
-)
+from textbooks.data.reader import Fields, ReadStats, batched, read_shard, shard_schema
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, DataError
 from textbooks.io import atomic_path, write_json_atomic

@@ -30,6 +30,8 @@ from textbooks.data.similarity import NgramIndex, ast_match_matrix, ast_units, p
 from textbooks.errors import ConfigError
 
 MEASURES = ("ast", "embedding", "ngram")
+PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
+BENCHMARKS = ("humaneval", "mbpp")
 
 
 # -- benchmark problems ---------------------------------------------------------------------------------------

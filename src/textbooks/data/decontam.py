@@ -32,9 +32,7 @@ per shard), then publish (the per-problem closest items merged over shards, and 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -49,7 +47,10 @@ from tqdm.auto import tqdm
 
 from textbooks.benchmarks import load_humaneval
 from textbooks.config import dataclass_from
+from textbooks.data.contam_report import SCORE_COLUMNS, closest_table, scores_table, write_report
 from textbooks.data.contamination import (
+    BENCHMARKS,
+    PAPER_TAUS,
     Problem,
     Scorer,
     Scores,
@@ -60,28 +61,18 @@ from textbooks.data.contamination import (
 )
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
+from textbooks.data.inputs import Shard, Source, plan_shards, resolve
 from textbooks.data.manifest import fingerprint_input
 from textbooks.data.parquet import PartWriter, write_table
-from textbooks.data.reader import (
-    ReadStats,
-    Shard,
-    Source,
-    batched,
-    plan_shards,
-    read_shard,
-    resolve,
-    shard_schema,
-)
+from textbooks.data.reader import ReadStats, batched, read_shard, shard_schema
 from textbooks.data.runs import load, save
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, DataError
-from textbooks.io import config_hash, write_bytes_atomic, write_json_atomic
+from textbooks.io import config_hash, write_json_atomic
 from textbooks.tokenizer import token_counter
 
 log = logging.getLogger(__name__)
 
-PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
-BENCHMARKS = ("humaneval", "mbpp")
 SCORES_VERSION = 2  # bump when scoring changes, so cached scores are recomputed
 BASE = pa.schema([("id", pa.string()), ("text", pa.string()), ("source", pa.string())])
 ADDED = (("ast_match", pa.float32()), ("embed_distance", pa.float32()), ("ngram_overlap", pa.int32()))
@@ -142,76 +133,13 @@ def load_problems(cfg: DecontamConfig) -> tuple[list[Problem], list[str]]:
     return problems, notes
 
 
-_SCORE_COLS = [
-    ("ast_match", pa.float32()),
-    ("ast_problem", pa.string()),
-    ("embed_distance", pa.float32()),
-    ("embed_problem", pa.string()),
-    ("ngram_doc", pa.int32()),
-    ("ngram_doc_frac", pa.float32()),
-    ("ngram_code", pa.int32()),
-    ("ngram_code_frac", pa.float32()),
-    ("ngram_problem", pa.string()),
-]
-CLOSEST_SCHEMA = pa.schema(
-    [
-        ("benchmark", pa.string()),
-        ("task_id", pa.string()),
-        ("item_id", pa.string()),
-        ("item_source", pa.string()),
-        ("selected_by", pa.string()),
-        ("ast_match", pa.float32()),
-        ("embed_distance", pa.float32()),
-        ("ngram_doc", pa.int32()),
-        ("ngram_doc_frac", pa.float32()),
-        ("ngram_code", pa.int32()),
-        ("ngram_code_frac", pa.float32()),
-    ]
-)
-
-
-def _scores_table(s: Scores, ids: list[str], sources: list[str], problems: list[Problem]) -> pa.Table:
-    """Per item: its best score of each measure and the problem it was measured against."""
-
-    def name(idx: np.ndarray) -> list[str | None]:
-        return [problems[i].task_id if i >= 0 else None for i in idx]
-
-    def opt(a: np.ndarray) -> list[float | None]:
-        return [None if np.isnan(x) else float(x) for x in a]
-
-    return pa.table(
-        {
-            "id": pa.array(ids, pa.string()),
-            "source": pa.array(sources, pa.string()),
-            "ast_match": pa.array(opt(s.ast_match), pa.float32()),
-            "ast_problem": pa.array(name(s.ast_problem), pa.string()),
-            "embed_distance": pa.array(opt(s.embed_distance), pa.float32()),
-            "embed_problem": pa.array(name(s.embed_problem), pa.string()),
-            "ngram_doc": pa.array(s.ngram_doc, pa.int32()),
-            "ngram_doc_frac": pa.array(s.ngram_doc_frac, pa.float32()),
-            "ngram_code": pa.array(s.ngram_code, pa.int32()),
-            "ngram_code_frac": pa.array(s.ngram_code_frac, pa.float32()),
-            "ngram_problem": pa.array(name(s.ngram_problem), pa.string()),
-        }
-    )
-
-
-def _closest_table(s: Scores, ids: list[str], sources: list[str]) -> pa.Table:
-    rows = [
-        {k: r[k] for k in CLOSEST_SCHEMA.names if k in r}
-        | {"item_id": ids[r["item"]], "item_source": sources[r["item"]]}
-        for r in s.closest
-    ]
-    return pa.Table.from_pylist(rows, schema=CLOSEST_SCHEMA)
-
-
 REMOVED_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("source", pa.string()),
         ("reason", pa.string()),
         ("tokens", pa.int64()),
-        *_SCORE_COLS,
+        *SCORE_COLUMNS,
     ]
 )
 
@@ -231,106 +159,6 @@ def _prune_reasons(cfg: DecontamConfig, scores: pa.Table) -> list[str | None]:
             why.append("ngram")
         out.append(",".join(why) or None)
     return out
-
-
-def _pair_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = [
-        "| problem | item | source | τ | embedding L2 | docstring n-grams | code n-grams |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in rows:
-        emb = "" if r["embed_distance"] is None else f"{r['embed_distance']:.3f}"
-        tau = "" if r["ast_match"] is None else f"{r['ast_match']:.3f}"
-        src = str(r["item_source"])
-        src = src if len(src) <= 48 else "…" + src[-47:]
-        lines.append(
-            f"| {r['task_id']} | {r['item_id']} | {src} | {tau} | {emb} | {r['ngram_doc']} "
-            f"({r['ngram_doc_frac']:.0%}) | {r['ngram_code']} ({r['ngram_code_frac']:.0%}) |"
-        )
-    return lines
-
-
-def _markdown(
-    cfg: DecontamConfig,
-    problems: list[Problem],
-    scores: pa.Table,
-    closest: pa.Table,
-    counts: dict,
-    notes: list[str],
-) -> str:
-    """``report.md``: items and problems at the paper's τ values, what was pruned, the closest pairs."""
-    tau = np.array([-1.0 if x is None else x for x in scores.column("ast_match").to_pylist()])
-    pairs = closest.to_pylist()
-    best_of_problem: dict[str, float] = {}
-    for r in pairs:
-        best_of_problem[r["task_id"]] = max(best_of_problem.get(r["task_id"], 0.0), r["ast_match"] or 0.0)
-    per_bench = ", ".join(
-        f"{b} ({n} problems)" for b in BENCHMARKS if (n := sum(p.benchmark == b for p in problems))
-    )
-    lines = [
-        "# Contamination report",
-        "",
-        f"Training items: {counts['items']} from {', '.join(map(str, cfg.inputs))}.",
-        f"Benchmarks: {per_bench}.",
-        f"Measures: {cfg.ngram}-gram overlap, embedding distance ({counts.get('embedder') or 'off'}), "
-        f"AST match rate τ (unit: {cfg.ast_unit}; τ below {cfg.ast_min_report} reported as 0).",
-        *(f"Note: {n}" for n in notes),
-        "",
-        "## Items and problems at each τ",
-        "",
-        "| τ | items with AST match ≥ τ | problems with such an item |",
-        "| --- | --- | --- |",
-    ]
-    for t in sorted({*PAPER_TAUS, *([cfg.tau] if cfg.tau is not None else [])}, reverse=True):
-        n_problems = sum(v >= t for v in best_of_problem.values())
-        lines.append(f"| {t} | {int(np.sum(tau >= t))} | {n_problems} |")
-    lines += [
-        "",
-        f"Pruned: {counts['removed']} items ({counts['removed_tokens']} of {counts['tokens']} tokens, counted "
-        f"with {counts['token_counter']}); by reason: {counts['removed_by']}. Rules: τ ≥ {cfg.tau}, embedding "
-        f"distance ≤ {cfg.max_embed_distance}, docstring {cfg.ngram}-grams ≥ {cfg.min_ngram_overlap}.",
-        "",
-        "## Closest pairs by AST match",
-        "",
-        *_pair_table(sorted(pairs, key=lambda r: (-(r["ast_match"] or 0), r["task_id"]))[:20]),
-    ]
-    shared = [r for r in pairs if r["ngram_doc"] > 0]
-    lines += ["", f"## Docstring {cfg.ngram}-gram overlaps ({len(shared)} pairs)", ""]
-    lines += (
-        _pair_table(sorted(shared, key=lambda r: (-r["ngram_doc_frac"], r["task_id"]))[:20]) if shared else []
-    )
-    near = [r for r in pairs if r["embed_distance"] is not None]
-    if near:
-        lines += ["", "## Closest pairs by embedding", ""]
-        lines += _pair_table(sorted(near, key=lambda r: (r["embed_distance"], r["task_id"]))[:20])
-    lines += [
-        "",
-        "Every problem's closest items: closest.csv / closest.parquet; every item: scores.parquet.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _write_report(
-    report: Path,
-    cfg: DecontamConfig,
-    problems: list[Problem],
-    scores: pa.Table,
-    closest: pa.Table,
-    counts: dict[str, Any],
-    notes: list[str],
-) -> None:
-    """``report/``: scores.parquet, closest.parquet, closest.csv and report.md."""
-    write_table(report / "scores.parquet", scores)
-    write_table(report / "closest.parquet", closest)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CLOSEST_SCHEMA.names)
-    w.writeheader()
-    w.writerows(closest.to_pylist())
-    write_bytes_atomic(report / "closest.csv", buf.getvalue().encode())
-    write_bytes_atomic(
-        report / "report.md", _markdown(cfg, problems, scores, closest, counts, notes).encode()
-    )
 
 
 class Decontaminate(Stage):
@@ -443,7 +271,7 @@ class Decontaminate(Stage):
                 scorer.add([item_text(r) for r in batch])
                 bar.update(len(batch))
             s = scorer.result()
-            write_table(out.with_suffix(".scores.parquet"), _scores_table(s, ids, sources, self.problems))
+            write_table(out.with_suffix(".scores.parquet"), scores_table(s, ids, sources, self.problems))
             write_json_atomic(out.with_suffix(".tops.json"), scorer.top_lists())
             info = {"items": len(ids), "read": stats.to_dict()}
             if cache is not None:
@@ -502,7 +330,7 @@ class Decontaminate(Stage):
                         by_reason[r] = by_reason.get(r, 0) + 1
                     removed_w.add(
                         {"id": s["id"], "source": s["source"], "reason": why, "tokens": n_tok}
-                        | {n: s[n] for n, _ in _SCORE_COLS}
+                        | {n: s[n] for n, _ in SCORE_COLUMNS}
                     )
             kept_w.close()
             removed_w.close()
@@ -525,7 +353,7 @@ class Decontaminate(Stage):
             c.top_k,
         )
         ids, sources = scores.column("id").to_pylist(), scores.column("source").to_pylist()
-        closest = _closest_table(
+        closest = closest_table(
             Scores(*([np.zeros(0)] * 9), closest=closest_rows(self.problems, tops)), ids, sources
         )
         pruned = task.shard_stats("prune")
@@ -535,7 +363,7 @@ class Decontaminate(Stage):
             "token_counter": task.stats_of("prune")[0]["token_counter"],
             "embedder": task.stats_of("index")[0]["embedder"],
         }
-        _write_report(task.publish_path("report"), c, self.problems, scores, closest, counts, self.notes)
+        write_report(task.publish_path("report"), c, self.problems, scores, closest, counts, self.notes)
         tau = np.array([-1.0 if x is None else x for x in scores.column("ast_match").to_pylist()])
         log.info(
             "decontaminate: removed %d of %d items (%s)",

@@ -41,17 +41,10 @@ from tqdm.auto import tqdm
 from textbooks.config import dataclass_from
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
+from textbooks.data.inputs import Shard, Source, plan_shards, resolve
 from textbooks.data.minhash import Duplicates, MinHasher, exact_key
 from textbooks.data.parquet import PartWriter, write_table
-from textbooks.data.reader import (
-    ReadStats,
-    Shard,
-    Source,
-    plan_shards,
-    read_shard,
-    resolve,
-    shard_schema,
-)
+from textbooks.data.reader import ReadStats, read_shard, shard_schema
 from textbooks.data.runs import Run, ShardArrays, groups, load, merged, save, save_run
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError

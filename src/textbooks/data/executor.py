@@ -41,8 +41,8 @@ from datatrove.executor.local import LocalPipelineExecutor
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from textbooks.config import dataclass_from
+from textbooks.data.inputs import WORK_DIR
 from textbooks.data.manifest import read_manifest
-from textbooks.data.reader import WORK_DIR
 from textbooks.data.stage import Stage, StageTask, Step, all_steps, prepare, published
 from textbooks.errors import ConfigError, TextbooksError
 

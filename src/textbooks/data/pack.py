@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from textbooks.config import dataclass_from
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.reader import Fields, ReadStats, Shard, Source, batched, plan_shards, read_shard, resolve
+from textbooks.data.inputs import Shard, Source, plan_shards, resolve
+from textbooks.data.reader import Fields, ReadStats, batched, read_shard
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError
 from textbooks.io import atomic_path, write_json_atomic

@@ -60,12 +60,20 @@ def _const_chars(kind: str, text: str) -> tuple[str, str]:
     return _CONST_TYPE_CHAR.get(kind, chr(0xE3FF)), chr(0xE400 + h % 4096)
 
 
-def _is_docstring(stmt: ast.stmt) -> bool:
+def is_docstring(stmt: Any) -> bool:
+    """A string expression statement: what a module, class or function starts with when it has a docstring."""
     return (
         isinstance(stmt, ast.Expr)
         and isinstance(stmt.value, ast.Constant)
         and isinstance(stmt.value.value, str)
     )
+
+
+def docstring_node(node: ast.AST) -> ast.Expr | None:
+    """The docstring statement of a module, class or function, or None."""
+    body = getattr(node, "body", None)
+    first = body[0] if isinstance(body, list) and body else None
+    return first if is_docstring(first) else None
 
 
 def _kept(node: Any) -> bool:
@@ -84,7 +92,7 @@ def _children(node: ast.AST) -> list[ast.AST]:
             continue
         value = getattr(node, name, None)
         if type(value) is list:
-            if value and name == "body" and isinstance(node, _DOC_OWNERS) and _is_docstring(value[0]):
+            if value and name == "body" and isinstance(node, _DOC_OWNERS) and is_docstring(value[0]):
                 value = value[1:]
             out.extend(v for v in value if _kept(v))
         elif isinstance(value, ast.AST) and not isinstance(value, ast.expr_context):

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from textbooks.data.inputs import WORK_DIR
 from textbooks.data.manifest import MANIFEST, fingerprint_input, read_manifest
-from textbooks.data.reader import WORK_DIR
 from textbooks.errors import TextbooksError
 from textbooks.io import config_hash, remove_stale_temporaries, write_json_atomic
 

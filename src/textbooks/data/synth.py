@@ -41,13 +41,15 @@ from textbooks.config import dataclass_from
 from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
-from textbooks.data.llm import ChatResult, LLMClient, fill_template, prompt_hash
+from textbooks.data.inputs import plan_shards, resolve
+from textbooks.data.llm import LLMClient
 from textbooks.data.llm_cache import SharedCache
 from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
+from textbooks.data.llm_requests import ChatResult, fill_template, prompt_hash
 from textbooks.data.llm_server import llm_endpoint
 from textbooks.data.parquet import PartWriter
 from textbooks.data.prompts import AUDIENCES, SNIPPET_TEMPLATE, TEXTBOOK_PROMPT, TEXTBOOK_SYSTEM, TOPICS
-from textbooks.data.reader import Fields, ReadStats, plan_shards, read_shard, resolve
+from textbooks.data.reader import Fields, ReadStats, read_shard
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError, DataError, TextbooksError
 from textbooks.io import write_json_atomic
