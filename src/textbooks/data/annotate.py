@@ -193,8 +193,7 @@ class Annotate(SharedCache, Stage):
     def annotate(self, task: Task) -> dict[str, Any]:
         cfg = self.config
         counts = task.shard_stats("count")
-        read = ReadStats.merge([s["read"] for s in counts])
-        read.check(cfg.max_bad_fraction, f"annotate input {cfg.inputs}")
+        task.reads("count", cfg.max_bad_fraction, f"annotate input {cfg.inputs}")
         offsets = [0]
         for s in counts:
             offsets.append(offsets[-1] + s["documents"])
@@ -238,7 +237,7 @@ class Annotate(SharedCache, Stage):
         cfg = self.config
         counts = task.shard_stats("count")
         shards = task.shard_stats("annotate")
-        read = ReadStats.merge([s["read"] for s in counts])
+        read = task.reads("count", cfg.max_bad_fraction, f"annotate input {cfg.inputs}")
         failures = [f for s in shards for f in s["failures"]]
         with atomic_path(task.publish_path("failures.jsonl")) as tmp:
             tmp.write_text("".join(json.dumps(f) + "\n" for f in failures))
@@ -285,12 +284,10 @@ def _heuristic_rows(docs: list[dict[str, Any]], threshold: int, progress: bool) 
         }
 
 
-def run_stage(cfg: Any) -> dict:
-    """``textbooks-data stage=annotate``: label a sample of ``stage.input`` into ``stage.out_dir``."""
+def from_config(cfg: Any) -> Annotate:
+    """The stage ``textbooks-data stage=annotate`` runs: label a sample of ``stage.input``."""
     acfg = dataclass_from(AnnotateConfig, cfg.stage, "stage (annotate)")
-    llm = LLMConfig.from_dict(cfg.llm) if acfg.annotator == "llm" else None
-    ex = ExecutorConfig.from_config(cfg.get("executor"))
-    return annotate(acfg, llm, ex, progress=bool(cfg.get("progress", True)))
+    return Annotate(acfg, LLMConfig.from_dict(cfg.llm) if acfg.annotator == "llm" else None)
 
 
 def annotate(

@@ -1,8 +1,8 @@
 """``textbooks-data``: run one stage of the data pipeline (a Hydra app).
 
-Stages are modules of ``textbooks.data`` with a ``run_stage(cfg) -> dict`` function that reads
-``cfg.stage`` (the stage's config group) and ``cfg.paths``, writes its outputs with a manifest and returns
-the manifest.
+Stages are modules of ``textbooks.data`` with a ``from_config(cfg) -> Stage`` function that builds the stage
+from ``cfg.stage`` (the stage's config group, and ``cfg.llm`` for the LLM stages); the executor of ``cfg.executor``
+runs it (``textbooks.data.executor``) and returns its manifest.
 
 Every default is written once, in the dataclasses: each stage's config class, ``ExecutorConfig`` and
 ``LLMConfig`` are registered in Hydra's ConfigStore as the schema of their group (``stage/<name>_schema``,
@@ -24,7 +24,7 @@ from textbooks.config import CONF_DIR, hydra_app
 
 log = logging.getLogger(__name__)
 
-# stage name -> (module holding its run_stage(cfg), its config class)
+# stage name -> (module holding its from_config(cfg), its config class)
 STAGES = {
     "ingest": ("textbooks.data.corpus", "IngestConfig"),
     "dedup": ("textbooks.data.dedup", "DedupConfig"),
@@ -64,8 +64,13 @@ def run(cfg: DictConfig) -> dict:
     name = cfg.stage.name
     if name not in STAGES:
         raise SystemExit(f"textbooks-data: unknown stage {name!r}; stages are {', '.join(STAGES)}")
-    module = importlib.import_module(STAGES[name][0])
-    manifest = module.run_stage(cfg)
+    from textbooks.data.executor import ExecutorConfig
+    from textbooks.data.executor import run as run_on
+
+    stage = importlib.import_module(STAGES[name][0]).from_config(cfg)
+    manifest = run_on(
+        stage, ExecutorConfig.from_config(cfg.get("executor")), progress=bool(cfg.get("progress", True))
+    )
     log.info("stage %s done: %s", name, {k: manifest.get(k) for k in ("documents", "tokens", "seconds")})
     return manifest
 

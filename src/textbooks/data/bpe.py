@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from textbooks.config import dataclass_from
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.executor import run as run_on
 from textbooks.data.inputs import resolve
 from textbooks.data.reader import ReadStats, read_texts
 from textbooks.data.stage import Stage, Step, Task, execution_only
@@ -101,12 +99,12 @@ class TrainTokenizer(Stage):
         }
 
 
-def run_stage(cfg: Any) -> dict:
-    """``textbooks-data stage=tokenizer tokenizer=bpe``: train the BPE the tokenizer config names."""
+def from_config(cfg: Any) -> TrainTokenizer:
+    """The stage ``textbooks-data stage=tokenizer tokenizer=bpe`` runs: train the BPE the tokenizer config names."""
     if cfg.stage.get("vocab_size") is None or not str(cfg.stage.out).endswith(".tiktoken"):
         raise ConfigError(
             f"stage=tokenizer trains a BPE; choose it with tokenizer=bpe (got {cfg.tokenizer.name!r})"
         )
     c = dataclass_from(TokenizerConfig, cfg.stage, "stage tokenizer")
     c.progress = bool(cfg.get("progress", True))
-    return run_on(TrainTokenizer(c), ExecutorConfig.from_config(cfg.get("executor")), progress=c.progress)
+    return TrainTokenizer(c)

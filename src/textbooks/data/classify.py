@@ -320,8 +320,7 @@ class Classify(Stage):
     def summarize(self, task: Task) -> dict[str, Any]:
         c = self.config
         shards = task.shard_stats("score")
-        read = ReadStats.merge([s["read"] for s in shards])
-        read.check(c.max_bad_fraction, f"classify input {c.inputs}")
+        read = task.reads("score", c.max_bad_fraction, f"classify input {c.inputs}")
         tally = summed(shards)
         if tally.get("documents", 0) == 0:
             raise DataError(
@@ -377,9 +376,6 @@ def classify(
     return run_on(Classify(cfg), executor, progress=progress)
 
 
-def run_stage(cfg: Any) -> dict[str, Any]:
-    """``textbooks-data stage=classify``: train the quality classifier and filter ``stage.input``."""
-    c = dataclass_from(ClassifyConfig, cfg.stage, "stage classify")
-    return classify(
-        c, ExecutorConfig.from_config(cfg.get("executor")), progress=bool(cfg.get("progress", True))
-    )
+def from_config(cfg: Any) -> Classify:
+    """The stage ``textbooks-data stage=classify`` runs: train the quality classifier, filter ``stage.input``."""
+    return Classify(dataclass_from(ClassifyConfig, cfg.stage, "stage classify"))

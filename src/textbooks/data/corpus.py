@@ -239,9 +239,8 @@ class Ingest(Stage):
 
     def summarize(self, task: Task) -> dict[str, Any]:
         shards = task.shard_stats("filter")
-        read = ReadStats.merge([s["read"] for s in shards])
         labels = task.plan["labels"]
-        read.check(self.config.max_bad_fraction, f"ingest {labels}")
+        read = task.reads("filter", self.config.max_bad_fraction, f"ingest {labels}")
         total = summed(shards, ("seen", "kept", "bytes", "filtered"))
         per_input = [
             {
@@ -291,7 +290,6 @@ def ingest(
     return run_on(Ingest(cfg), executor, progress=progress)
 
 
-def run_stage(cfg: Any) -> dict[str, Any]:
-    """``textbooks-data stage=ingest``: filter ``stage.inputs`` into ``stage.out_dir``."""
-    c = dataclass_from(IngestConfig, cfg.stage, "stage ingest")
-    return ingest(c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True))
+def from_config(cfg: Any) -> Ingest:
+    """The stage ``textbooks-data stage=ingest`` runs: filter ``stage.inputs`` into ``stage.out_dir``."""
+    return Ingest(dataclass_from(IngestConfig, cfg.stage, "stage ingest"))

@@ -341,8 +341,7 @@ class Decontaminate(Stage):
     def summarize(self, task: Task) -> dict[str, Any]:
         c = self.config
         scored = task.shard_stats("score")
-        read = ReadStats.merge([s["read"] for s in scored])
-        read.check(c.max_bad_fraction, f"decontaminate {c.inputs}")
+        read = task.reads("score", c.max_bad_fraction, f"decontaminate {c.inputs}")
         n = len(task.plan["shards"])
         score_dir = task.data_dir("score")
         scores = pa.concat_tables(pq.read_table(score_dir / f"{i:05d}.scores.parquet") for i in range(n))
@@ -392,10 +391,8 @@ def decontaminate(
     return run_on(Decontaminate(cfg), executor, progress=progress)
 
 
-def run_stage(cfg: Any) -> dict[str, Any]:
-    """``textbooks-data stage=decontaminate``: score, report and prune ``stage.inputs``."""
+def from_config(cfg: Any) -> Decontaminate:
+    """The stage ``textbooks-data stage=decontaminate`` runs: score, report and prune ``stage.inputs``."""
     c = dataclass_from(DecontamConfig, cfg.stage, "stage decontaminate")
     c.benchmarks = list(c.benchmarks) if isinstance(c.benchmarks, (list, tuple)) else [c.benchmarks]
-    return decontaminate(
-        c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True)
-    )
+    return Decontaminate(c)

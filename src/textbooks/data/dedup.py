@@ -357,8 +357,7 @@ class Dedup(Stage):
 
     def summarize(self, task: Task) -> dict[str, Any]:
         sig = task.shard_stats("signatures")
-        read = ReadStats.merge([s["read"] for s in sig])
-        read.check(self.config.max_bad_fraction, f"dedup {self.config.inputs}")
+        read = task.reads("signatures", self.config.max_bad_fraction, f"dedup {self.config.inputs}")
         c = task.stats_of("cluster")[0]
         total = summed(sig, ("documents", "chars"))
         n = total.get("documents", 0)
@@ -442,7 +441,6 @@ def dedup(
     return run_on(Dedup(cfg), executor, progress=progress)
 
 
-def run_stage(cfg: Any) -> dict[str, Any]:
-    """``textbooks-data stage=dedup``: deduplicate ``stage.inputs`` into ``stage.out_dir``."""
-    c = dataclass_from(DedupConfig, cfg.stage, "stage dedup")
-    return dedup(c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True))
+def from_config(cfg: Any) -> Dedup:
+    """The stage ``textbooks-data stage=dedup`` runs: deduplicate ``stage.inputs`` into ``stage.out_dir``."""
+    return Dedup(dataclass_from(DedupConfig, cfg.stage, "stage dedup"))

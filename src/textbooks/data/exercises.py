@@ -321,8 +321,7 @@ class Exercises(SharedCache, Stage):
         reasons = summed([s["reasons"] for s in task.shard_stats(first)] + [sel["reasons"]])
         extra: dict[str, Any] = {}
         if cfg.source == "mined":
-            read = ReadStats.merge([s["read"] for s in task.shard_stats(first)])
-            read.check(cfg.max_bad_fraction, f"exercises input {cfg.inputs}")
+            read = task.reads(first, cfg.max_bad_fraction, f"exercises input {cfg.inputs}")
             extra["read"] = read.to_dict()
         else:
             extra["llm"] = summed([t["llm"] for t in task.stats_of(first)])
@@ -342,12 +341,10 @@ class Exercises(SharedCache, Stage):
         }
 
 
-def run_stage(cfg: Any) -> dict:
-    """``textbooks-data stage=exercises``: synthetic (``stage.source=synthetic``) or mined exercises."""
+def from_config(cfg: Any) -> Exercises:
+    """The stage ``textbooks-data stage=exercises`` runs: synthetic or mined exercises."""
     ecfg = dataclass_from(ExercisesConfig, cfg.stage, "stage (exercises)")
-    llm = LLMConfig.from_dict(cfg.llm) if ecfg.source == "synthetic" else None
-    ex = ExecutorConfig.from_config(cfg.get("executor"))
-    return build_exercises(ecfg, llm, ex, progress=bool(cfg.get("progress", True)))
+    return Exercises(ecfg, LLMConfig.from_dict(cfg.llm) if ecfg.source == "synthetic" else None)
 
 
 def build_exercises(

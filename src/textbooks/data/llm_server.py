@@ -321,8 +321,8 @@ def llm_endpoint(llm: LLMConfig | Mapping[str, Any] | Any | None) -> Iterator[LL
       ``llm=local llm.base_url=http://...`` uses that server and starts nothing; any other preset is
       passed through unchanged. The cache key does not include the URL, so answers from the local
       server are reused whichever port it had.
-    * The stage must use the yielded config, e.g. ``cfg.llm.base_url = llm.base_url`` before calling
-      ``run_stage(cfg)`` (``LLMConfig.from_dict`` then sees a URL), or pass ``llm`` to ``LLMClient``.
+    * The caller uses the yielded config: the LLM stages build their ``LLMClient`` from it inside each task
+      (so on a cluster every task starts a server on its own node).
     * On exit, however the block ends (return, exception, ``KeyboardInterrupt``), a server it started
       is stopped (SIGTERM, then SIGKILL); exceptions propagate. An ``LLMUnreachableError`` from the block
       while the local server runs becomes one ``LocalServerError`` naming the server's command line,

@@ -170,8 +170,7 @@ class Pack(Stage):
 
     def summarize(self, task: Task) -> dict[str, Any]:
         shards = task.shard_stats("encode")
-        read = ReadStats.merge([s["read"] for s in shards])
-        read.check(self.config.max_bad_fraction, f"pack {self.config.inputs}")
+        read = task.reads("encode", self.config.max_bad_fraction, f"pack {self.config.inputs}")
         enc = load_tokenizer(self.config.tokenizer)
         total = summed(shards, ("documents", "tokens"))
         return {
@@ -221,8 +220,8 @@ def pack(cfg: PackConfig, executor: ExecutorConfig | None = None, *, progress: b
     return run_on(Pack(cfg), executor, progress=progress)
 
 
-def run_stage(cfg: Any) -> dict:
-    """``textbooks-data stage=pack``: pack a named component, or ``stage.inputs`` into ``stage.out_dir``."""
+def from_config(cfg: Any) -> Pack:
+    """The stage ``textbooks-data stage=pack`` runs: a named component, or ``stage.inputs`` into ``stage.out_dir``."""
     c = dataclass_from(PackConfig, cfg.stage, "stage pack")
     if c.component is not None:
         if c.component not in c.components:
@@ -236,4 +235,4 @@ def run_stage(cfg: Any) -> dict:
             "stage=pack needs stage.component=<name> or both stage.inputs=[...] and stage.out_dir=..."
         )
     c.inputs = [c.inputs] if isinstance(c.inputs, str) else list(c.inputs)
-    return pack(c, ExecutorConfig.from_config(cfg.get("executor")), progress=cfg.get("progress", True))
+    return Pack(c)

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from textbooks.data.inputs import WORK_DIR
 from textbooks.data.manifest import MANIFEST, fingerprint_input, read_manifest
+from textbooks.data.reader import ReadStats
 from textbooks.errors import TextbooksError
 from textbooks.io import config_hash, remove_stale_temporaries, write_json_atomic
 
@@ -135,6 +136,13 @@ class Task:
             out[str(i)] = stats = work(i)
             write_json_atomic(f, stats)
         return {"shards": out}
+
+    def reads(self, step: str, max_bad_fraction: float, what: str) -> ReadStats:
+        """The read counts of every shard of ``step`` summed, after failing the stage (one ``DataError``)
+        when malformed records and unreadable files exceed ``max_bad_fraction`` of them."""
+        read = ReadStats.merge([s["read"] for s in self.shard_stats(step)])
+        read.check(max_bad_fraction, what)
+        return read
 
     def shard_stats(self, step: str) -> list[dict[str, Any]]:
         """The per-shard stats of an earlier ``each_shard`` step, in shard order."""

@@ -384,11 +384,11 @@ class Synthesize(SharedCache, Stage):
         }
 
 
-def run_stage(cfg: Any) -> dict:
-    """``textbooks-data stage=textbooks``: generate ``stage.n`` textbook sections into ``stage.out_dir``."""
-    scfg = dataclass_from(SynthConfig, cfg.stage, "stage (textbooks)")
-    ex = ExecutorConfig.from_config(cfg.get("executor"))
-    return synthesize(scfg, LLMConfig.from_dict(cfg.llm), ex, progress=bool(cfg.get("progress", True)))
+def from_config(cfg: Any) -> Synthesize:
+    """The stage ``textbooks-data stage=textbooks`` runs: ``stage.n`` textbook sections into ``stage.out_dir``."""
+    return Synthesize(
+        dataclass_from(SynthConfig, cfg.stage, "stage (textbooks)"), LLMConfig.from_dict(cfg.llm)
+    )
 
 
 def synthesize(
