@@ -1,0 +1,88 @@
+"""The static checks of synthetic data on concrete texts: code blocks found, parsed, judged self-contained;
+doctest examples counted."""
+
+from __future__ import annotations
+
+import textwrap
+
+from textbooks.data.checks import check_section, code_blocks, doctest_examples, self_contained
+
+SECTION = textwrap.dedent(
+    """
+    # Loops
+
+    A `for` loop walks over a list:
+
+    ```python
+    numbers = [3, 1, 2]
+    total = 0
+    for n in numbers:
+        total += n
+    print(total)
+    ```
+
+    The same with `sum`:
+
+    ```
+    print(sum(numbers))
+    ```
+
+    A shell session is not Python:
+
+    ```bash
+    python loops.py
+    ```
+    """
+)
+
+
+def test_code_blocks_are_the_python_fences_in_order() -> None:
+    blocks = code_blocks(SECTION)
+    assert (
+        len(blocks) == 2
+        and blocks[0].startswith("numbers = [3, 1, 2]")
+        and blocks[1] == "print(sum(numbers))\n"
+    )
+
+
+def test_a_section_runs_its_blocks_together_when_they_stand_on_their_own() -> None:
+    check = check_section(SECTION, min_chars=50)
+    assert check.verdict == "run" and check.blocks == 2
+    assert "print(total)" in check.program and check.program.rstrip().endswith("print(sum(numbers))")
+    assert check_section("short", min_chars=50).verdict == "too_short"
+    assert check_section("No code at all, only words. " * 5, min_chars=50).verdict == "no_code"
+    broken = SECTION.replace("for n in numbers:", "for n in numbers")
+    assert check_section(broken, min_chars=50).verdict == "syntax"
+    uses_earlier = "Text " * 20 + "\n```python\nprint(result_from_the_previous_section)\n```\n"
+    assert check_section(uses_earlier, min_chars=50).verdict == "kept"
+
+
+def test_self_contained_means_stdlib_only_no_unknown_names_no_input() -> None:
+    assert self_contained("import math\nfrom collections import Counter\nprint(math.pi, Counter('aab'))\n")
+    assert self_contained("def f(x):\n    return [y for y in range(x)]\nprint(f(3))\n")
+    assert not self_contained("import numpy as np\nprint(np.zeros(3))\n")
+    assert not self_contained("from .local import thing\n")
+    assert not self_contained("name = input('Your name? ')\nprint(name)\n")
+    assert not self_contained("print(undefined_variable)\n")
+
+
+def test_doctest_examples_are_counted_on_the_entry_point() -> None:
+    code = textwrap.dedent(
+        '''
+        def add(a: int, b: int) -> int:
+            """Add two numbers.
+
+            >>> add(1, 2)
+            3
+            >>> add(-1, 1)
+            0
+            """
+            return a + b
+
+
+        def other():
+            """>>> other()"""
+        '''
+    )
+    assert doctest_examples(code, "add") == 2 and doctest_examples(code, "missing") == 0
+    assert doctest_examples("def f():\n    '''No examples.'''\n    return 1\n", "f") == 0
