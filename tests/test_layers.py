@@ -20,9 +20,8 @@ LAYERS = [
     ("textbooks.data",),
     ("textbooks.eval",),
     ("textbooks.train",),
-    ("textbooks.report", "textbooks.sweep"),
-    ("textbooks.demo", "textbooks.data.app", "textbooks.eval.app", "textbooks.train.app", "textbooks.report.collect",
-     "textbooks.sweep.collect"),
+    ("textbooks.report",),
+    ("textbooks.demo", "textbooks.data.app", "textbooks.eval.app", "textbooks.train.app", "textbooks.report.collect"),
 ]  # fmt: skip
 
 

@@ -150,7 +150,7 @@ def run_dir(overrides: list[str]) -> Path:
 
 def report(cfg: DictConfig, work: Path) -> dict:
     """Print the runs table, draw Figure 2.1 and the loss curves, from the tables textbooks-collect wrote."""
-    from textbooks.sweep.plots import bars_table, plot_curves, plot_figure_2_1
+    from textbooks.report.plots import bars_table, plot_curves, plot_figure_2_1
 
     runs = pd.read_parquet(work / "runs.parquet")
     curves = pd.read_parquet(work / "curves.parquet")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from textbooks.sweep.collect import collect
+from textbooks.report.collect import collect
 
 BIN = Path(sys.executable).parent
 PACKAGES = ("json", "email", "logging", "importlib")
