@@ -14,8 +14,8 @@ from textbooks.eval.passk import aggregate_pass_at_k
 from textbooks.eval.plus import CHUNK, input_template
 from textbooks.eval.problems import ProblemSet, load_benchmark, load_humaneval, load_mbpp
 from textbooks.eval.prompts import build_program
-from textbooks.eval.sandbox import Limits, Sandbox
 from textbooks.eval.score import TIMING_FIELDS, SamplesError, main, score_canonical, score_samples
+from textbooks.sandbox import Limits, Sandbox
 
 
 @pytest.fixture(scope="module")

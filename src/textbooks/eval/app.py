@@ -56,9 +56,9 @@ from textbooks.eval.prompts import (
     mbpp_fewshot_examples,
     stop_sequences,
 )
-from textbooks.eval.sandbox import Limits
 from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
 from textbooks.io import atomic_path, sha256_file, write_json_atomic
+from textbooks.sandbox import Limits
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from textbooks.eval.prompts import (
     stop_sequences,
     truncate,
 )
-from textbooks.eval.sandbox import STATUSES, ExecResult, Limits, Program, Sandbox, open_sandbox
 from textbooks.io import atomic_path, write_json_atomic
+from textbooks.sandbox import STATUSES, ExecResult, Limits, Program, Sandbox, open_sandbox
 
 RESULTS_SUFFIX = "_results.jsonl"
 SUMMARY_NAME = "results.json"
@@ -295,7 +295,7 @@ def score_samples(
     stops = stop_sequences(fmt) if truncate_at_stop else ()
     completions = [truncate(s.completion, stops) if stops else s.completion for s in sf.samples]
     programs = [
-        build_program(problems[s.task_id], c, fmt, include_challenge=include_challenge, plus=plus)
+        build_program(problems[s.task_id], c, fmt, include_challenge=include_challenge)
         for s, c in zip(sf.samples, completions)
     ]
     results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
@@ -354,7 +354,7 @@ def score_canonical(
     ``results.json`` into ``out_dir`` when given."""
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     probs = list(problems)
-    programs = [reference_program(p, include_challenge=include_challenge, plus=plus) for p in probs]
+    programs = [reference_program(p, include_challenge=include_challenge) for p in probs]
     results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
     base = [base_passed(p, r, include_challenge=include_challenge, plus=plus) for p, r in zip(probs, results)]
     records = [_record({}, p.task_id, p.canonical_solution, 0, r, b) for p, r, b in zip(probs, results, base)]
