@@ -56,7 +56,7 @@ from textbooks.eval.prompts import (
     mbpp_fewshot_examples,
     stop_sequences,
 )
-from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
+from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples, write_records
 from textbooks.io import atomic_path, sha256_file, write_json_atomic
 from textbooks.sandbox import Limits
 
@@ -378,9 +378,7 @@ def _score(
         **common,
     )
     results_path = out / (samples_path.name + RESULTS_SUFFIX)
-    with atomic_path(results_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for rec in report.records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_records(results_path, report.records)
     return {**report.summary, "results_file": str(results_path)}
 
 

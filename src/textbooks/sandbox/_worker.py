@@ -135,9 +135,13 @@ class Worker:
 
     def value(self, obj: object, refs: bool) -> list:
         try:
+            if not refs and (big := plain.digest(obj)) is not None:
+                return ["ok", big]
             return ["ok", plain.to_json(obj, self.ref if refs else None)]
         except plain.PlainDataError as e:
             return ["bad", str(e)]
+        except MemoryError:
+            return ["bad", "the output does not fit in memory to be sent"]
 
     # -- running -----------------------------------------------------------------------------------------
     def setup(self, namespace: dict) -> bool:

@@ -14,21 +14,31 @@ The wire format is JSON (C-parsed, no code runs while reading it): ``None``, boo
 a one-key object, ``{"t": [...]}`` a tuple, ``{"s": [...]}`` a set, ``{"f": [...]}`` a frozenset, ``{"d":
 [[k, v], ...]}`` a dict, ``{"c": [re, im]}`` a complex, ``{"b": "..."}`` bytes (latin-1), ``{"y": "..."}`` a
 bytearray, ``{"x": "-ff"}`` a larger int (hex), ``{"T": "int"}`` a built-in type, ``{"o": "Match"}`` an
-object that is not plain data, and ``{"h": [id, type, truth]}`` a reference the judging side may pass back
-(see ``_judge.py``). Arrays are lists.
+object that is not plain data, ``{"z": [sha256, bytes]}`` a value too large to send (``Digest``) and
+``{"h": [id, type, truth]}`` a reference the judging side may pass back (see ``_judge.py``). Arrays are
+lists.
+
+A value whose ``marshal`` form (version 0: no sharing, a function of the value alone) is over
+``DIGEST_OVER`` bytes travels as the SHA-256 of that form (``digest``): two such values are equal when
+their digests are, and a program cannot produce the digest of an expected output it does not know. It
+is exact for the large outputs benchmarks have (long strings, lists of numbers or tuples); equal values
+built differently (a set filled in another order, ``1`` for ``1.0``) get different digests.
 
 Standard library only: the fork server and the programs import this module too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import marshal
 from collections.abc import Callable
 from typing import Any
 
 MAX_INT_DIGITS = 4000  # below the interpreter's int/str conversion limit (4300)
 _INT_LIMIT = 10**MAX_INT_DIGITS
 MAX_HEX_DIGITS = 1 << 20  # ints up to ~4 million bits
+DIGEST_OVER = 1 << 20  # values larger than this (marshal bytes) travel as their digest
 BUILTIN_TYPES: dict[str, type] = {
     t.__name__: t
     for t in (
@@ -68,6 +78,36 @@ class Opaque:
 
     def __repr__(self) -> str:
         return f"<{self.type_name} object>"
+
+
+class Digest:
+    """Stands for a value too large to send: equal to another ``Digest`` of the same value only."""
+
+    __slots__ = ("sha256", "size")
+
+    def __init__(self, sha256: str, size: int) -> None:
+        self.sha256, self.size = sha256, size
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Digest) and other.sha256 == self.sha256 and other.size == self.size
+
+    def __hash__(self) -> int:
+        return hash(self.sha256)
+
+    def __repr__(self) -> str:
+        return f"<a value of {self.size:,} bytes, sha256 {self.sha256[:12]}>"
+
+
+def digest(obj: Any, over: int = DIGEST_OVER) -> dict[str, Any] | None:
+    """``{"z": [sha256, size]}`` for a value whose marshal form is over ``over`` bytes; None for a smaller
+    value or one that marshal cannot write (then it is sent as plain data, or found not to be)."""
+    try:
+        data = marshal.dumps(obj, 0)
+    except (ValueError, TypeError, RecursionError, MemoryError):
+        return None
+    if len(data) <= over:
+        return None
+    return {"z": [hashlib.sha256(data).hexdigest(), len(data)]}
 
 
 def _opaque_tag(obj: object) -> dict[str, Any]:
@@ -121,6 +161,8 @@ def to_json(obj: Any, ref: Callable[[object], Any] | None = None) -> Any:
             return {"b": bytes(x).decode("latin-1")}
         if isinstance(x, bytearray):
             return {"y": bytes(x).decode("latin-1")}
+        if t is Digest:
+            return {"z": [x.sha256, x.size]}
         return ref(x)
 
     try:
@@ -183,6 +225,14 @@ def make_hook(handle: Callable[[Any], Any] | None = None) -> Callable[[dict[str,
                 return BUILTIN_TYPES[v]
             if tag == "o" and isinstance(v, str):
                 return Opaque(v[:100])
+            if (
+                tag == "z"
+                and isinstance(v, list)
+                and len(v) == 2
+                and isinstance(v[0], str)
+                and type(v[1]) is int
+            ):
+                return Digest(v[0][:64], v[1])
             if tag == "h" and handle is not None:
                 return handle(v)
         except (TypeError, ValueError, UnicodeError) as e:
