@@ -84,10 +84,10 @@ def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     p = problems["HumanEval/0"]
     refs = References()
     refs.ensure(sandbox, [p])
-    program = sample_program(p, p.prompt + "    return False\n", refs[p.task_id])
-    assert program.n_calls == len(p.extra["base_input"]) + len(p.extra["plus_input"])
-    assert [g.size for g in program.groups] == [len(p.extra["base_input"]), len(p.extra["plus_input"])]
-    assert p.canonical_solution.strip() not in program.setup  # the reference never runs in a sample's program
+    code = p.prompt + "    return False\n"
+    base, extra = (sample_program(p, code, refs[p.task_id], which) for which in ("base", "plus"))
+    assert (base.n_calls, extra.n_calls) == (len(p.extra["base_input"]), len(p.extra["plus_input"]))
+    assert p.canonical_solution.strip() not in base.setup + extra.setup  # no reference in a sample's program
 
 
 def test_mbpp_plus_reference_solutions_pass_their_base_tests(

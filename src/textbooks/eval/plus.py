@@ -7,8 +7,9 @@ the base inputs alone. As in EvalPlus:
 * the reference's outputs and its time on each input are computed once per problem (``References``,
   in the sandbox, optionally cached on disk) and shared by every sample; a sample's program holds only
   its own code and the inputs, never the reference or the expected outputs;
-* the sample's function is called on each input in turn, base inputs first, and each output is compared
-  here, in the harness, with EvalPlus's rules (``outputs_match``): equal (``==``); for the three MBPP+
+* the sample's function is called on each input in turn, the base inputs in one process, then the plus
+  inputs in another (a sample's state never carries over), and each output is compared here, in the
+  harness, with EvalPlus's rules (``Comparison``): equal (``==``); for the three MBPP+
   tasks whose reference returns a match object, only whether the output is None; for eight MBPP+ tasks
   equal as sets; four MBPP+ tasks accept an alternative answer; ``find_zero`` (HumanEval/32) accepts any
   root ``|poly(xs, x)| <= atol``; otherwise, when the problem has an ``atol`` or an expected output is a
@@ -16,7 +17,8 @@ the base inputs alone. As in EvalPlus:
   does), the same type, the same length and ``numpy.allclose(out, exp, rtol=1e-7, atol=atol)``;
 * each call has a wall-clock limit of ``max(4 s, 4 x the reference's time on that input)`` and each group
   (base, plus) at most ``min(60 s, the sum of its limits) + 2 s``; the first wrong output, exception or
-  timeout ends the group (EvalPlus's ``fast_check``), and a failed base group ends the sample;
+  timeout ends the group (EvalPlus's ``fast_check``); a sample that failed its base inputs fails, so its
+  plus inputs are not run; one that passed them keeps that verdict whatever its plus inputs do;
 * MBPP+ inputs are stored as JSON: ``mbpp_deserialize_inputs`` (EvalPlus's own table) gives them their
   tuples, sets and complex numbers back; the program runs without ``__name__ == "__main__"`` and without
   what EvalPlus's ``reliability_guard`` takes away (``open``, ``os.remove``, ``exit`` ... are None).
@@ -274,9 +276,8 @@ class Reference:
         )
 
 
-def _encoded_inputs(problem: Problem, plus: bool) -> bytes:
-    args = inputs(problem, "base") + (inputs(problem, "plus") if plus else [])
-    return plain.encode([list(a) for a in args])
+def _encoded_inputs(problem: Problem, which: str) -> bytes:
+    return plain.encode([list(a) for a in inputs(problem, which)])
 
 
 class References:
@@ -286,15 +287,16 @@ class References:
     def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.refs: dict[str, Reference] = {}
-        self._inputs: dict[tuple[str, bool], bytes] = {}
+        self._inputs: dict[tuple[str, str], bytes] = {}
 
     def __getitem__(self, task_id: str) -> Reference:
         return self.refs[task_id]
 
-    def encoded_inputs(self, problem: Problem, plus: bool) -> bytes:
-        key = (problem.task_id, plus)
+    def encoded_inputs(self, problem: Problem, which: str) -> bytes:
+        """``plain.encode`` of the ``base`` or ``plus`` inputs (once per problem)."""
+        key = (problem.task_id, which)
         if key not in self._inputs:
-            self._inputs[key] = _encoded_inputs(problem, plus)
+            self._inputs[key] = _encoded_inputs(problem, which)
         return self._inputs[key]
 
     def _cache_path(self, problem: Problem) -> Path | None:
@@ -309,7 +311,8 @@ class References:
             reference_code(problem),
         ):
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
-        h.update(self.encoded_inputs(problem, True))
+        h.update(self.encoded_inputs(problem, "base"))
+        h.update(self.encoded_inputs(problem, "plus"))
         return self.cache_dir / f"{problem.task_id.replace('/', '_')}-{h.hexdigest()[:16]}.json"
 
     def ensure(self, sandbox: Sandbox, problems: Sequence[Problem], progress: bool = False) -> None:
@@ -400,40 +403,39 @@ def sample_program(
     problem: Problem,
     code: str,
     ref: Reference,
+    which: str = "base",
     *,
-    plus: bool = True,
     encoded: bytes | None = None,
     min_time_limit: float = MIN_TIME_LIMIT_S,
     time_limit_factor: float = TIME_LIMIT_FACTOR,
 ) -> CallProgram:
-    """The program that calls a sample's function on the base (then the plus) inputs."""
-    base = time_limits(ref.base_time, min_time_limit, time_limit_factor)
-    groups = [CallGroup(len(base), base, group_wall(base))]
-    if plus and ref.plus_time:
-        extra = time_limits(ref.plus_time, min_time_limit, time_limit_factor)
-        groups.append(CallGroup(len(extra), extra, group_wall(extra)))
+    """The program that calls a sample's function on the ``base`` or the ``plus`` inputs (EvalPlus runs
+    each group in a process of its own, so a sample's state never carries from one to the other)."""
+    limits = time_limits(
+        ref.base_time if which == "base" else ref.plus_time, min_time_limit, time_limit_factor
+    )
     return CallProgram(
         setup=code,
         entry_point=problem.entry_point,
-        inputs=encoded if encoded is not None else _encoded_inputs(problem, plus),
-        groups=tuple(groups),
+        inputs=encoded if encoded is not None else _encoded_inputs(problem, which),
+        groups=(CallGroup(len(limits), limits, group_wall(limits)),),
         return_args=problem.entry_point in USES_ARGUMENTS,
         evalplus_guard=True,
     )
 
 
 @dataclass
-class SampleCheck:
-    """What the harness saw of one sample: calls that passed in order, and the first failure."""
+class GroupCheck:
+    """What the harness saw of one group of calls: how many passed in order, and the first failure."""
 
-    n_base: int
-    n_total: int
+    which: str
+    n: int
     passed_calls: int = 0
     failure: tuple[str | int, str, str, str] | None = None  # (phase, status, error type, message)
 
-
-def _where(i: int, n_base: int) -> str:
-    return f"base input {i}" if i < n_base else f"plus input {i - n_base}"
+    @property
+    def passed(self) -> bool:
+        return self.failure is None and self.passed_calls >= self.n
 
 
 def _short(x: Any) -> str:
@@ -444,6 +446,55 @@ def _short(x: Any) -> str:
     return text[:MESSAGE_CHARS]
 
 
+def run_group(
+    sandbox: Sandbox,
+    problem: Problem,
+    program: CallProgram,
+    expected: Sequence[Any],
+    which: str,
+    offset: int = 0,
+) -> tuple[GroupCheck, ExecResult]:
+    """Run one group of calls and compare each output as it arrives; stops at the first failure.
+
+    ``offset`` numbers the calls (``phase``) after the ones of earlier groups."""
+    seen = GroupCheck(which, len(expected))
+    compare = Comparison(problem)
+
+    def take(i: int, rec: list) -> bool:
+        if i == -1:
+            if rec == ["ready"]:
+                return True
+            if rec[0] in ("setup_error", "raised") and len(rec) == 3:  # raised: no such function
+                seen.failure = ("setup", "error", str(rec[1]), str(rec[2]))
+            else:
+                seen.failure = ("setup", "error", "ProtocolError", _short(rec))
+            return False
+        if i >= seen.n:
+            return False
+        where = f"{which} input {i}"
+        if rec[0] == "ok" and len(rec) >= 3:
+            inp = rec[3] if len(rec) > 3 and isinstance(rec[3], list) else ()  # USES_ARGUMENTS only
+            if compare(rec[1], expected[i], inp):
+                seen.passed_calls = i + 1
+                return True
+            seen.failure = (
+                offset + i,
+                "failed",
+                "AssertionError",
+                f"{where}: expected {_short(expected[i])}, got {_short(rec[1])}",
+            )
+        elif rec[0] == "raised" and len(rec) == 3:
+            seen.failure = (offset + i, "error", str(rec[1]), f"{where}: {rec[2]}")
+        elif rec[0] == "bad":
+            seen.failure = (offset + i, "error", "NotPlainData", f"{where}: {rec[1] if len(rec) > 1 else ''}")
+        else:
+            seen.failure = (offset + i, "error", "ProtocolError", f"{where}: {_short(rec)}")
+        return False
+
+    r = sandbox.run_calls(program, take)
+    return seen, _result(r, seen, program, offset)
+
+
 def check_sample(
     sandbox: Sandbox,
     problem: Problem,
@@ -451,67 +502,41 @@ def check_sample(
     ref: Reference,
     *,
     plus: bool = True,
-    encoded: bytes | None = None,
+    references: References | None = None,
     min_time_limit: float = MIN_TIME_LIMIT_S,
     time_limit_factor: float = TIME_LIMIT_FACTOR,
 ) -> tuple[ExecResult, bool]:
-    """Score one sample: (its result, whether it passed the base inputs)."""
+    """Score one sample: (its result, whether it passed the base inputs). The plus inputs run only after
+    the base ones passed (the sample fails either way otherwise)."""
     if ref.error is not None:
         return ExecResult("error", "ReferenceError", ref.error), False
-    program = sample_program(
-        problem,
-        code,
-        ref,
-        plus=plus,
-        encoded=encoded,
-        min_time_limit=min_time_limit,
-        time_limit_factor=time_limit_factor,
-    )
-    n_base = len(ref.base)
-    expected = ref.base + (ref.plus if plus else [])
-    seen = SampleCheck(n_base, len(expected))
-    compare = Comparison(problem)
-    atol0 = compare.atol
-
-    def take(i: int, rec: list) -> bool:
-        if i == -1:
-            if rec == ["ready"]:
-                return True
-            if (rec[0] == "setup_error" and len(rec) == 3) or (rec[0] == "raised" and len(rec) == 3):
-                seen.failure = ("setup", "error", str(rec[1]), str(rec[2]))
-            else:
-                seen.failure = ("setup", "error", "ProtocolError", _short(rec))
-            return False
-        if i >= len(expected):
-            return False
-        if i == n_base:
-            compare.atol = atol0  # EvalPlus checks the plus inputs in a process of their own
-        where = _where(i, n_base)
-        if rec[0] == "ok" and len(rec) >= 3:
-            out = rec[1]
-            inp = rec[3] if len(rec) > 3 and isinstance(rec[3], list) else ()  # USES_ARGUMENTS only
-            if compare(out, expected[i], inp):
-                seen.passed_calls = i + 1
-                return True
-            seen.failure = (
-                i,
-                "failed",
-                "AssertionError",
-                f"{where}: expected {_short(expected[i])}, got {_short(out)}",
-            )
-        elif rec[0] == "raised" and len(rec) == 3:
-            seen.failure = (i, "error", str(rec[1]), f"{where}: {rec[2]}")
-        elif rec[0] == "bad":
-            seen.failure = (i, "error", "NotPlainData", f"{where}: {rec[1] if len(rec) > 1 else ''}")
-        else:
-            seen.failure = (i, "error", "ProtocolError", f"{where}: {_short(rec)}")
-        return False
-
-    r = sandbox.run_calls(program, take)
-    return _result(r, seen, program)
+    results = []
+    for which, expected, offset in (("base", ref.base, 0), ("plus", ref.plus, len(ref.base))):
+        if which == "plus" and not (plus and expected):
+            break
+        program = sample_program(
+            problem,
+            code,
+            ref,
+            which,
+            encoded=references.encoded_inputs(problem, which) if references is not None else None,
+            min_time_limit=min_time_limit,
+            time_limit_factor=time_limit_factor,
+        )
+        seen, result = run_group(sandbox, problem, program, expected, which, offset)
+        results.append(result)
+        if not seen.passed:
+            return result, which != "base"
+    if len(results) > 1:  # report the whole sample's time
+        last = results[-1]
+        last.wall_s = round(sum(r.wall_s for r in results), 4)
+        last.cpu_s = (
+            None if any(r.cpu_s is None for r in results) else round(sum(r.cpu_s for r in results), 4)
+        )
+    return results[-1], True
 
 
-def _result(r: CallsResult, seen: SampleCheck, program: CallProgram) -> tuple[ExecResult, bool]:
+def _result(r: CallsResult, seen: GroupCheck, program: CallProgram, offset: int) -> ExecResult:
     common = {
         "wall_s": r.wall_s,
         "cpu_s": r.cpu_s,
@@ -523,35 +548,43 @@ def _result(r: CallsResult, seen: SampleCheck, program: CallProgram) -> tuple[Ex
         "stderr_bytes": r.stderr_bytes,
         "orphans_killed": r.orphans_killed,
     }
-    base_ok = seen.passed_calls >= seen.n_base
-    if seen.passed_calls >= seen.n_total and seen.failure is None:
-        return ExecResult("passed", **common), True
+    if seen.passed:
+        return ExecResult("passed", **common)
     if seen.failure is not None:
         phase, status, etype, message = seen.failure
-        return ExecResult(status, etype, message, phase=phase, **common), base_ok
+        return ExecResult(status, etype, message, phase=phase, **common)
     i = seen.passed_calls  # the call that did not answer
-    where = _where(i, seen.n_base) if i < seen.n_total else "the end"
-    if r.end in ("call_limit", "group_cap", "wall"):
-        if r.end == "call_limit":
-            group = program.groups[0] if i < seen.n_base else program.groups[-1]
-            limit = group.time_limits[i - (0 if i < seen.n_base else seen.n_base)] if group.time_limits else 0
-            return ExecResult(
-                "timeout", "TimeLimit", f"{where}: over its {limit:g} s limit", phase=i, **common
-            ), base_ok
+    where = f"{seen.which} input {i}"
+    phase = offset + i
+    if r.end == "call_limit":
+        limit = program.groups[0].time_limits[i] if program.groups[0].time_limits else 0
         return ExecResult(
-            "timeout", "WallTimeout", f"{where}: the group's wall-clock limit", phase=i, **common
-        ), base_ok
+            "timeout", "TimeLimit", f"{where}: over its {limit:g} s limit", phase=phase, **common
+        )
+    if r.end in ("group_cap", "wall"):
+        cap = program.groups[0].wall_s
+        return ExecResult(
+            "timeout",
+            "WallTimeout",
+            f"{where}: the {seen.which} inputs' {cap:g} s limit",
+            phase=phase,
+            **common,
+        )
     if r.end == "sandbox":
-        return ExecResult("error", "SandboxError", r.message, phase=i, **common), base_ok
+        return ExecResult("error", "SandboxError", r.message, phase=phase, **common)
     if r.signal and r.end != "stopped":
-        return ExecResult("error", r.signal, f"killed by {r.signal} at {where}", phase=i, **common), base_ok
+        return ExecResult("error", r.signal, f"killed by {r.signal} at {where}", phase=phase, **common)
     if r.end == "garbled":
         return ExecResult(
-            "error", "ProtocolError", f"garbage instead of {where}'s output", phase=i, **common
-        ), base_ok
+            "error", "ProtocolError", f"garbage instead of {where}'s output", phase=phase, **common
+        )
     return ExecResult(
-        "error", "EarlyExit", f"exited with status {r.exit_code} before {where}'s output", phase=i, **common
-    ), base_ok
+        "error",
+        "EarlyExit",
+        f"exited with status {r.exit_code} before {where}'s output",
+        phase=phase,
+        **common,
+    )
 
 
 def score_many(
@@ -584,7 +617,7 @@ def score_many(
                 code,
                 refs[p.task_id],
                 plus=plus,
-                encoded=refs.encoded_inputs(p, plus),
+                references=refs,
                 min_time_limit=min_time_limit,
                 time_limit_factor=time_limit_factor,
             )

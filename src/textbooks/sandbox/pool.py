@@ -334,7 +334,7 @@ def classify(
         return ExecResult(
             "timeout", "CpuLimit", "killed at the program's CPU-time limit", phase=phase, **common
         )
-    if kind == "garbled" and (raw.get("killed") or raw.get("exit_code") is None):
+    if kind == "garbled" and (raw.get("killed") or raw.get("exit_code") != 0):
         return ExecResult(
             "error",
             "ProtocolError",
