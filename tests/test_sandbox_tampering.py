@@ -289,6 +289,8 @@ def test_benchmark_files_and_the_package_are_out_of_reach(
         humaneval_plus.info.source,
     ]
     assert all(Path(p).is_file() for p in paths)  # the attack works where nothing stops it
+    if not sandbox.isolation.filesystem:
+        pytest.skip("no new root filesystem here (needs root for a mount namespace)")
     row = {"task_id": "HumanEval/0", "completion": read_files_attack(paths)}
     for problems, name in ((humaneval, "he"), (humaneval_plus, "plus")):
         (r,) = score(problems, [row], sandbox, tmp_path / f"{name}.jsonl")

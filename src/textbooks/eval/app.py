@@ -48,6 +48,7 @@ from textbooks.eval.generate import (
     resolve_device,
     resolve_dtype,
 )
+from textbooks.eval.plus import References
 from textbooks.eval.problems import Problem, ProblemSet, load_benchmark
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
@@ -364,6 +365,7 @@ def _score(
         "workers": cfg.sandbox.workers,
         "include_challenge": bool(cfg.sandbox.include_challenge),
         "plus": bool(cfg.sandbox.plus),
+        "references": References(cfg.sandbox.get("reference_cache")),
         "progress": bool(cfg.progress),
     }
     if mode == "canonical":

@@ -20,8 +20,9 @@ the base inputs alone. As in EvalPlus:
   timeout ends the group (EvalPlus's ``fast_check``); a sample that failed its base inputs fails, so its
   plus inputs are not run; one that passed them keeps that verdict whatever its plus inputs do;
 * MBPP+ inputs are stored as JSON: ``mbpp_deserialize_inputs`` (EvalPlus's own table) gives them their
-  tuples, sets and complex numbers back; the program runs without ``__name__ == "__main__"`` and without
-  what EvalPlus's ``reliability_guard`` takes away (``open``, ``os.remove``, ``exit`` ... are None).
+  tuples, sets and complex numbers back; the program runs without ``__name__ == "__main__"``, without
+  what EvalPlus's ``reliability_guard`` takes away (``open``, ``os.remove``, ``exit`` ... are None), and
+  with as much room below the function for recursion as EvalPlus leaves (``SAMPLE_RECURSION_ROOM``).
 
 Only plain data crosses from the sample's program to this comparison (``textbooks.sandbox.plain``): an
 object that "equals everything" arrives as an opaque stand-in that equals nothing.
@@ -54,6 +55,12 @@ TIME_LIMIT_FACTOR = 4.0
 TASK_TIMEOUT_S = 60.0  # EvalPlus's EVALPLUS_TIMEOUT_PER_TASK: a group's wall clock is at most this ...
 GROUP_SLACK_S = 2.0  # ... or the sum of its limits, plus EvalPlus's two seconds of join slack
 REFERENCE_WALL_S = 600.0  # per group, for computing a reference's outputs
+# Nested calls that fit below a function EvalPlus calls (Python 3.11, recursion limit 1000): its own frames
+# count against the limit, so a solution that recurses ~970 deep passes the ground truth run from its main
+# process (987) and fails as a sample called inside its worker processes (966). Measured with
+# evalplus 0.3.1's ``evaluate`` (a function that recursed until RecursionError, as reference and sample).
+SAMPLE_RECURSION_ROOM = 966
+REFERENCE_RECURSION_ROOM = 987
 CACHE_VERSION = 1
 MESSAGE_CHARS = 200
 
@@ -351,6 +358,7 @@ def compute_reference(sandbox: Sandbox, problem: Problem) -> Reference:
         entry_point=problem.entry_point,
         inputs=plain.encode([list(a) for a in base_in + plus_in]),
         groups=(CallGroup(n_base, None, REFERENCE_WALL_S), CallGroup(len(plus_in), None, REFERENCE_WALL_S)),
+        recursion_room=REFERENCE_RECURSION_ROOM,
     )
     outs: list[Any] = []
     times: list[float] = []
@@ -421,6 +429,7 @@ def sample_program(
         groups=(CallGroup(len(limits), limits, group_wall(limits)),),
         return_args=problem.entry_point in USES_ARGUMENTS,
         evalplus_guard=True,
+        recursion_room=SAMPLE_RECURSION_ROOM,
     )
 
 

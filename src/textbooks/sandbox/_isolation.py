@@ -219,6 +219,7 @@ class NewRoot:
         self.judge_gid = judge_gid
         self.notes: list[str] = []
         self.processes_hidden = False
+        self.protected: set[str] = set()
 
     def _sources(self) -> tuple[list[str], list[str], dict[str, str]]:
         """(directories to bind, files to bind, symlinks to recreate) at their own paths."""
@@ -261,10 +262,15 @@ class NewRoot:
             fds.append((f, os.open(f, os.O_PATH), False))
         code = os.open(self.code_dir, os.O_PATH | os.O_DIRECTORY)
         devs = [(d, os.open(f"/dev/{d}", os.O_PATH)) for d in DEVICES if os.path.exists(f"/dev/{d}")]
-        hide_fds = [(h, os.path.isdir(h)) for h in hide]
+        # never cover what the interpreter itself needs (a harness without a venv: sys.prefix is Python's)
+        hide_fds = [(h, os.path.isdir(h)) for h in hide if not any(_under(d, [h]) for d in dirs)]
         try:
             mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
             r = staging.rstrip("/")
+            mb = int(self.tmpfs_mb)
+            for d in ("/tmp", "/dev/shm"):  # first: binds of an interpreter under /tmp go on top
+                os.makedirs(r + d, mode=0o755, exist_ok=True)
+                mount("tmpfs", r + d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={mb}m,mode=1777")
             for path, fd, is_dir in fds:
                 target = r + path
                 self._mountpoint(target, is_dir)
@@ -275,7 +281,7 @@ class NewRoot:
             self._mountpoint(r + SANDBOX_MOUNT, True)
             mount(f"/proc/self/fd/{code}", r + SANDBOX_MOUNT, None, MS_BIND, None)
             make_readonly(r + SANDBOX_MOUNT)
-            os.makedirs(r + "/dev", mode=0o755)
+            os.makedirs(r + "/dev", mode=0o755, exist_ok=True)
             for name, fd in devs:
                 self._mountpoint(f"{r}/dev/{name}", False)
                 mount(f"/proc/self/fd/{fd}", f"{r}/dev/{name}", None, MS_BIND, None)
@@ -283,10 +289,6 @@ class NewRoot:
                 os.symlink(dest, f"{r}/dev/{name}")
             os.symlink("/proc/self/fd/1", f"{r}/dev/stdout")
             os.symlink("/proc/self/fd/2", f"{r}/dev/stderr")
-            mb = int(self.tmpfs_mb)
-            for d in ("/tmp", "/dev/shm"):
-                os.makedirs(r + d, mode=0o755, exist_ok=True)
-                mount("tmpfs", r + d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={mb}m,mode=1777")
             self._mount_proc(r + "/proc")
             for h, is_dir in hide_fds:
                 target = r + h
@@ -296,6 +298,10 @@ class NewRoot:
                     mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0555")
                 else:
                     mount(f"/proc/self/fd/{devs[0][1]}", target, None, MS_BIND, None)  # /dev/null over it
+        except OSError:
+            LIBC.umount2(staging.encode(), MNT_DETACH)  # leave the namespace as it was
+            raise
+        else:
             self._pivot(staging)
             mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4m,mode=0755")
         finally:
@@ -304,8 +310,15 @@ class NewRoot:
             os.close(code)
             for _, fd in devs:
                 os.close(fd)
+        # what the per-program wipe of /tmp and /dev/shm must leave alone
+        self.protected = {
+            d[len(base) + 1 :].split("/")[0]
+            for d in dirs + files
+            for base in ("/tmp", "/dev/shm")
+            if d.startswith(base + "/")
+        }
         self.notes.append(
-            "filesystem: new root with " + ", ".join(dirs + files) + f"; {len(hide)} package paths hidden"
+            "filesystem: new root with " + ", ".join(dirs + files) + f"; {len(hide_fds)} package paths hidden"
         )
 
     @staticmethod
@@ -349,8 +362,9 @@ def is_mountpoint(path: str) -> bool:
         return False
 
 
-def empty_dir(path: str) -> None:
-    """Delete everything in ``path`` except mount points (binds the new root placed there)."""
+def empty_dir(path: str, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Delete everything in ``path`` except mount points and the entries named in ``keep`` (which hold
+    binds the new root placed there)."""
     import shutil
 
     try:
@@ -359,6 +373,8 @@ def empty_dir(path: str) -> None:
     except OSError:
         return
     for e in entries:
+        if e.name in keep:
+            continue
         try:
             st = e.stat(follow_symlinks=False)
         except OSError:

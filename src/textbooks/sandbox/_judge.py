@@ -44,6 +44,7 @@ import plain
 MESSAGE_CAP = 256 << 20  # a larger answer is garbage
 MESSAGE_CHARS = 2000
 CPU_GRACE_S = 0.5  # beyond the budget before the judge stops waiting for a call
+GARBAGE_GRACE_S = 0.2  # after garbage, how long the judge watches for the worker's exit
 CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -173,14 +174,26 @@ class Link:
             raise self.dead
         (n,) = struct.unpack(">I", self._read(4))
         if n > MESSAGE_CAP:
-            raise self._fail(Garbled(f"an answer of {n} bytes"))
+            raise self._garbled(f"an answer of {n} bytes")
         try:
             record = plain.decode(self._read(n), self.hook)
         except plain.PlainDataError as e:
-            raise self._fail(Garbled(str(e))) from None
+            raise self._garbled(str(e)) from None
         if not isinstance(record, list) or not record or not isinstance(record[0], str):
-            raise self._fail(Garbled("an answer that is not a record"))
+            raise self._garbled("an answer that is not a record")
         return record
+
+    def _garbled(self, why: str) -> _Stop:
+        """Garbage on the channel: a worker on its way out (it wrote, then exited) is ``gone``, one that
+        goes on is ``garbled``."""
+        deadline = time.monotonic() + GARBAGE_GRACE_S
+        while (left := deadline - time.monotonic()) > 0 and select.select([self.answer_r], [], [], left)[0]:
+            try:
+                if not os.read(self.answer_r, 1 << 16):
+                    return self._fail(WorkerGone())
+            except OSError:
+                return self._fail(WorkerGone())
+        return self._fail(Garbled(why))
 
     def request(self, msg: list) -> list:
         self.send(msg)
@@ -253,6 +266,15 @@ class Remote:
 
     def __setattr__(self, name: str, value: object) -> None:
         self._link.value(self._link.request(["set", self._rid, name, value]))
+
+    def __iter__(self) -> object:
+        return iter(self._link.value(self._link.request(["iter", self._rid])))
+
+    def __len__(self) -> int:
+        return self._link.value(self._link.request(["len", self._rid]))
+
+    def __getitem__(self, key: object) -> object:
+        return self._link.value(self._link.request(["item", self._rid, key]))
 
     def __bool__(self) -> bool:
         return self._truth

@@ -169,6 +169,7 @@ class Server:
         if self.isolate and not self.ipc:
             self.notes.append("ipc: needs root for an IPC namespace per program")
         self.filesystem = self.processes_hidden = False
+        self.keep: set[str] = set()
         if self.isolate:
             self._isolate_filesystem(config)
         if self.filesystem:
@@ -214,6 +215,7 @@ class Server:
             return
         self.notes += new_root.notes
         self.filesystem, self.processes_hidden = True, new_root.processes_hidden
+        self.keep = new_root.protected
 
     def hello(self) -> dict:
         return {
@@ -336,7 +338,7 @@ class Server:
                     os.close(fd)
             shutil.rmtree(workdir, ignore_errors=True)
             for d in self.wipe:
-                iso.empty_dir(d)
+                iso.empty_dir(d, self.keep)
             self.out.clear()
             for b in self.capture.values():
                 b.clear()

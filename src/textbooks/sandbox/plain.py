@@ -14,7 +14,8 @@ The wire format is JSON (C-parsed, no code runs while reading it): ``None``, boo
 a one-key object, ``{"t": [...]}`` a tuple, ``{"s": [...]}`` a set, ``{"f": [...]}`` a frozenset, ``{"d":
 [[k, v], ...]}`` a dict, ``{"c": [re, im]}`` a complex, ``{"b": "..."}`` bytes (latin-1), ``{"y": "..."}`` a
 bytearray, ``{"x": "-ff"}`` a larger int (hex), ``{"T": "int"}`` a built-in type, ``{"o": "Match"}`` an
-object that is not plain data, ``{"z": [sha256, bytes]}`` a value too large to send (``Digest``) and
+object that is not plain data (``{"i": ["generator", [...]]}`` with the items of an iterable one),
+``{"z": [sha256, bytes]}`` a value too large to send (``Digest``) and
 ``{"h": [id, type, truth]}`` a reference the judging side may pass back (see ``_judge.py``). Arrays are
 lists.
 
@@ -68,13 +69,20 @@ class PlainDataError(ValueError):
 class Opaque:
     """Stands for an object that is not plain data (a generator, a ``re.Match``, a custom class).
 
-    It equals only itself, so it never matches an expected value; it is truthy, like most objects.
+    It equals only itself, so it never matches an expected value; it is truthy, like most objects. When the
+    object was iterable, its items were taken (plain data again) and iterating the stand-in gives them, as
+    iterating the object would have (``set(generator)`` works).
     """
 
-    __slots__ = ("type_name",)
+    __slots__ = ("items", "type_name")
 
-    def __init__(self, type_name: str) -> None:
-        self.type_name = type_name
+    def __init__(self, type_name: str, items: list | None = None) -> None:
+        self.type_name, self.items = type_name, items
+
+    def __iter__(self) -> Any:
+        if self.items is None:
+            raise TypeError(f"'{self.type_name}' object is not iterable")
+        return iter(self.items)
 
     def __repr__(self) -> str:
         return f"<{self.type_name} object>"
@@ -110,15 +118,21 @@ def digest(obj: Any, over: int = DIGEST_OVER) -> dict[str, Any] | None:
     return {"z": [hashlib.sha256(data).hexdigest(), len(data)]}
 
 
-def _opaque_tag(obj: object) -> dict[str, Any]:
-    return {"o": type(obj).__name__[:100]}
-
-
 def to_json(obj: Any, ref: Callable[[object], Any] | None = None) -> Any:
     """``obj`` as a JSON-able structure; ``ref(x)`` stands for each value that is not plain data (default:
-    an ``Opaque`` tag). Raises ``PlainDataError`` for a value that contains itself."""
-    ref = ref or _opaque_tag
+    an ``Opaque`` tag, with the items of an iterable object). Raises ``PlainDataError`` for a value that
+    contains itself."""
     active: set[int] = set()
+
+    def opaque(x: Any) -> dict[str, Any]:
+        name = type(x).__name__[:100]
+        try:
+            items = list(iter(x))
+        except Exception:
+            return {"o": name}
+        return {"i": [name, [enc(v) for v in items]]}
+
+    ref = ref or opaque
 
     def enc(x: Any) -> Any:
         t = type(x)
@@ -225,6 +239,8 @@ def make_hook(handle: Callable[[Any], Any] | None = None) -> Callable[[dict[str,
                 return BUILTIN_TYPES[v]
             if tag == "o" and isinstance(v, str):
                 return Opaque(v[:100])
+            if tag == "i" and isinstance(v, list) and len(v) == 2 and isinstance(v[0], str):
+                return Opaque(v[0][:100], list(v[1]))
             if (
                 tag == "z"
                 and isinstance(v, list)

@@ -159,7 +159,9 @@ class CallProgram:
     ``inputs`` is ``plain.encode`` of the list of argument lists. Outputs come back as plain data only.
     ``return_args`` also sends each call's arguments as they are after the call (for checks that use
     them); ``evalplus_guard`` takes from the program what EvalPlus's harness takes (``open``, ``os.*``,
-    ``exit`` ... set to None; stdin unreadable) and runs it without ``__name__ == "__main__"``.
+    ``exit`` ... set to None; stdin unreadable) and runs it without ``__name__ == "__main__"``;
+    ``recursion_room`` calls the function deep enough that at most that many nested calls fit below it
+    (as in another harness, whose own frames count against the recursion limit).
     """
 
     setup: str
@@ -168,6 +170,7 @@ class CallProgram:
     groups: tuple[CallGroup, ...]
     return_args: bool = False
     evalplus_guard: bool = False
+    recursion_room: int | None = None
 
     @property
     def n_calls(self) -> int:
@@ -334,7 +337,7 @@ def classify(
         return ExecResult(
             "timeout", "CpuLimit", "killed at the program's CPU-time limit", phase=phase, **common
         )
-    if kind == "garbled" and (raw.get("killed") or raw.get("exit_code") != 0):
+    if kind == "garbled":  # the judge saw garbage and the worker went on (one that exits is "gone")
         return ExecResult(
             "error",
             "ProtocolError",
@@ -666,6 +669,7 @@ class Sandbox:
                 "entry_point": program.entry_point,
                 "return_args": program.return_args,
                 "evalplus_guard": program.evalplus_guard,
+                "recursion_room": program.recursion_room,
                 "setup_cpu_s": None,
             },
             program.inputs,
