@@ -144,8 +144,9 @@ class Worker:
             return ["bad", "the output does not fit in memory to be sent"]
 
     # -- running -----------------------------------------------------------------------------------------
-    def setup(self, namespace: dict) -> bool:
-        """Execute the code; answer ``ready`` or the setup's failure. True when the program may go on."""
+    def setup(self, namespace: dict, prepare: object = None) -> bool:
+        """Execute the code (then ``prepare(namespace)``); answer ``ready`` or the setup's failure. True when
+        the program may go on."""
         budget = self.header.get("setup_cpu_s")
         try:
             try:
@@ -166,6 +167,12 @@ class Worker:
             _disarm()
             self.answer(["timeout"])
             return False
+        if prepare is not None:
+            try:
+                prepare(namespace)
+            except BaseException as e:  # e.g. no such function (EvalPlus: a KeyError)
+                self.answer(["raised", *describe(e)])
+                return False
         self.answer(["ready"])
         return True
 
@@ -243,28 +250,31 @@ class Worker:
             return ["raised", *describe(e)]
         return self.value(out, True)
 
-    def calls(self, namespace: dict) -> None:
-        """Calls mode: ``entry_point(*args)`` for each input, one record each; stop at an exception."""
-        try:
-            inputs = plain.decode(self.rest)
-            fn = namespace[self.header["entry_point"]]
-        except BaseException as e:
-            self.answer(["raised", *describe(e)])
-            return
-        return_args = bool(self.header.get("return_args"))
+    def prepare_calls(self, namespace: dict) -> None:
+        """Before ``ready``: the inputs decoded, the function found, the padding for ``recursion_room``
+        measured (none of it is any call's time)."""
+        self.inputs = plain.decode(self.rest)
+        self.fn = namespace[self.header["entry_point"]]
         room = self.header.get("recursion_room")
-        pad = max(0, _through(0, _room, ()) - int(room)) if room else 0
+        self.pad = max(0, _through(0, _room, ()) - int(room)) if room else 0
+
+    def calls(self) -> None:
+        """Calls mode: ``entry_point(*args)`` for each input, one record each; stop at an exception.
+
+        A record's time covers the call and the serialising of its output (a reference's outputs are
+        timed the same way, so a large output does not eat into a sample's limit)."""
+        return_args = bool(self.header.get("return_args"))
+        fn, pad = self.fn, self.pad
         clock = time.perf_counter
-        for args in inputs:
+        for args in self.inputs:
             try:
                 t0 = clock()
                 out = _through(pad, fn, args)
-                dt = clock() - t0
             except BaseException as e:
                 self.answer(["raised", *describe(e)])
                 return
             rec = self.value(out, False)
-            rec.append(dt)
+            rec.append(clock() - t0)
             if return_args:
                 rec.append(self.value(args, False)[1] if rec[0] == "ok" else None)
             self.answer(rec)
@@ -369,8 +379,8 @@ def run(payload_fd: int = PAYLOAD_FD, call_fd: int = CALL_FD, answer_fd: int = A
             if header.get("evalplus_guard"):
                 _evalplus_guard()
             del header, rest, payload_fd
-            if worker.setup(namespace):
-                worker.calls(namespace)
+            if worker.setup(namespace, worker.prepare_calls):
+                worker.calls()
     except BaseException:
         code = 70
     for stream in (sys.stdout, sys.stderr):
