@@ -212,7 +212,7 @@ class Link:
             while view:
                 view = view[os.write(self.call_w, view) :]
         except OSError:
-            raise self._fail(WorkerGone()) from None
+            pass  # the worker stopped reading: what it wrote before (a setup error) is still to be read
 
     def _local(self, obj: object) -> object:
         if isinstance(obj, Remote) and obj._link is self:
