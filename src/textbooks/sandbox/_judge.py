@@ -17,8 +17,8 @@ capture output. It then
    test with a budget of ``test_cpu_s`` CPU seconds counted over both processes: the worker enforces the
    rest of it on each call (``ITIMER_PROF``), the judge re-reads the worker's CPU time from ``/proc`` when
    a call takes longer than the budget left and reports ``cpulimit`` (the server then kills the worker);
-5. sends the verdict to the server on its private socket: passed, or the first failure (an assertion,
-   an exception, a timeout, the worker gone or writing garbage).
+5. sends the verdict to the server on its private socket, with the job's one-time token: passed, or the
+   first failure (an assertion, an exception, a timeout, the worker gone or writing garbage).
 
 Everything the worker sends is decoded by ``plain`` into plain values or ``Remote`` references; the
 comparisons, the tests' control flow and the verdict never leave this process.
@@ -340,7 +340,7 @@ class Judge:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-            self.ctl.send(json.dumps({"id": job["id"], **verdict}).encode())
+            self.ctl.send(json.dumps({"id": job["id"], "token": job.get("token"), **verdict}).encode())
 
     def run(self, job: dict, fds: list[int]) -> dict:
         call_w, answer_r, payload_fd, out_w, err_w = fds

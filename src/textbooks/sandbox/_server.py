@@ -193,6 +193,7 @@ class Server:
         self.capture = {"stdout": PrivateBuffer(16 << 20), "stderr": PrivateBuffer(16 << 20)}
         self.scratch = PrivateBuffer(1 << 16)
         self.judge_pid: int | None = None
+        self.token = ""
         self.judge_sock: socket.socket | None = None
 
     def _isolate_filesystem(self, config: dict) -> None:
@@ -315,7 +316,10 @@ class Server:
                 os.close(fd)
         try:
             if judged:
-                job = json.dumps({"id": self.count, "worker_pid": pid, "workdir": workdir}).encode()
+                # the judge echoes the token: a verdict is this program's (and only the judge holds the socket)
+                self.token = os.urandom(16).hex()
+                job = {"id": self.count, "token": self.token, "worker_pid": pid, "workdir": workdir}
+                job = json.dumps(job).encode()
                 for _ in range(2):  # a judge that died since the last program is replaced
                     if not self.judge_alive():
                         self.start_judge(limits)
@@ -509,7 +513,7 @@ class Server:
                         v = self._read_verdict()
                         if v is None:
                             kill_judge()
-                        elif v.get("id") == self.count:
+                        elif v.get("id") == self.count and v.get("token") == self.token:
                             verdict, verdict_at = v, time.monotonic()
                     elif fd == ans_r:
                         got, blocked, gone, bad = self._pump_records(ans_r)
