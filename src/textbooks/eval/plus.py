@@ -30,7 +30,10 @@ object that "equals everything" arrives as an opaque stand-in that equals nothin
 Differences from EvalPlus 0.3.1, on purpose: its ``min_time_limit`` default is 1 s (4 s here, as its
 later releases and leaderboard); it fails every ``find_zero`` sample (a ``continue`` skips the progress
 counter), here the rule above decides; outputs that are not plain data (generators, custom objects)
-never equal an expected value here, whatever their ``__eq__`` says.
+never equal an expected value here, whatever their ``__eq__`` says (iterating them still works, so a
+generator passes the set-equality tasks as in EvalPlus); outputs over 1 MiB are compared by digest
+(``plain.DIGEST_OVER``); programs import the standard library only. An output's time includes sending
+it, for the reference as for the sample. ``benchmarks/plus_scoring.py`` measures the agreement.
 """
 
 from __future__ import annotations
@@ -236,14 +239,6 @@ class Comparison:
             return bool(exact_match)
         except BaseException:  # EvalPlus counts any exception in its checks as a failure
             return False
-
-
-def outputs_match(
-    problem: Problem, outs: Sequence[Any], exps: Sequence[Any], inps: Sequence[Any]
-) -> list[bool]:
-    """Per input of one group, whether the sample's output passes (a convenience over ``Comparison``)."""
-    cmp = Comparison(problem)
-    return [cmp(o, e, i) for o, e, i in zip(outs, exps, inps)]
 
 
 # ----------------------------------------------------------------------------------------------------------

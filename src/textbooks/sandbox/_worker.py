@@ -59,16 +59,6 @@ def _disarm() -> None:
     signal.setitimer(signal.ITIMER_PROF, 0)
 
 
-def read_exact(fd: int, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = os.read(fd, min(n - len(buf), 1 << 20))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
-
-
 def write_msg(fd: int, data: bytes) -> None:
     view = memoryview(struct.pack(">I", len(data)) + data)
     while view:
