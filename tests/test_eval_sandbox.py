@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from textbooks.eval.sandbox import ExecResult, Limits, Program, Sandbox, run_programs
+from textbooks.sandbox import ExecResult, Limits, Program, Sandbox, run_programs
 
 TIGHT = Limits(test_cpu_s=1.5, setup_cpu_s=1.5, wall_s=6.0, memory_bytes=256 << 20, output_bytes=64 << 10)
 BATCH_WALL_LIMIT_S = 45.0

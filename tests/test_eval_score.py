@@ -13,10 +13,9 @@ import pytest
 from textbooks.benchmarks import ProblemSet, load_benchmark, load_humaneval, load_mbpp, shipped_file
 from textbooks.errors import TextbooksError
 from textbooks.eval.passk import aggregate_pass_at_k
-from textbooks.eval.plus import CHUNK, input_template
-from textbooks.eval.prompts import build_program
-from textbooks.eval.sandbox import Limits, Sandbox
+from textbooks.eval.plus import References, inputs, sample_program
 from textbooks.eval.score import TIMING_FIELDS, SamplesError, main, score_canonical, score_samples
+from textbooks.sandbox import Limits, Sandbox
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +76,13 @@ def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     problems = load_benchmark("humaneval+")
     s = assert_all_pass(problems, sandbox, tmp_path)
     assert s["n_samples"] == 164 and s["pass@k"] == s["pass@k_base"] == {"pass@1": 1.0}
-    program = build_program(problems["HumanEval/0"], problems["HumanEval/0"].canonical_solution)
-    assert len(program.tests) == 1 + 2 * -(-len(problems["HumanEval/0"].extra["plus_input"]) // CHUNK)
+    p = problems["HumanEval/0"]
+    refs = References()
+    refs.ensure(sandbox, [p])
+    code = p.prompt + "    return False\n"
+    base, extra = (sample_program(p, code, refs[p.task_id], which) for which in ("base", "plus"))
+    assert (base.n_calls, extra.n_calls) == (len(p.extra["base_input"]), len(p.extra["plus_input"]))
+    assert p.canonical_solution.strip() not in base.setup + extra.setup  # no reference in a sample's program
 
 
 def test_mbpp_plus_reference_solutions_pass_their_base_tests(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -119,8 +123,8 @@ def test_mbpp_plus_differential_tests_pass_for_the_references(sandbox: Sandbox, 
     subset = ProblemSet(every.info, {t: every[t] for t in ids})
     s = assert_all_pass(subset, sandbox, tmp_path)
     assert s["pass@k"] == s["pass@k_base"] == {"pass@1": 1.0}
-    assert input_template(every["Mbpp/2"]) == ("[(3, 4, 5, 6), (5, 7, 4, 10)]", [False, False])
-    assert input_template(every["Mbpp/124"])[1] == [True, True]  # stored as "0", "1j"
+    assert inputs(every["Mbpp/2"], "base")[0] == [(3, 4, 5, 6), (5, 7, 4, 10)]  # tuples back
+    assert [type(x) for x in inputs(every["Mbpp/124"], "base")[0]] == [float, complex]  # stored as "0", "1j"
 
 
 def test_humaneval_plus_catches_what_the_base_tests_miss(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -43,7 +43,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         t = time.perf_counter()
-        m = ingest(IngestConfig(inputs=[a.input], out_dir=str(d / "corpus"), pattern="**/*.py"), ex, progress=False)
+        m = ingest(
+            IngestConfig(inputs=[a.input], out_dir=str(d / "corpus"), pattern="**/*.py"), ex, progress=False
+        )
         read_bytes, docs = m["bytes"], m["documents"]
         stages = [("ingest", m, d / "corpus", time.perf_counter() - t)]
         for name, fn in (
@@ -66,7 +68,9 @@ def main() -> None:
             f"workers of a {os.cpu_count()}-core machine. Projected to {a.target_bytes / 1e9:.0f} GB "
             f"({a.target_docs / 1e6:.0f}M files) by bytes of input.\n"
         )
-        print("| stage | core-s here | wall s here | core-hours projected | peak MB per task | output here | output projected |")
+        print(
+            "| stage | core-s here | wall s here | core-hours projected | peak MB per task | output here | output projected |"
+        )
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, man, out, wall in stages:
             core_s = sum(s["task_seconds"] for s in man["steps"].values())

@@ -53,6 +53,7 @@ from textbooks.eval.generate import (
     resolve_device,
     resolve_dtype,
 )
+from textbooks.eval.plus import References
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     build_prompt,
@@ -60,10 +61,10 @@ from textbooks.eval.prompts import (
     mbpp_fewshot_examples,
     stop_sequences,
 )
-from textbooks.eval.sandbox import Limits
 from textbooks.eval.sanitize import sanitize_samples, solution_code
-from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
+from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples, write_records
 from textbooks.io import atomic_path, sha256_file, write_json_atomic
+from textbooks.sandbox import Limits
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +434,7 @@ def _score(
         "workers": cfg.sandbox.workers,
         "include_challenge": bool(cfg.sandbox.include_challenge),
         "plus": bool(cfg.sandbox.plus),
+        "references": References(cfg.sandbox.get("reference_cache")),
         "progress": bool(cfg.progress),
     }
     if mode == "canonical":
@@ -447,9 +449,7 @@ def _score(
         **common,
     )
     results_path = out / (samples_path.name + RESULTS_SUFFIX)
-    with atomic_path(results_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for rec in report.records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_records(results_path, report.records)
     return {**report.summary, "results_file": str(results_path)}
 
 

@@ -34,8 +34,8 @@ from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.generate import LM, GenerationConfig, TextbooksLM, TiktokenCodec
 from textbooks.eval.prompts import build_program, build_prompt, default_format, stop_sequences
-from textbooks.eval.sandbox import Limits, Sandbox
 from textbooks.model import PhiForCausalLM
+from textbooks.sandbox import Limits, Sandbox
 
 log = logging.getLogger(__name__)
 

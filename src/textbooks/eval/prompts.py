@@ -14,15 +14,17 @@ the prompt, so the format also says how a completion becomes code:
   pass these tests:\\n\\n{tests}\\n[BEGIN]\\n{code}\\n[DONE]``, then the task itself up to ``[BEGIN]\\n``;
   code = the completion alone. Stops at ``[DONE]``.
 
-Programs (``build_program``), i.e. what is executed, as setup + tests (see ``sandbox.Program``):
+Programs (``build_program``), i.e. what is executed: the untrusted setup, run in the sandbox's worker,
+and the trusted tests, run in its judge (see ``textbooks.sandbox.Program``):
 
-* HumanEval(+): setup = code + ``\\n`` + the problem's ``test`` (defines ``check``); one test,
-  ``check(entry_point)``.
+* HumanEval(+): setup = code; test setup = the problem's ``test`` (defines ``check``); one test,
+  ``check(entry_point)``; the prompt's own definitions (helpers such as ``poly``) are trusted.
 * MBPP: setup = code + ``test_setup_code``; tests = the ``test_list`` asserts, one by one
   (+ ``challenge_test_list`` with ``include_challenge=True``).
 * sanitized MBPP: setup = code + its ``test_imports``; tests = ``test_list``.
-* MBPP+: setup = code; tests = the statements of its ``assertion`` block (its base tests).
-* HumanEval+ and MBPP+ then run EvalPlus's differential tests on their ``plus_input`` (``plus``).
+* MBPP+: setup = code; tests = the statements of its ``assertion`` block.
+
+HumanEval+ and MBPP+ are scored by ``textbooks.eval.plus`` instead (EvalPlus's inputs and rules).
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from textbooks.benchmarks import BenchmarkError, Problem, ProblemSet
-from textbooks.eval.plus import plus_code
-from textbooks.eval.sandbox import Program
+from textbooks.sandbox import Program
 
 PROMPT_FORMATS = ("humaneval", "mbpp-0shot", "mbpp-3shot")
 HUMANEVAL_STOP: tuple[str, ...] = ("\nclass", "\ndef", "\n#", "\nif", "\nprint", "\n@")
@@ -132,16 +133,15 @@ def base_tests(problem: Problem, *, include_challenge: bool = False) -> int:
     return len(problem.test_list) + (len(problem.challenge_test_list) if include_challenge else 0)
 
 
-def program_for_code(
-    problem: Problem, code: str, *, include_challenge: bool = False, plus: bool = True
-) -> Program:
-    """The program that tests ``code`` (a full solution) against ``problem``'s tests: the base tests,
-    then (HumanEval+, MBPP+, unless ``plus=False``) the differential ones of ``textbooks.eval.plus``."""
-    plus_setup, plus_tests = plus_code(problem) if plus else ("", ())
+def program_for_code(problem: Problem, code: str, *, include_challenge: bool = False) -> Program:
+    """The program that tests ``code`` (a full solution) against ``problem``'s own tests."""
     if problem.benchmark.startswith("humaneval"):
         return Program(
-            setup=f"{code}\n{problem.test}\n{plus_setup}",
-            tests=(f"check({problem.entry_point})", *plus_tests),
+            setup=code,
+            test_setup=problem.test,
+            tests=(f"check({problem.entry_point})",),
+            trusted=problem.prompt,
+            entry_point=problem.entry_point,
         )
     parts = [code]
     if problem.test_setup_code.strip():
@@ -149,27 +149,22 @@ def program_for_code(
     if problem.test_imports:
         parts.append("\n".join(problem.test_imports))
     tests = problem.test_list + (problem.challenge_test_list if include_challenge else ())
-    return Program(setup="\n".join(parts) + "\n" + plus_setup, tests=tests + plus_tests)
+    return Program(setup="\n".join(parts) + "\n", tests=tests, entry_point=problem.entry_point or None)
 
 
 def build_program(
-    problem: Problem,
-    completion: str,
-    fmt: str | None = None,
-    *,
-    include_challenge: bool = False,
-    plus: bool = True,
+    problem: Problem, completion: str, fmt: str | None = None, *, include_challenge: bool = False
 ) -> Program:
     """The program that tests a model completion written after the prompt in format ``fmt``."""
     return program_for_code(
-        problem, completion_code(problem, completion, fmt), include_challenge=include_challenge, plus=plus
+        problem, completion_code(problem, completion, fmt), include_challenge=include_challenge
     )
 
 
-def reference_program(problem: Problem, *, include_challenge: bool = False, plus: bool = True) -> Program:
+def reference_program(problem: Problem, *, include_challenge: bool = False) -> Program:
     """The program that tests the benchmark's own reference solution (the canonical self-check)."""
     if problem.benchmark.startswith("humaneval"):
         code = problem.prompt + problem.canonical_solution
     else:
         code = problem.canonical_solution
-    return program_for_code(problem, code, include_challenge=include_challenge, plus=plus)
+    return program_for_code(problem, code, include_challenge=include_challenge)

