@@ -138,6 +138,9 @@ def run_dir(overrides: list[str]) -> Path:
     """Where ``textbooks-train -m <overrides>`` puts its run (the run name composed by Hydra itself)."""
     from hydra import compose
 
+    from textbooks.train.config import register
+
+    register()  # the schema conf/train.yaml starts with
     c = compose("train", overrides=overrides)
     return Path(c.paths.runs) / c.sweep_name / c.run_name
 
