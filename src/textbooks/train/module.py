@@ -1,7 +1,8 @@
 """The LightningModule: next-token loss, AdamW, linear warmup then linear decay.
 
 Everything that differs between pretraining and finetuning (learning rate, batch, warmup, weight decay,
-dropout) is a value of ``conf/recipe/*.yaml``; this module only reads them.
+dropout) is a value of the recipe (``textbooks.train.config.RecipeConfig``, ``conf/recipe/*.yaml``); this
+module only reads them.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ resumed run (for device-hours) in the checkpoints.
 from __future__ import annotations
 
 import functools
+import logging
 import time
+import warnings
 from typing import Any
 
 import lightning as L
@@ -28,6 +30,8 @@ from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import ThroughputMonitor as LightningThroughputMonitor
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 from lightning.pytorch.trainer.states import RunningStage
+
+log = logging.getLogger(__name__)
 
 # chip (lower-case substring of the device name) -> compute dtype -> dense FLOP/s; first match wins
 DENSE_PEAKS: dict[str, dict[torch.dtype | str, float]] = {
@@ -95,8 +99,13 @@ class ThroughputMonitor(LightningThroughputMonitor):
         self._session_start = time.perf_counter()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)
-        peak = peak_flops(trainer.strategy.root_device, _plugin_to_compute_dtype(trainer.precision_plugin))
+        with warnings.catch_warnings():  # Lightning's "FLOPs not found" for chips DENSE_PEAKS has
+            warnings.filterwarnings("ignore", message=".*FLOPs not found")
+            super().setup(trainer, pl_module, stage)
+        device = trainer.strategy.root_device
+        peak = peak_flops(device, _plugin_to_compute_dtype(trainer.precision_plugin))
+        if peak is None:
+            log.warning("no peak FLOP/s known for %s: MFU is not logged", device)
         self.available_flops = peak  # type: ignore[assignment]
         for throughput in self._throughputs.values():
             throughput.available_flops = peak
