@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from textbooks.config import Count, hydra_app
 from textbooks.eval.callback import EvalCallback
 from textbooks.io import write_json_atomic
+from textbooks.model import ModelConfig
 from textbooks.tokenizer import TokenizerError, fingerprint, load_tokenizer
 from textbooks.train.config import CheckpointConfig, TrainAppConfig, load
 from textbooks.train.datamodule import TokenDataModule
@@ -124,9 +125,9 @@ def datamodule(cfg: TrainAppConfig, enc: Any) -> TokenDataModule:
     return dm
 
 
-def make_module(cfg: TrainAppConfig, n_vocab: int) -> CausalLMModule:
-    """The LightningModule: the model preset (vocabulary sized for the tokenizer), the recipe's optimizer
-    and schedule, and how the trainer config runs it."""
+def make_module(cfg: TrainAppConfig, model: ModelConfig) -> CausalLMModule:
+    """The LightningModule: the model, the recipe's optimizer and schedule, and how the trainer config
+    runs it."""
     if cfg.recipe.schedule.warmup_steps >= cfg.train.total_steps:
         log.warning(
             "recipe warmup_steps=%d >= %d steps: lr never peaks",
@@ -134,7 +135,7 @@ def make_module(cfg: TrainAppConfig, n_vocab: int) -> CausalLMModule:
             cfg.train.total_steps,
         )
     return CausalLMModule(
-        cfg.model_for(n_vocab),
+        model,
         cfg.recipe.optimizer,
         cfg.recipe.schedule,
         tokens_per_step=cfg.train.tokens_per_step,
@@ -171,11 +172,12 @@ def train(cfg: TrainAppConfig | DictConfig, run_dir: str | Path) -> dict[str, An
         enc = load_tokenizer(cfg.tokenizer["name"])
     except TokenizerError as e:
         raise TokenizerError(f"{e}\nBuild this tokenizer with: {cfg.tokenizer['build']}") from None
+    model = cfg.model_for(enc.n_vocab)  # the preset's vocabulary sized for the tokenizer
     dm, steps = datamodule(cfg, enc), cfg.train.total_steps
     periodic, best = checkpoints(cfg.recipe.checkpoint, run_dir / "checkpoints")
     logs = loggers(cfg, run_dir)
     trainer = make_trainer(cfg, run_dir, [periodic, ResumeLogs(), *([best] if best else [])], logs, steps)
-    module = make_module(cfg, enc.n_vocab)
+    module = make_module(cfg, model)
     monitor = ThroughputMonitor(every=cfg.train.log_every_steps, accumulate=trainer.accumulate_grad_batches)
     trainer.callbacks.append(monitor)
     if cfg.eval.enabled:
