@@ -2,7 +2,7 @@
 
 One training step = forward + backward + AdamW on a micro-batch, in bf16 autocast with SDPA attention
 (flash kernels on Hopper/Ampere), optionally with activation checkpointing and torch.compile. MFU uses the
-model's 6N + 12LdT FLOPs per token and the device's peak from ``textbooks.train.flops``. The baseline of
+model's 6N + 12LdT FLOPs per token and the device's peak from ``textbooks.train.throughput.peak_flops``. The baseline of
 the same run is the eager step without checkpointing, so each option prints its ratio against it.
 
     python benchmarks/throughput.py --model phi1 --micro-batch 8 --steps 20          # on a GPU
@@ -12,25 +12,28 @@ the same run is the eager step without checkpointing, so each option prints its 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
+from omegaconf import OmegaConf
 
 from textbooks.model import ModelConfig, PhiForCausalLM
-from textbooks.train.flops import peak_flops
 from textbooks.train.module import apply_activation_checkpointing, param_groups
+from textbooks.train.throughput import peak_flops
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
 
 
 def load_preset(name: str, vocab: int) -> ModelConfig:
-    d = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-    d["vocab_size"] = d.get("vocab_size") or vocab
-    return ModelConfig.from_dict(d)
+    """A ``conf/model`` preset over its schema's defaults (``vocab`` where the preset leaves it to the tokenizer)."""
+    cfg = OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(CONF / f"{name}.yaml"))
+    )
+    return cfg if cfg.vocab_size is not None else dataclasses.replace(cfg, vocab_size=vocab)
 
 
 def measure(cfg: ModelConfig, a, *, checkpointing: bool, compile: bool) -> dict:
@@ -68,7 +71,9 @@ def measure(cfg: ModelConfig, a, *, checkpointing: bool, compile: bool) -> dict:
     sync()
     dt = (time.perf_counter() - t0) / a.steps
     tps = a.micro_batch * seq / dt
-    peak, source = peak_flops(device, "bf16" if device.type == "cuda" else "fp32")
+    peak = peak_flops(device, dtype)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "measured fp32 matmul"
+    source = f"{where}, {str(dtype).removeprefix('torch.')}: {peak / 1e12:.1f} TFLOP/s" if peak else "unknown"
     mfu = model.flops_per_token(seq) * tps / peak if peak else float("nan")
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"tokens_per_sec": tps, "mfu": mfu, "step_s": dt, "peak_gib": mem, "peak_source": source}

@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from textbooks.model import ModelConfig, PhiForCausalLM
+from textbooks.train.config import OptimConfig, ScheduleConfig
 from textbooks.train.module import CausalLMModule, lr_lambda, param_groups
 
-OPTIM = {"lr": 1e-3, "betas": (0.9, 0.95), "eps": 1e-7, "weight_decay": 0.1}
-SCHED = {"warmup_steps": 10, "decay_steps": None, "min_lr_ratio": 0.0}
+OPTIM = OptimConfig(lr=1e-3, betas=(0.9, 0.95), eps=1e-7, weight_decay=0.1)
+SCHED = ScheduleConfig(warmup_steps=10, decay_steps=None, min_lr_ratio=0.0)
 
 
-def model_config(a) -> dict:
+def model_config(a) -> ModelConfig:
     return ModelConfig(
         name="bench",
         vocab_size=a.vocab,
@@ -34,18 +35,18 @@ def model_config(a) -> dict:
         d_mlp=4 * a.d_model,
         rotary_dim=16,
         max_seq_len=a.seq,
-    ).to_dict()
+    )
 
 
 def plain_loop(a, batches: list[torch.Tensor]) -> float:
     """Seconds per step of a hand-written loop (after warm-up)."""
     torch.manual_seed(0)
-    model = PhiForCausalLM(ModelConfig.from_dict(model_config(a))).train()
+    model = PhiForCausalLM(model_config(a)).train()
     opt = torch.optim.AdamW(
-        param_groups(model, OPTIM["weight_decay"]), lr=OPTIM["lr"], betas=OPTIM["betas"], eps=OPTIM["eps"]
+        param_groups(model, OPTIM.weight_decay), lr=OPTIM.lr, betas=OPTIM.betas, eps=OPTIM.eps
     )
     total = len(batches)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, SCHED["warmup_steps"], total, 0.0))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, SCHED.warmup_steps, total, 0.0))
     times = []
     t0 = time.perf_counter()
     for b in batches:
@@ -81,21 +82,13 @@ class StepTimer(L.Callback):
 
 def lightning_loop(a, batches: list[torch.Tensor], log_dir: str) -> float:
     """Seconds per step of the library's LightningModule under a Trainer, with its real logging."""
-    from textbooks.train.logging import RunCSVLogger, ThroughputMonitor
+    from textbooks.train.logging import RunCSVLogger
+    from textbooks.train.throughput import ThroughputMonitor
 
     torch.manual_seed(0)
-    plan = {
-        "total_steps": len(batches),
-        "global_batch_size": a.batch,
-        "micro_batch_size": a.batch,
-        "accumulate": 1,
-        "seq_len": a.seq,
-        "seed": 0,
-        "log_every": 10,
-    }
-    module = CausalLMModule(model_config(a), "bench", dict(OPTIM), dict(SCHED), plan)
+    module = CausalLMModule(model_config(a), OPTIM, SCHED, tokens_per_step=a.batch * a.seq, log_every=10)
     timer = StepTimer()
-    monitor = ThroughputMonitor(a.batch * a.seq, module.model.flops_per_token(a.seq), "32-true", every=10)
+    monitor = ThroughputMonitor(every=10, accumulate=1)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from textbooks.errors import ConfigError, DataError
+from textbooks.train.config import TrainConfig
 from textbooks.train.datamodule import (
     Mixture,
     Source,
     StridedBatchSampler,
     TokenDataModule,
     WindowDataset,
-    steps_for_tokens,
 )
 
 
@@ -67,9 +67,16 @@ def test_resuming_at_a_step_continues_the_same_stream():
 def test_batch_arithmetic_is_checked():
     with pytest.raises(ConfigError, match="multiple"):
         StridedBatchSampler(10, global_batch=10, micro_batch=4, rank=0, world=1, seed=0)
+
+    def steps(tokens: int, global_batch: int, seq_len: int) -> int:
+        return TrainConfig(str(tokens), seq_len, global_batch, micro_batch_size=global_batch).total_steps
+
     with pytest.raises(ConfigError, match="below one global batch"):
-        steps_for_tokens(1000, 8, 256)
-    assert steps_for_tokens(26_000_000_000, 1024, 2048) == 12397
+        steps(1000, 8, 256)
+    assert steps(26_000_000_000, 1024, 2048) == 12397
+    assert TrainConfig("26B", 2048, 1024, 4).accumulation(world_size=8) == 32
+    with pytest.raises(ConfigError, match="not a multiple of micro_batch_size=3 x 2 devices"):
+        TrainConfig("2M", 256, 16, 3).accumulation(world_size=2)
 
 
 def test_mixture_windows_weights_and_validation(tiny_data):

@@ -15,7 +15,9 @@ import torch
 
 from textbooks.benchmarks import load_humaneval
 from textbooks.errors import ConfigError
-from textbooks.eval.callback import EvalCallback, InTrainingEvalConfig, spread
+from textbooks.eval.callback import EvalCallback, InTrainingEvalConfig, SandboxSettings, spread
+from textbooks.model import ModelConfig
+from textbooks.train.config import OptimConfig, ScheduleConfig
 from textbooks.train.datamodule import Source, TokenDataModule
 from textbooks.train.logging import RunCSVLogger, define_wandb_metrics, wandb_logger
 from textbooks.train.module import CausalLMModule
@@ -44,13 +46,12 @@ class ModeProbe(L.Callback):
 
 def tiny_training(tiny_data, run_dir: Path, callback: EvalCallback, steps: int, wandb: bool = False):
     module = CausalLMModule(
-        {"name": "tiny", "vocab_size": 512, "n_layer": 2, "d_model": 64, "n_head": 2, "d_mlp": 256,
-         "rotary_dim": 16, "max_seq_len": 128},
-        str(tiny_data["tokenizer"]),
-        {"lr": 3e-3, "weight_decay": 0.1},
-        {"warmup_steps": 2},
-        {"total_steps": steps, "global_batch_size": GLOBAL, "micro_batch_size": MICRO,
-         "accumulate": GLOBAL // MICRO, "seq_len": SEQ},
+        ModelConfig(name="tiny", vocab_size=512, n_layer=2, d_model=64, n_head=2, d_mlp=256, rotary_dim=16,
+                    max_seq_len=128),
+        OptimConfig(lr=3e-3, weight_decay=0.1),
+        ScheduleConfig(warmup_steps=2),
+        tokens_per_step=TOKENS_PER_STEP,
+        tokenizer=str(tiny_data["tokenizer"]),
     )  # fmt: skip
     dm = TokenDataModule(
         [Source(str(tiny_data["shards"]))], seq_len=SEQ, global_batch_size=GLOBAL, micro_batch_size=MICRO
@@ -96,7 +97,7 @@ def test_eval_metrics_are_logged_against_tokens_seen(tiny_data, tmp_path):
         pass_problems=3,
         max_new_tokens=16,
         batch_size=8,
-        workers=1,
+        sandbox=SandboxSettings(workers=1),
     )
     cb = EvalCallback(str(tiny_data["tokenizer"]), TOKENS_PER_STEP, cfg)
     assert cb.every_steps == 4

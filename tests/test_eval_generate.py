@@ -1,5 +1,6 @@
-"""Generation: batch-size-independent greedy decoding, reproducible sampling, stop sequences, prompt
-truncation, and a transformers model loaded by path giving what the textbooks model gives."""
+"""The one decoding loop: greedy decoding equal to full recomputation and independent of the batch size,
+reproducible sampling, end-of-text, stop sequences, prompt truncation, and a transformers model loaded by
+path giving what the textbooks model gives."""
 
 from __future__ import annotations
 
@@ -10,13 +11,25 @@ import torch
 from models import memorized_humaneval_model, tiny_model
 
 from textbooks.benchmarks import Problem, load_humaneval
+from textbooks.convert_hf import from_hf
 from textbooks.errors import ConfigError, TextbooksError
-from textbooks.eval.generate import GenerationConfig, HFCodec, TextbooksLM, load_lm
+from textbooks.eval.codecs import HFCodec, TiktokenCodec
+from textbooks.eval.generate import GenerationConfig, TextbooksLM
+from textbooks.eval.load import load_lm
 from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
 from textbooks.model import PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs
+
+
+def greedy_by_recomputation(model: PhiForCausalLM, ids: list[int], n: int) -> list[int]:
+    """The reference: run the model over the whole sequence at every step and take the argmax."""
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(ids) :]
 
 
 def spread_problems(n: int) -> list[Problem]:
@@ -34,7 +47,7 @@ def bpe_lm(tiny_data) -> TextbooksLM:
 # ----------------------------------------------------------------------------------------------- greedy
 
 
-def test_greedy_is_independent_of_batch_size_and_matches_the_models_own_decoder(bpe_lm):
+def test_greedy_is_independent_of_batch_size_and_equals_full_recomputation(bpe_lm):
     prompts = [p.prompt for p in spread_problems(8)]
     assert len({len(bpe_lm.encode(p)) for p in prompts}) == 8  # different lengths: real left padding
     runs = {}
@@ -46,12 +59,11 @@ def test_greedy_is_independent_of_batch_size_and_matches_the_models_own_decoder(
     assert [(c[0].token_ids, c[0].text) for c in bpe_lm.generate(prompts, no_cache)] == [
         r[:2] for r in runs[1]
     ]
-    # the model's own greedy decoder, one unpadded prompt at a time, without stops
+    # full recomputation, one unpadded prompt at a time, without stops
     plain = GenerationConfig(max_new_tokens=20, batch_size=8, stop_at_eos=False)
     ours = bpe_lm.generate(prompts, plain)
     for prompt, got in zip(prompts, ours):
-        ids = torch.tensor([bpe_lm.encode(prompt)])
-        ref = bpe_lm.model.generate(ids, 20)[0].tolist()
+        ref = greedy_by_recomputation(bpe_lm.model, bpe_lm.encode(prompt), 20)
         assert list(got[0].token_ids) == ref and got[0].finish_reason == "length"
         assert got[0].text == bpe_lm.decode(ref)
     # with stop sequences, a decoding is the one without them cut at the first stop
@@ -66,6 +78,49 @@ def test_greedy_samples_are_one_decoding_copied(bpe_lm):
     for samples in out:
         assert [c.sample for c in samples] == [0, 1, 2]
         assert len({c.token_ids for c in samples}) == 1
+
+
+def random_prompts(lengths: tuple[int, ...], seed: int, vocab: int = 512) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def test_kv_cache_greedy_equals_full_recompute(bpe_lm):
+    prompts = random_prompts((11, 11), seed=1)  # token ids: the loop takes them as they are
+    cfg = GenerationConfig(max_new_tokens=40, stop_at_eos=False)
+    with_cache = [s[0].token_ids for s in bpe_lm.generate(prompts, cfg)]
+    without = [
+        s[0].token_ids
+        for s in bpe_lm.generate(prompts, GenerationConfig(**{**cfg.as_dict(), "use_cache": False}))
+    ]
+    assert [len(t) for t in with_cache] == [40, 40]
+    assert with_cache == without
+    assert [list(t) for t in with_cache] == [greedy_by_recomputation(bpe_lm.model, p, 40) for p in prompts]
+
+
+def test_batched_left_padded_decoding_equals_one_by_one(bpe_lm):
+    prompts = random_prompts((5, 13, 9), seed=3)
+    together = bpe_lm.generate(prompts, GenerationConfig(max_new_tokens=25, batch_size=3, stop_at_eos=False))
+    for p, got in zip(prompts, together):
+        alone = bpe_lm.generate([p], GenerationConfig(max_new_tokens=25, batch_size=1, stop_at_eos=False))
+        assert got[0].token_ids == alone[0][0].token_ids
+
+
+def test_rows_stop_at_end_of_text_and_leave_the_others_unchanged(bpe_lm):
+    prompts = random_prompts((6, 6), seed=4)
+    cfg = GenerationConfig(max_new_tokens=20, stop_at_eos=False)
+    free = [s[0].token_ids for s in bpe_lm.generate(prompts, cfg)]
+    # end-of-text: the first token row 0 makes that it has not made before, after at least one other
+    k = next(i for i, t in enumerate(free[0]) if i >= 1 and t not in free[0][:i])
+    eos = free[0][k]
+    codec = TiktokenCodec(bpe_lm.codec.encoding)
+    codec.eos_token_id = eos  # a tokenizer whose end-of-text is that token
+    out = TextbooksLM(bpe_lm.model, codec).generate(prompts, GenerationConfig(max_new_tokens=20))
+    assert out[0][0].token_ids == free[0][:k] and out[0][0].finish_reason == "eos"
+    assert out[0][0].n_tokens == k + 1  # the end-of-text token counts, is not kept
+    j = free[1].index(eos) if eos in free[1] else len(free[1])  # row 1 stops at its own, or runs on
+    assert out[1][0].token_ids == free[1][:j]
+    assert out[1][0].finish_reason == ("eos" if j < len(free[1]) else "length")
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -133,7 +188,7 @@ def test_prompts_longer_than_the_context_are_cut_from_the_left():
     assert len(ids) > 64
     c = lm.generate([prompt], GenerationConfig(max_new_tokens=16, stop_at_eos=False))[0][0]
     assert c.prompt_tokens == 48 and c.prompt_dropped == len(ids) - 48
-    ref = lm.model.generate(torch.tensor([ids[-48:]]), 16)[0].tolist()
+    ref = greedy_by_recomputation(lm.model, ids[-48:], 16)
     assert list(c.token_ids) == ref
     with pytest.raises(ConfigError, match="max_new_tokens=64 leaves no room"):
         lm.generate([prompt], GenerationConfig(max_new_tokens=64))
@@ -144,6 +199,8 @@ def test_padding_rows_of_the_vocabulary_are_never_generated():
     model = tiny_model(50304).double()  # p50k's 50281 ids padded to a multiple of 64, as training does
     with torch.no_grad():
         model.lm_head.bias[enc.n_vocab :] = 100.0  # an untrained model could well prefer them
+        prompt_ids = enc.encode_ordinary(spread_problems(1)[0].prompt)
+        assert int(model(torch.tensor([prompt_ids]))[0, -1].argmax()) >= enc.n_vocab  # and now does
     lm = TextbooksLM(model, enc)
     for cfg in (GenerationConfig(max_new_tokens=6), GenerationConfig(max_new_tokens=6, temperature=1.0)):
         (c,) = lm.generate([spread_problems(1)[0].prompt], cfg)[0]
@@ -199,7 +256,7 @@ def test_transformers_model_by_path_decodes_like_the_textbooks_model(tmp_path):
     hf_dir = hf_tokenizer_and_model(tmp_path / "hf")
     hf = load_lm(hf_model=str(hf_dir), device="cpu", dtype="float64")
     assert hf.describe()["kind"] == "transformers" and hf.context_length == 256
-    ours = TextbooksLM(PhiForCausalLM.from_hf(hf.model).double().eval(), HFCodec(hf.codec.tokenizer))
+    ours = TextbooksLM(from_hf(hf.model).double().eval(), HFCodec(hf.codec.tokenizer))
     prompts = [p.prompt for p in spread_problems(5)]
     for cfg in (
         GenerationConfig(max_new_tokens=16, batch_size=3, stop=HUMANEVAL_STOP),

@@ -1,7 +1,7 @@
 """The package's layer order, checked on every import statement of src/ (lazy ones too): a module imports only
 from its own layer or those below it.
 
-    io, errors, config → sandbox → benchmarks → model → tokenizer → checkpoint → data → eval → train → report → apps
+    io, errors, config → sandbox → benchmarks → model (+ convert_hf) → tokenizer → checkpoint → data → eval → train → report → apps
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ LAYERS = [
     ("textbooks", "textbooks.io", "textbooks.errors", "textbooks.config"),
     ("textbooks.sandbox",),
     ("textbooks.benchmarks",),
-    ("textbooks.model", "textbooks.hf"),
+    ("textbooks.model", "textbooks.convert_hf"),
     ("textbooks.tokenizer",),
     ("textbooks.checkpoint",),
     ("textbooks.data",),

@@ -1,10 +1,14 @@
-"""The phi-1 model: sizes, parity with transformers' PhiForCausalLM, KV-cache decoding."""
+"""The phi-1 model: sizes, parity with transformers' PhiForCausalLM (``textbooks.convert_hf``), the KV cache.
+
+Decoding (greedy with and without the cache, batching, end-of-text, sampling) is tested on the one decoding
+loop, in test_eval_generate.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from textbooks.convert_hf import FROM_HF, FUSED, from_hf, from_hf_state_dict, to_hf, to_hf_state_dict
 from textbooks.model import KVCache, ModelConfig, PhiForCausalLM
 
 transformers = pytest.importorskip("transformers")
@@ -48,20 +52,20 @@ def test_presets_count_parameters():
 
 
 def test_from_hf_matches_logits_and_converts_back(hf_model):
-    ours = PhiForCausalLM.from_hf(hf_model).eval()
+    ours = from_hf(hf_model).eval()
     assert ours.config.rotary_dim == 8 and ours.config.vocab_size == 311
     x = torch.randint(0, 311, (3, 40))
     with torch.no_grad():
         ref = hf_model(x).logits
         assert (ours(x) - ref).abs().max() < 1e-4
-        back = ours.to_hf().eval()
+        back = to_hf(ours).eval()
         assert (back(x).logits - ref).abs().max() < 1e-5
     for k, v in hf_model.state_dict().items():
         assert torch.equal(back.state_dict()[k], v), k
 
 
 def test_left_padded_batch_matches_hf_attention_mask(hf_model):
-    ours = PhiForCausalLM.from_hf(hf_model).eval()
+    ours = from_hf(hf_model).eval()
     x = torch.randint(0, 311, (2, 30))
     mask = torch.ones_like(x)
     mask[0, :9] = 0
@@ -71,16 +75,6 @@ def test_left_padded_batch_matches_hf_attention_mask(hf_model):
     real = mask.bool()
     assert (got - ref)[real].abs().max() < 1e-4
     assert torch.isfinite(got).all()
-
-
-def test_kv_cache_greedy_equals_full_recompute():
-    torch.manual_seed(1)
-    m = PhiForCausalLM(small_config()).eval()
-    prompt = torch.randint(0, 311, (2, 11))
-    with_cache = m.generate(prompt, 40, use_cache=True)
-    without = m.generate(prompt, 40, use_cache=False)
-    assert with_cache.shape == (2, 40)
-    assert torch.equal(with_cache, without)
 
 
 def test_cache_logits_equal_prefix_logits():
@@ -93,41 +87,6 @@ def test_cache_logits_equal_prefix_logits():
         parts = [m(x[:, :12], cache=cache)] + [m(x[:, i : i + 1], cache=cache) for i in range(12, 20)]
     assert cache.length == 20
     assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
-
-
-def test_batched_left_padded_decoding_equals_one_by_one():
-    torch.manual_seed(3)
-    m = PhiForCausalLM(small_config()).eval()
-    prompts = [torch.randint(0, 311, (n,)) for n in (5, 13, 9)]
-    width = max(len(p) for p in prompts)
-    batch = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for i, p in enumerate(prompts):
-        batch[i, width - len(p) :] = p
-        mask[i, width - len(p) :] = 1
-    together = m.generate(batch, 25, attention_mask=mask)
-    for i, p in enumerate(prompts):
-        assert torch.equal(together[i], m.generate(p[None], 25)[0])
-
-
-def test_generate_stops_at_eos_and_pads_finished_rows():
-    torch.manual_seed(4)
-    m = PhiForCausalLM(small_config()).eval()
-    prompt = torch.randint(0, 311, (2, 6))
-    free = m.generate(prompt, 20)
-    eos = int(free[0, 3])
-    out = m.generate(prompt, 20, eos_token_id=eos)
-    assert torch.equal(out[0, :4], free[0, :4])
-    assert (out[0, 3:] == eos).all()
-
-
-def test_sampling_is_seeded():
-    torch.manual_seed(5)
-    m = PhiForCausalLM(small_config()).eval()
-    prompt = torch.randint(0, 311, (1, 6))
-    a = m.generate(prompt, 15, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7))
-    b = m.generate(prompt, 15, temperature=0.8, top_p=0.9, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(a, b)
 
 
 def test_context_and_config_errors():
@@ -153,7 +112,7 @@ def test_dropout_only_in_training_and_flops():
 
 
 def test_gradients_match_hf(hf_model):
-    ours = PhiForCausalLM.from_hf(hf_model).train()
+    ours = from_hf(hf_model).train()
     hf = hf_model.train()
     x = torch.randint(0, 311, (2, 24))
     try:
@@ -170,11 +129,15 @@ def test_gradients_match_hf(hf_model):
         hf.eval()
 
 
-def test_generate_never_picks_padding_rows_of_the_embedding():
-    torch.manual_seed(6)
-    m = PhiForCausalLM(small_config()).eval()
-    with torch.no_grad():
-        m.lm_head.bias[300:] = 100.0  # padding ids (>= the tokenizer's 300) would win every step
-    prompt = torch.randint(0, 300, (2, 5))
-    assert (m.generate(prompt, 8) >= 300).all()
-    assert (m.generate(prompt, 8, vocab_limit=300) < 300).all()
+def test_key_map_covers_every_parameter_both_ways(hf_model):
+    ours = from_hf_state_dict(hf_model.state_dict())
+    model = PhiForCausalLM(from_hf(hf_model).config)
+    assert set(ours) == set(model.state_dict())  # nothing missing, nothing left over
+    back = to_hf_state_dict(ours)
+    assert set(back) == set(hf_model.state_dict())
+    assert all(torch.equal(back[k], v) for k, v in hf_model.state_dict().items())
+    n_layer = hf_model.config.num_hidden_layers
+    per_layer = sum("{}" in k for k in FROM_HF) + sum(len(v) for v in FUSED.values())
+    assert len(back) == len(FROM_HF) - sum("{}" in k for k in FROM_HF) + n_layer * per_layer
+    with pytest.raises(ValueError, match=r"no phi-1 parameter for 'model\.layers\.0\.self_attn\.q_layernorm"):
+        from_hf_state_dict({"model.layers.0.self_attn.q_layernorm.weight": torch.zeros(1)})

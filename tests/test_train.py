@@ -22,7 +22,8 @@ from hydra.errors import MissingConfigException
 from textbooks.checkpoint import load_pretrained
 from textbooks.config import CONF_DIR
 from textbooks.errors import ConfigError, DataError
-from textbooks.train.app import run
+from textbooks.train.app import train
+from textbooks.train.config import load
 
 BIN = Path(sys.executable).parent
 FAST = [
@@ -160,7 +161,7 @@ def test_multirun_sweep_over_models_and_tokens(tiny_data):
 
 
 def test_finetune_from_exported_weights_keeps_the_best(tiny_data, tmp_path):
-    pre = run(config(tiny_data, "train.tokens=30K"), tmp_path / "pre")
+    pre = train(config(tiny_data, "train.tokens=30K"), tmp_path / "pre")
     ft_cfg = config(
         tiny_data,
         "recipe=finetune",
@@ -169,7 +170,7 @@ def test_finetune_from_exported_weights_keeps_the_best(tiny_data, tmp_path):
         "recipe.global_batch_size=8",
         "recipe.schedule.warmup_steps=2",
     )
-    res = run(ft_cfg, tmp_path / "ft")
+    res = train(ft_cfg, tmp_path / "ft")
     assert res["stage"] == "finetune" and res["status"] == "complete"
     assert res["init_from"] == pre["model_dir"] and res["exported_step"] <= res["steps"]
     assert list((tmp_path / "ft" / "checkpoints").glob("best-step*.ckpt"))
@@ -190,13 +191,13 @@ def test_unknown_preset_and_key_are_hydra_errors(tiny_data):
 
 def test_refusals_before_training(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="below one global batch"):
-        run(config(tiny_data, "train.tokens=100"), tmp_path / "r1")
+        train(config(tiny_data, "train.tokens=100"), tmp_path / "r1")
     with pytest.raises(ConfigError, match="embeds only"):
-        run(config(tiny_data, "model.vocab_size=256"), tmp_path / "r2")
+        train(config(tiny_data, "model.vocab_size=256"), tmp_path / "r2")
     with pytest.raises(DataError, match=re.escape("textbooks-data stage=pack stage.component=filtered")):
-        run(config(tiny_data, "dataset=codetextbook"), tmp_path / "r3")
+        train(config(tiny_data, "dataset=codetextbook"), tmp_path / "r3")
     with pytest.raises(ConfigError, match="multiple of micro_batch_size"):
-        run(config(tiny_data, "trainer.micro_batch_size=3"), tmp_path / "r4")
+        train(config(tiny_data, "trainer.micro_batch_size=3"), tmp_path / "r4")
     assert not any((tmp_path / d / "checkpoints").exists() for d in ("r1", "r2", "r3", "r4"))
 
 
@@ -214,7 +215,7 @@ def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
     (root / "data" / "tokens" / "bpe400").mkdir(parents=True)
     shutil.copytree(tiny_data["shards"], root / "data" / "tokens" / "bpe400" / "stdlib")
     with pytest.raises(DataError, match="were written with tokenizer"):
-        run(config(tiny_data, f"paths.root={root}", "tokenizer.vocab_size=400"), tmp_path / "r")
+        train(config(tiny_data, f"paths.root={root}", "tokenizer.vocab_size=400"), tmp_path / "r")
 
 
 @pytest.mark.parametrize("trainer", ["deepspeed", "fsdp", "ddp"])
@@ -233,7 +234,7 @@ def test_distributed_strategies_build_from_configs(tiny_data, tmp_path, trainer)
         assert isinstance(strategy, FSDPStrategy) and cfg.trainer.precision == "bf16-mixed"
         assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
         return
-    t = make_trainer(cfg, tmp_path, [], [], max_steps=10)
+    t = make_trainer(load(cfg), tmp_path, [], [], max_steps=10)
     if trainer == "deepspeed":  # the paper's settings: ZeRO-1, fp16 with loss scale 2^12
         assert isinstance(t.strategy, DeepSpeedStrategy) and cfg.trainer.precision == "16-mixed"
         t.strategy._format_config()
@@ -251,7 +252,7 @@ def test_distributed_strategies_build_from_configs(tiny_data, tmp_path, trainer)
 
 
 def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_path):
-    from textbooks.train.app import resume_checkpoint
+    from textbooks.train.rundir import resume_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

@@ -4,6 +4,9 @@ A value of the wrong type in any config key stops an app with one line, ``error:
 <type>``, exit status 2, before it does any work. Three checks make that hold without a check per key:
 
 * ``dataclass_from`` checks every value against the dataclass field types (stage configs, LLM, eval);
+* an app whose config has a structured schema (dataclasses in Hydra's ConfigStore: ``textbooks-train``)
+  gets its values checked by OmegaConf while Hydra composes it; the refusal is turned into the same line,
+  with the field's type;
 * ``hydra_app`` checks each ``key=value`` of the command line against the type of the key's default in
   the configs themselves (an int default wants an int, a bool ``true``/``false``, a list a list), and
   against the types an app declares for keys whose default is null;
@@ -352,6 +355,20 @@ def _key_holding(ex: BaseException, value: Any) -> str | None:
     return (on_cli or [k for k in found if not k.startswith("hydra.")] or found or [None])[0]
 
 
+def _schema_refusal(ex: BaseException) -> ConfigValueError | None:
+    """A value a structured config refused (OmegaConf's ``ValidationError`` on a dataclass field), as
+    ``key=value: expected <the field's type>``."""
+    from omegaconf.errors import ValidationError
+
+    for e in _chain(ex):
+        schema = getattr(e, "object_type", None)
+        if isinstance(e, ValidationError) and e.full_key and dataclasses.is_dataclass(schema):
+            hint = typing.get_type_hints(schema).get(str(e.key))
+            if hint is not None:
+                return ConfigValueError(e.full_key, e.value, describe(hint))
+    return None
+
+
 def config_error_line(ex: BaseException) -> str | None:
     """One line for an error Hydra or OmegaConf raised about the config (None for any other error)."""
     from hydra.errors import HydraException
@@ -360,6 +377,9 @@ def config_error_line(ex: BaseException) -> str | None:
     for e in _chain(ex):
         if isinstance(e, ConfigValueError):
             return str(e if e.key else e.with_key(_key_holding(ex, e.value)))
+    refused = _schema_refusal(ex)
+    if refused is not None:
+        return str(refused)
     for e in _chain(ex):
         if isinstance(e, TextbooksError):
             return str(e)

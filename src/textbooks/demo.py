@@ -46,18 +46,12 @@ def sh(args: list[str]) -> None:
 
 def complete(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
     """Greedy completion of ``prompt`` by an exported model, cut at HumanEval's stop sequences."""
-    import torch
+    from textbooks.eval.generate import GenerationConfig, TextbooksLM
+    from textbooks.eval.prompts import stop_sequences
 
-    from textbooks.checkpoint import load_pretrained
-    from textbooks.eval.prompts import stop_sequences, truncate
-    from textbooks.tokenizer import eot_token
-
-    model, enc = load_pretrained(model_dir)
-    eot = eot_token(enc)
-    ids = torch.tensor([enc.encode_ordinary(prompt)])
-    out = model.generate(ids, max_new_tokens, eos_token_id=eot, vocab_limit=enc.n_vocab)[0].tolist()
-    out = out[: out.index(eot)] if eot in out else out
-    return truncate(enc.decode(out), stop_sequences("humaneval"))
+    lm = TextbooksLM.from_pretrained(model_dir)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop=stop_sequences("humaneval"))
+    return lm.generate([prompt], cfg)[0][0].text
 
 
 def table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -144,6 +138,9 @@ def run_dir(overrides: list[str]) -> Path:
     """Where ``textbooks-train -m <overrides>`` puts its run (the run name composed by Hydra itself)."""
     from hydra import compose
 
+    from textbooks.train.config import register
+
+    register()  # the schema conf/train.yaml starts with
     c = compose("train", overrides=overrides)
     return Path(c.paths.runs) / c.sweep_name / c.run_name
 

@@ -7,11 +7,11 @@ Each block runs attention and the MLP in parallel off one shared LayerNorm (GPT-
 with rotary position embeddings on the first ``rotary_dim`` dimensions of each head, GELU (tanh
 approximation), a final LayerNorm and an untied LM head with bias. Attention goes through
 ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels on GPU). A pre-allocated ``KVCache``
-makes incremental decoding cost one token per step.
+makes incremental decoding cost one token per step (the decoding loop is ``textbooks.eval.generate``).
 
-Architectures are config values (``ModelConfig``), not subclasses. Weights convert to and from
-``transformers``' ``PhiForCausalLM`` (the implementation behind ``microsoft/phi-1``). Nothing here knows
-about Lightning, DeepSpeed or Hydra: parallelism, precision and compilation are applied from outside.
+Architectures are config values (``ModelConfig``, the schema of ``conf/model/*.yaml``), not subclasses.
+Weights convert to and from ``transformers``' ``PhiForCausalLM`` in ``textbooks.convert_hf``. Nothing here
+knows about Lightning, DeepSpeed or Hydra: parallelism, precision and compilation are applied from outside.
 """
 
 from __future__ import annotations
@@ -19,22 +19,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    import transformers
+from textbooks.errors import ConfigError
 
 
 @dataclass
 class ModelConfig:
-    """Architecture hyper-parameters. Defaults are phi-1 (1.3B)."""
+    """Architecture hyper-parameters. Defaults are phi-1 (1.3B): ``conf/model/*.yaml`` hold what differs."""
 
     name: str = "phi1"
-    vocab_size: int = 51200  # embedding rows; >= the tokenizer's ids (phi-1 pads 50295 to 51200)
+    # embedding rows; >= the tokenizer's ids (phi-1 pads 50295 to 51200). None: the training app sizes it
+    # from the tokenizer (its ids rounded up to a multiple of 64)
+    vocab_size: int | None = 51200
     n_layer: int = 24
     d_model: int = 2048
     n_head: int = 32  # head_dim = d_model // n_head (64 for phi-1)
@@ -50,9 +51,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
-            raise ValueError(f"model: d_model={self.d_model} is not divisible by n_head={self.n_head}")
+            raise ConfigError(f"model: d_model={self.d_model} is not divisible by n_head={self.n_head}")
         if self.rotary_dim > self.head_dim or self.rotary_dim % 2:
-            raise ValueError(
+            raise ConfigError(
                 f"model: rotary_dim={self.rotary_dim} must be even and <= head_dim={self.head_dim}"
             )
 
@@ -66,7 +67,7 @@ class ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - fields)
         if unknown:
-            raise ValueError(f"model config: unknown keys {unknown}; valid keys are {sorted(fields)}")
+            raise ConfigError(f"model config: unknown keys {unknown}; valid keys are {sorted(fields)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,6 +192,8 @@ class PhiForCausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        if config.vocab_size is None:
+            raise ConfigError(f"model {config.name}: vocab_size is not set (null is sized from a tokenizer)")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.drop = nn.Dropout(config.embd_dropout)
@@ -302,187 +305,3 @@ class PhiForCausalLM(nn.Module):
         """Training FLOPs per token (forward + backward): 6N + 12 L d T (PaLM appendix B)."""
         c = self.config
         return 6 * self.num_params(exclude_embedding=True) + 12 * c.n_layer * c.d_model * seq_len
-
-    # -- decoding -------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        *,
-        attention_mask: Tensor | None = None,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        eos_token_id: int | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-        vocab_limit: int | None = None,
-    ) -> Tensor:
-        """Continue ``input_ids`` (``[B, T]``, left-padded when ``attention_mask`` is given).
-
-        Greedy when ``temperature == 0``, else nucleus sampling. Returns the new tokens ``[B, n]``; rows that
-        produced ``eos_token_id`` are filled with it afterwards, and decoding stops once every row has.
-        ``vocab_limit`` (the tokenizer's ``n_vocab``) keeps the embedding's padding rows from being picked.
-        """
-        B, T = input_ids.shape
-        max_new_tokens = min(max_new_tokens, self.config.max_seq_len - T)
-        if max_new_tokens <= 0:
-            return input_ids.new_empty(B, 0)
-        mask = attention_mask
-        cache = None
-        if use_cache:
-            cache = KVCache(
-                self.config, B, T + max_new_tokens, device=input_ids.device, dtype=self.lm_head.weight.dtype
-            )
-        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        out: list[Tensor] = []
-        seq, step_in = input_ids, input_ids
-        for _ in range(max_new_tokens):
-            logits = self(step_in if use_cache else seq, attention_mask=mask, cache=cache)[:, -1].float()
-            if vocab_limit is not None:
-                logits[:, vocab_limit:] = float("-inf")
-            nxt = _pick(logits, temperature, top_p, generator)
-            if eos_token_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
-                done |= nxt == eos_token_id
-            out.append(nxt)
-            step_in = nxt[:, None]
-            seq = torch.cat((seq, step_in), dim=1)
-            if mask is not None:
-                mask = torch.cat((mask, torch.ones_like(step_in)), dim=1)
-            if eos_token_id is not None and bool(done.all()):
-                break
-        return torch.stack(out, dim=1)
-
-    # -- Hugging Face conversion ----------------------------------------------------------------------------
-    @staticmethod
-    def config_from_hf(hf_config: Any) -> ModelConfig:
-        """Our config from a ``transformers.PhiConfig``."""
-        rope = getattr(hf_config, "rope_parameters", None) or {}
-        factor = rope.get("partial_rotary_factor", getattr(hf_config, "partial_rotary_factor", 0.5))
-        theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
-        head_dim = hf_config.hidden_size // hf_config.num_attention_heads
-        if (
-            getattr(hf_config, "qk_layernorm", False)
-            or hf_config.num_key_value_heads != hf_config.num_attention_heads
-        ):
-            raise ValueError("from_hf: qk_layernorm and grouped-query attention are not phi-1 features")
-        if hf_config.hidden_act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"from_hf: activation {hf_config.hidden_act!r} is not phi-1's gelu_new")
-        return ModelConfig(
-            name=getattr(hf_config, "name_or_path", "") or "hf_phi",
-            vocab_size=hf_config.vocab_size,
-            n_layer=hf_config.num_hidden_layers,
-            d_model=hf_config.hidden_size,
-            n_head=hf_config.num_attention_heads,
-            d_mlp=hf_config.intermediate_size,
-            rotary_dim=int(head_dim * factor),
-            rope_theta=theta,
-            max_seq_len=hf_config.max_position_embeddings,
-            ln_eps=hf_config.layer_norm_eps,
-            embd_dropout=hf_config.embd_pdrop,
-            attn_dropout=hf_config.attention_dropout,
-            resid_dropout=hf_config.resid_pdrop,
-            init_std=hf_config.initializer_range,
-        )
-
-    def hf_config(self) -> transformers.PhiConfig:
-        """The equivalent ``transformers.PhiConfig``."""
-        from transformers import PhiConfig
-
-        c = self.config
-        return PhiConfig(
-            vocab_size=c.vocab_size,
-            hidden_size=c.d_model,
-            intermediate_size=c.d_mlp,
-            num_hidden_layers=c.n_layer,
-            num_attention_heads=c.n_head,
-            num_key_value_heads=c.n_head,
-            resid_pdrop=c.resid_dropout,
-            embd_pdrop=c.embd_dropout,
-            attention_dropout=c.attn_dropout,
-            hidden_act="gelu_new",
-            max_position_embeddings=c.max_seq_len,
-            initializer_range=c.init_std,
-            layer_norm_eps=c.ln_eps,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": c.rope_theta,
-                "partial_rotary_factor": c.rotary_dim / c.head_dim,
-            },
-            tie_word_embeddings=False,
-        )
-
-    @classmethod
-    def from_hf_state_dict(cls, state_dict: dict[str, Tensor], config: ModelConfig) -> PhiForCausalLM:
-        """Build from an HF Phi state dict (``model.layers.{i}.self_attn.q_proj.weight``, ...)."""
-        sd = {k.removeprefix("model."): v for k, v in state_dict.items()}
-        ours: dict[str, Tensor] = {
-            "embed.weight": sd["embed_tokens.weight"],
-            "ln_f.weight": sd["final_layernorm.weight"],
-            "ln_f.bias": sd["final_layernorm.bias"],
-            "lm_head.weight": state_dict["lm_head.weight"],
-            "lm_head.bias": state_dict["lm_head.bias"],
-        }
-        for i in range(config.n_layer):
-            hf, me = f"layers.{i}.", f"blocks.{i}."
-            for p in ("weight", "bias"):
-                ours[me + "ln." + p] = sd[hf + "input_layernorm." + p]
-                ours[me + "attn.qkv." + p] = torch.cat([sd[hf + f"self_attn.{n}_proj.{p}"] for n in "qkv"])
-                ours[me + "attn.out." + p] = sd[hf + "self_attn.dense." + p]
-                ours[me + "mlp.fc1." + p] = sd[hf + "mlp.fc1." + p]
-                ours[me + "mlp.fc2." + p] = sd[hf + "mlp.fc2." + p]
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict(ours, assign=True)
-        return model
-
-    def hf_state_dict(self) -> dict[str, Tensor]:
-        """Our weights under HF Phi names."""
-        sd = self.state_dict()
-        out: dict[str, Tensor] = {
-            "model.embed_tokens.weight": sd["embed.weight"],
-            "model.final_layernorm.weight": sd["ln_f.weight"],
-            "model.final_layernorm.bias": sd["ln_f.bias"],
-            "lm_head.weight": sd["lm_head.weight"],
-            "lm_head.bias": sd["lm_head.bias"],
-        }
-        for i in range(self.config.n_layer):
-            hf, me = f"model.layers.{i}.", f"blocks.{i}."
-            for p in ("weight", "bias"):
-                out[hf + "input_layernorm." + p] = sd[me + "ln." + p]
-                for n, t in zip("qkv", sd[me + "attn.qkv." + p].chunk(3)):
-                    out[hf + f"self_attn.{n}_proj.{p}"] = t
-                out[hf + "self_attn.dense." + p] = sd[me + "attn.out." + p]
-                out[hf + "mlp.fc1." + p] = sd[me + "mlp.fc1." + p]
-                out[hf + "mlp.fc2." + p] = sd[me + "mlp.fc2." + p]
-        return out
-
-    @classmethod
-    def from_hf(cls, hf_model: transformers.PhiForCausalLM) -> PhiForCausalLM:
-        """Convert a ``transformers`` ``PhiForCausalLM`` (e.g. ``microsoft/phi-1``) to this class."""
-        config = cls.config_from_hf(hf_model.config)
-        model = cls.from_hf_state_dict(hf_model.state_dict(), config)
-        return model.to(hf_model.dtype)
-
-    def to_hf(self) -> transformers.PhiForCausalLM:
-        """Convert to a ``transformers`` ``PhiForCausalLM`` with the same weights."""
-        from transformers import PhiForCausalLM as HFPhi
-
-        hf = HFPhi(self.hf_config())
-        hf.load_state_dict({k: v.detach().clone() for k, v in self.hf_state_dict().items()})
-        return hf.to(self.lm_head.weight.dtype)
-
-
-def _pick(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
-    """Greedy (``temperature == 0``) or nucleus sampling from ``[B, V]`` logits."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        choice = torch.multinomial(sorted_p, 1, generator=generator)
-        return idx.gather(-1, choice).squeeze(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import lightning as L
@@ -41,10 +42,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class InTrainingEvalConfig:
-    """What the callback measures and how often. Counts accept ``parse_count`` strings (``500K``)."""
+class SandboxSettings:
+    """The sandbox of the pass@1 runs, under the names of ``textbooks-eval``'s ``sandbox`` settings."""
 
-    every_tokens: int | str = "50M"  # evaluate every this many tokens seen (rounded to optimizer steps)
+    workers: int | None = None  # programs run in parallel; None = CPU count
+    test_cpu_s: float = Limits.test_cpu_s  # CPU seconds per test
+
+
+@dataclass
+class InTrainingEvalConfig:
+    """What the callback measures and how often (``eval`` of ``conf/train.yaml``: its schema)."""
+
+    every_tokens: str = "50M"  # evaluate every this many tokens seen (a count: 500K, 2B; rounded to steps)
     humaneval: bool = True
     mbpp: bool = False
     mbpp_split: str = "test"
@@ -54,20 +63,25 @@ class InTrainingEvalConfig:
     max_new_tokens: int = 128
     batch_size: int = 8
     at_end: bool = True  # evaluate the final model too (unless the last step was just evaluated)
-    workers: int | None = None  # sandbox processes; None = CPU count
-    test_cpu_s: float = 10.0  # CPU seconds per test in the sandbox
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
 
     def __post_init__(self) -> None:
-        try:
-            self.every_tokens = parse_count(self.every_tokens)
-        except ValueError as e:
-            raise ConfigError(f"eval.every_tokens: {e}") from None
-        if self.every_tokens < 1:
+        if isinstance(self.sandbox, Mapping):
+            self.sandbox = dataclass_from(SandboxSettings, self.sandbox, "eval.sandbox")
+        if self.tokens_between < 1:
             raise ConfigError(f"eval.every_tokens must be >= 1, got {self.every_tokens}")
         if self.pass_problems < 0 or (self.bpb_problems is not None and self.bpb_problems < 0):
             raise ConfigError("eval.pass_problems and eval.bpb_problems must be >= 0")
         if not self.humaneval and not self.mbpp:
             raise ConfigError("eval: nothing to evaluate; set humaneval=true or mbpp=true")
+
+    @property
+    def tokens_between(self) -> int:
+        """``every_tokens`` as a number."""
+        try:
+            return parse_count(self.every_tokens)
+        except ValueError as e:
+            raise ConfigError(f"eval.every_tokens: {e}") from None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InTrainingEvalConfig:
@@ -142,7 +156,7 @@ class EvalCallback(L.Callback):
         if tokens_per_step < 1:
             raise ConfigError(f"EvalCallback: tokens_per_step must be >= 1, got {tokens_per_step}")
         self.tokens_per_step = int(tokens_per_step)
-        self.every_steps = max(1, round(int(self.cfg.every_tokens) / self.tokens_per_step))
+        self.every_steps = max(1, round(self.cfg.tokens_between / self.tokens_per_step))
         self.codec = TiktokenCodec(load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer)
         self.suites = load_suites(self.cfg)
         self.last_step = -1  # the optimizer step evaluated last
@@ -180,7 +194,8 @@ class EvalCallback(L.Callback):
             lm = TextbooksLM(model, self.codec)  # evaluating() restores the model's train mode after
             sandbox = None
             if self.cfg.pass_problems:
-                sandbox = Sandbox(workers=self.cfg.workers, limits=Limits(test_cpu_s=self.cfg.test_cpu_s))
+                box = self.cfg.sandbox
+                sandbox = Sandbox(workers=box.workers, limits=Limits(test_cpu_s=box.test_cpu_s))
             try:
                 metrics = evaluate(lm, self.suites, self.cfg, sandbox)
             finally:

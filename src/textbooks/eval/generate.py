@@ -1,17 +1,16 @@
-"""Batched text generation behind one interface, for ``textbooks`` checkpoints, ``transformers`` models and
-models behind an OpenAI-compatible endpoint (``ServedLM``: the same ``iter_generate``, see its docstring).
+"""The one decoding loop: every text the library generates with a local model goes through ``LM``.
 
-``load_lm(checkpoint=...)`` wraps a ``PhiForCausalLM`` from ``load_pretrained`` (tokenizer: its tiktoken
-encoding); ``load_lm(hf_model=...)`` wraps any ``transformers`` causal LM with its tokenizer, by hub name
-(``microsoft/phi-1`` where the hub is reachable) or local path. Both run the same decoding loop:
+The evaluation (``textbooks-eval``), the in-training callback and the demo decode with it, for
+``textbooks`` models (``TextbooksLM``, here) and ``transformers`` models (``textbooks.eval.load.HFLM``);
+models behind an OpenAI-compatible endpoint answer the same ``iter_generate`` (``textbooks.eval.endpoint``).
 
-* prompts are tokenized, cut from the left when ``prompt + max_new_tokens`` exceeds the context, sorted by
-  length (longest first) and decoded ``batch_size`` rows at a time, left-padded with an attention mask and
-  position ids; results are handed back in the caller's order;
+* prompts (text, or token ids) are cut from the left when ``prompt + max_new_tokens`` exceeds the context,
+  sorted by length (longest first) and decoded ``batch_size`` rows at a time, left-padded with an
+  attention mask and position ids; results are handed back in the caller's order;
 * a KV cache (``use_cache=False`` recomputes the whole prefix each step: the benchmark's baseline);
 * greedy (``temperature == 0``) or nucleus sampling; every row draws from its own RNG, seeded from
   ``(seed, key, sample index)``, so a sample does not depend on the batch it ran in (a resumed run draws
-  the same numbers);
+  the same numbers); ids past the tokenizer's (the embedding's padding rows) are never picked;
 * each row stops at end-of-text, at ``max_new_tokens`` or as soon as its text contains a stop sequence,
   and its completion is cut at the first one; finished rows leave the batch.
 
@@ -24,7 +23,6 @@ near-ties can flip; in float64 they do not (the tests check batch sizes 1, 3 and
 from __future__ import annotations
 
 import abc
-import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -38,10 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from textbooks.errors import ConfigError, TextbooksError
+from textbooks.errors import ConfigError
+from textbooks.eval.codecs import Codec, TiktokenCodec
 from textbooks.model import KVCache, PhiForCausalLM
 
 FINISH_REASONS = ("stop", "eos", "length")
+Prompt = str | Sequence[int]  # text, or token ids already encoded
 
 
 @dataclass(frozen=True)
@@ -92,77 +92,6 @@ class Completion:
     prompt_tokens: int  # prompt tokens the model saw
     prompt_dropped: int  # prompt tokens cut from the left to fit the context
     token_ids: tuple[int, ...] = field(default=(), repr=False)  # the generated tokens, eos excluded
-
-
-# ----------------------------------------------------------------------------------------------- codecs
-
-
-class Codec(abc.ABC):
-    """Text <-> token ids for one model."""
-
-    name: str
-    eos_token_id: int | None
-    n_vocab: int  # ids the tokenizer can decode; the model's padded embedding rows beyond are never picked
-
-    @abc.abstractmethod
-    def encode(self, text: str) -> list[int]: ...
-
-    @abc.abstractmethod
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        """UTF-8 bytes of ``ids`` (stop sequences are searched in bytes, exact across token boundaries)."""
-        return self.decode(ids).encode("utf-8", "surrogatepass")
-
-    def token_bytes(self, token: int) -> bytes | None:
-        """The bytes one token adds, when that is well defined (byte-level BPE); None otherwise."""
-        return None
-
-
-class TiktokenCodec(Codec):
-    """A ``tiktoken.Encoding`` (``p50k_base`` or a trained BPE); special tokens in text are plain text."""
-
-    def __init__(self, encoding: Any) -> None:
-        from textbooks.tokenizer import TokenizerError, eot_token
-
-        self.encoding = encoding
-        self.name = encoding.name
-        self.n_vocab = encoding.n_vocab
-        try:
-            self.eos_token_id = eot_token(encoding)
-        except TokenizerError:
-            self.eos_token_id = None
-
-    def encode(self, text: str) -> list[int]:
-        return self.encoding.encode_ordinary(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.encoding.decode(list(ids), errors="replace")
-
-    def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return self.encoding.decode_bytes(list(ids))
-
-    def token_bytes(self, token: int) -> bytes | None:
-        return self.encoding.decode_single_token_bytes(token)
-
-
-class HFCodec(Codec):
-    """A ``transformers`` tokenizer, without added special tokens and without clean-up of spaces."""
-
-    def __init__(self, tokenizer: Any, eos_token_id: int | None = None) -> None:
-        self.tokenizer = tokenizer
-        self.name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        self.n_vocab = len(tokenizer)
-        self.eos_token_id = eos_token_id if eos_token_id is not None else tokenizer.eos_token_id
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-# ----------------------------------------------------------------------------------------------- models
 
 
 def row_seed(seed: int, key: str, sample: int) -> int:
@@ -281,15 +210,16 @@ class LM(abc.ABC):
                 mask[i, T - len(s) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def prompt_ids(self, prompt: str, max_new_tokens: int) -> tuple[list[int], int]:
-        """The prompt's tokens, cut from the left to leave room for ``max_new_tokens``; and how many were cut."""
+    def prompt_ids(self, prompt: Prompt, max_new_tokens: int) -> tuple[list[int], int]:
+        """The prompt's tokens (text is encoded, ids are taken as they are), cut from the left to leave room
+        for ``max_new_tokens``; and how many were cut."""
         budget = self.context_length - max_new_tokens
         if budget < 1:
             raise ConfigError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context of "
                 f"{self.context_length} tokens; lower max_new_tokens"
             )
-        ids = self.codec.encode(prompt)
+        ids = self.codec.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not ids:  # an empty prompt: condition on end-of-text, as at a document boundary
             ids = [self.pad_id]
         dropped = max(0, len(ids) - budget)
@@ -297,7 +227,7 @@ class LM(abc.ABC):
 
     def iter_generate(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         config: GenerationConfig,
         keys: Sequence[str] | None = None,
     ) -> Iterator[Completion]:
@@ -326,7 +256,7 @@ class LM(abc.ABC):
                         yield dataclasses.replace(c, sample=j)
 
     def generate(
-        self, prompts: Sequence[str], config: GenerationConfig, keys: Sequence[str] | None = None
+        self, prompts: Sequence[Prompt], config: GenerationConfig, keys: Sequence[str] | None = None
     ) -> list[list[Completion]]:
         """All completions, ``out[i][j]`` = sample ``j`` of prompt ``i``."""
         out: list[list[Completion | None]] = [[None] * config.n for _ in prompts]
@@ -459,235 +389,7 @@ class TextbooksLM(LM):
         }
 
 
-class HFLM(LM):
-    """A ``transformers`` causal LM (``AutoModelForCausalLM``) with its tokenizer."""
-
-    def __init__(self, model: Any, codec: Codec | Any, *, source: str | None = None) -> None:
-        self.model = model
-        self.codec = codec if isinstance(codec, Codec) else HFCodec(codec, _hf_eos(model, codec))
-        cfg = model.config
-        self.context_length = int(
-            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
-        )
-        self.source = source
-
-    @property
-    def module(self) -> torch.nn.Module:
-        return self.model
-
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str, *, device: str = "cpu", dtype: torch.dtype | None = None
-    ) -> HFLM:
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:
-            raise TextbooksError("hf_model needs the transformers package: pip install -e '.[hf]'") from e
-        try:
-            tok = AutoTokenizer.from_pretrained(name_or_path)
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
-        except (OSError, ValueError) as e:
-            raise TextbooksError(
-                f"hf_model={name_or_path!r}: cannot load it with transformers ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}). Give a local directory with config.json, the "
-                "weights and the tokenizer files, or a hub id on a machine that can reach the hub"
-            ) from e
-        return cls(model.to(device).eval(), tok, source=name_or_path)
-
-    def _new_cache(self, batch: int, max_len: int) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(config=self.model.config)
-
-    def _forward(self, ids: Tensor, mask: Tensor, positions: Tensor, cache: Any, keep: int) -> Tensor:
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=cache is not None,
-            logits_to_keep=keep,
-        )
-        return out.logits
-
-    def _select(self, cache: Any, rows: Tensor) -> Any:
-        cache.batch_select_indices(rows)
-        return cache
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "transformers",
-            "path": self.source,
-            "name": getattr(self.model.config, "name_or_path", None) or self.source,
-            "params": sum(p.numel() for p in self.model.parameters()),
-            "context": self.context_length,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
-            "tokenizer": self.codec.name,
-        }
-
-
-def _hf_eos(model: Any, tokenizer: Any) -> int | None:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos = eos[0] if isinstance(eos, list | tuple) and eos else eos
-    return eos
-
-
 # ---------------------------------------------------------------------------------------------- served
-
-CHAT_INSTRUCTION = (  # EvalPlus's instruction for chat models; the problem follows in a code block
-    "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
-)
-SERVED_APIS = ("chat", "completions")
-
-
-class ServedLM:
-    """A model behind an OpenAI-compatible endpoint, generating through ``textbooks.data.llm``'s client
-    (response cache, retries, concurrency): the same ``iter_generate`` as a local ``LM``.
-
-    ``api="completions"`` (base models): the prompt is continued as is, with the stop sequences sent to the
-    server and applied again here (servers cap how many they take). ``api="chat"`` (instruct models): one
-    user message, ``instruction`` then the prompt in a code block; the answer comes back whole, for the
-    caller to sanitize. Greedy decoding asks once per prompt (copied ``n`` times); sampling asks ``n``
-    times with per-sample seeds (``row_seed``), so a rerun asks the same requests and the cache answers.
-    Failed requests (after the client's retries) are not yielded; when the others are done,
-    ``GenerationError`` says how many failed and why (their problems are generated on the rerun).
-    """
-
-    def __init__(self, llm: Any, *, api: str = "chat", instruction: str = CHAT_INSTRUCTION) -> None:
-        if api not in SERVED_APIS:
-            raise ConfigError(f"api={api!r}: use chat (instruct models) or completions (base models)")
-        self.llm = llm  # textbooks.data.llm.LLMConfig, with base_url set
-        self.api = api
-        self.instruction = instruction
-
-    def chat_prompt(self, prompt: str) -> str:
-        return f"{self.instruction}\n```python\n{prompt.strip()}\n```\n"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "served",
-            "name": self.llm.model,
-            "endpoint": self.llm.base_url,
-            "api": self.api,
-            **({"instruction": self.instruction} if self.api == "chat" else {}),
-        }
-
-    def iter_generate(
-        self, prompts: Sequence[str], config: GenerationConfig, keys: Sequence[str] | None = None
-    ) -> Iterator[Completion]:
-        """Yield a ``Completion`` for every answered request, in prompt order (see the class docstring)."""
-        from textbooks.data.llm import LLMClient
-
-        if keys is not None and len(keys) != len(prompts):
-            raise ConfigError(f"generate: {len(keys)} keys for {len(prompts)} prompts")
-        keys = [str(k) for k in keys] if keys is not None else [str(i) for i in range(len(prompts))]
-        llm = dataclasses.replace(self.llm, progress=False)
-        rows: list[tuple[int, int]] = []
-        with LLMClient(llm) as client:
-            requests = []
-            for i, prompt in enumerate(prompts):
-                for j in [-1] if config.greedy else range(config.n):
-                    params: dict[str, Any] = {"max_tokens": config.max_new_tokens, "temperature": 0.0}
-                    if not config.greedy:
-                        params.update(temperature=config.temperature, seed=row_seed(config.seed, keys[i], j))
-                        params["top_p"] = config.top_p if config.top_p < 1 else None
-                    if self.api == "completions":
-                        requests.append(
-                            client.completion_request(prompt, stop=list(config.stop) or None, **params)
-                        )
-                    else:
-                        requests.append(client.request(self.chat_prompt(prompt), **params))
-                    rows.append((i, j))
-            failed: collections.Counter[str] = collections.Counter()
-            example = ""
-            for (i, j), res in zip(rows, client.iter_results(requests, desc="generating")):
-                if not res.ok:
-                    failed[str(res.error_kind)] += 1
-                    example = example or str(res.error)
-                    continue
-                c = self._completion(i, j, res, config)
-                if j >= 0:
-                    yield c
-                else:
-                    for k in range(config.n):
-                        yield dataclasses.replace(c, sample=k)
-        if failed:
-            raise GenerationError(
-                f"{sum(failed.values())} of {len(requests)} requests to {self.llm.base_url} failed after "
-                f"{self.llm.max_attempts} attempts ({dict(failed)}; e.g. {example[:200]}). The samples of every "
-                "other problem are saved: fix the endpoint and rerun the same command to generate only the rest"
-            )
-
-    def _completion(self, i: int, j: int, res: Any, config: GenerationConfig) -> Completion:
-        """An answer as a ``Completion``: "length" when cut at max_tokens, "stop" when cut here at a stop
-        sequence, else "eos" (a stop sequence the server applied counts here: servers do not say which)."""
-        from textbooks.eval.prompts import truncate
-
-        text, reason = res.text, "length" if res.finish_reason == "length" else "eos"
-        if self.api == "completions" and config.stop:
-            cut = truncate(text, config.stop)
-            if cut != text:
-                text, reason = cut, "stop"
-        return Completion(
-            index=i,
-            sample=max(j, 0),
-            text=text,
-            finish_reason=reason,
-            n_tokens=res.completion_tokens,
-            prompt_tokens=res.prompt_tokens,
-            prompt_dropped=0,
-        )
-
-
-class GenerationError(TextbooksError):
-    """Generation could not finish; what was generated is kept and a rerun resumes."""
-
-
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str | None, device: str) -> torch.dtype | None:
-    """``auto`` -> bfloat16 on CUDA GPUs that support it, else float32; None keeps the weights' dtype."""
-    if dtype is None:
-        return None
-    if dtype == "auto":
-        cuda_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r}: use one of auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def load_lm(
-    checkpoint: str | os.PathLike | None = None,
-    hf_model: str | None = None,
-    *,
-    device: str = "auto",
-    dtype: str | None = "auto",
-) -> LM:
-    """A ``textbooks`` checkpoint (a run's ``model/`` dir or a ``.ckpt``) or a ``transformers`` model."""
-    if (checkpoint is None) == (hf_model is None):
-        raise ConfigError("give exactly one of checkpoint=<model dir or .ckpt> and hf_model=<hub id or path>")
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if checkpoint is not None:
-        return TextbooksLM.from_pretrained(checkpoint, device=dev, dtype=dt)
-    return HFLM.from_pretrained(str(hf_model), device=dev, dtype=dt)
 
 
 @dataclass

@@ -249,15 +249,3 @@ class TokenDataModule(L.LightningDataModule):
     def epochs_for(self, steps: int) -> float:
         """How many passes over the mixture ``steps`` optimizer steps make."""
         return steps * self.global_batch_size / max(1, len(self.prepare().train_index))
-
-
-def steps_for_tokens(tokens: int, global_batch_size: int, seq_len: int) -> int:
-    """Optimizer steps that see ``tokens`` tokens; refuses budgets below one global batch."""
-    per_step = global_batch_size * seq_len
-    steps = tokens // per_step
-    if steps < 1:
-        raise ConfigError(
-            f"train.tokens={tokens:,} is below one global batch ({global_batch_size} x {seq_len} = {per_step:,} "
-            "tokens): raise train.tokens or lower the global batch size / sequence length"
-        )
-    return int(steps)

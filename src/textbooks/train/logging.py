@@ -1,22 +1,17 @@
-"""Loggers and callbacks: a CSV log that survives resumes, W&B that works without an account,
-throughput and MFU."""
+"""Loggers: a CSV log that survives resumes, W&B that works without an account."""
 
 from __future__ import annotations
 
 import csv
 import netrc
 import os
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-from textbooks.train.flops import peak_flops, precision_class
 
 METRICS = "metrics.csv"
 
@@ -145,70 +140,3 @@ class ResumeLogs(L.Callback):
         for lg in trainer.loggers:
             if isinstance(lg, RunCSVLogger) and trainer.is_global_zero:
                 lg.experiment.truncate(trainer.global_step)
-
-
-class ThroughputMonitor(L.Callback):
-    """Logs tokens/s (global and per device), step time and MFU every ``every`` optimizer steps."""
-
-    def __init__(
-        self,
-        tokens_per_step: int,
-        flops_per_token: float,
-        precision: str,
-        every: int = 10,
-        matmul_precision: str | None = None,
-    ) -> None:
-        self.tokens_per_step = tokens_per_step
-        self.flops_per_token = flops_per_token
-        self.precision = precision_class(precision, matmul_precision)
-        self.every = max(1, every)
-        self.peak: float | None = None
-        self.peak_source = ""
-        self._t0 = 0.0
-        self._start = time.perf_counter()
-        self._step0 = 0
-        self._before = 0.0  # training seconds of earlier sessions of a resumed run
-        self.train_seconds = 0.0
-        self.last: dict[str, float] = {}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.peak, self.peak_source = peak_flops(pl_module.device, self.precision)
-        self._sync(pl_module)
-        self._t0, self._step0 = time.perf_counter(), trainer.global_step
-        self._start = self._t0
-
-    @staticmethod
-    def _sync(pl_module: L.LightningModule) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step == self._step0 or step % self.every:
-            return
-        self._sync(pl_module)
-        now = time.perf_counter()
-        dt = now - self._t0
-        steps = step - self._step0
-        tps = steps * self.tokens_per_step / dt
-        world = trainer.world_size
-        metrics = {
-            "perf/tokens_per_sec": tps,
-            "perf/tokens_per_sec_per_device": tps / world,
-            "perf/step_seconds": dt / steps,
-        }
-        if self.peak:
-            metrics["perf/mfu"] = self.flops_per_token * tps / (self.peak * world)
-        self.last = metrics
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
-        self._t0, self._step0 = now, step
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.train_seconds = self._before + time.perf_counter() - self._start
-
-    def state_dict(self) -> dict[str, float]:
-        """Training time so far, so that device-hours add up over resumed sessions."""
-        return {"train_seconds": self._before + time.perf_counter() - self._start}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self._before = float(state.get("train_seconds", 0.0))

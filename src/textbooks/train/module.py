@@ -1,12 +1,13 @@
 """The LightningModule: next-token loss, AdamW, linear warmup then linear decay.
 
 Everything that differs between pretraining and finetuning (learning rate, batch, warmup, weight decay,
-dropout) is a value of ``conf/recipe/*.yaml``; this module only reads them.
+dropout) is a value of the recipe (``textbooks.train.config.RecipeConfig``, ``conf/recipe/*.yaml``); this
+module only reads them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -15,40 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from textbooks.model import Block, ModelConfig, PhiForCausalLM
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-7
-    weight_decay: float = 0.1
-    fused: bool | None = None  # torch's fused AdamW kernel; None = on CUDA only
-
-
-@dataclass
-class ScheduleConfig:
-    warmup_steps: int = 750
-    decay_steps: int | None = None  # steps at which lr reaches min_lr; None = the run's total steps
-    min_lr_ratio: float = 0.0
-
-
-@dataclass
-class TrainPlan:
-    """What the run does, derived from the config (tokens -> steps)."""
-
-    total_steps: int
-    global_batch_size: int
-    micro_batch_size: int
-    accumulate: int
-    seq_len: int
-    seed: int = 0
-    log_every: int = 1  # log train metrics every this many optimizer steps (and at the last one)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
+from textbooks.train.config import OptimConfig, ScheduleConfig
 
 
 def lr_lambda(step: int, warmup: int, decay_steps: int, min_ratio: float) -> float:
@@ -92,26 +60,42 @@ def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 
 
 class CausalLMModule(L.LightningModule):
-    """Trains a ``PhiForCausalLM`` on ``[B, seq_len + 1]`` token windows."""
+    """Trains a ``PhiForCausalLM`` on ``[B, seq_len + 1]`` token windows.
+
+    The run's length and accumulation are the Trainer's (``max_steps``, ``accumulate_grad_batches``);
+    ``tokens_per_step`` (global batch x sequence length) turns steps into tokens seen in the logs.
+    """
 
     def __init__(
         self,
-        model_config: dict[str, Any],
-        tokenizer: str,
-        optim: dict[str, Any],
-        schedule: dict[str, Any],
-        plan: dict[str, Any],
+        model: ModelConfig,
+        optim: OptimConfig,
+        schedule: ScheduleConfig,
         *,
+        tokens_per_step: int,
+        tokenizer: str | None = None,
+        seed: int = 0,
+        log_every: int = 1,
         init_from: str | None = None,
         activation_checkpointing: bool = False,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.optim = OptimConfig(**{**optim, "betas": tuple(optim.get("betas", (0.9, 0.95)))})
-        self.schedule = ScheduleConfig(**schedule)
-        self.plan = TrainPlan(**plan)
-        self.model = PhiForCausalLM(ModelConfig.from_dict(model_config))
+        # plain values: checkpoint.load_pretrained reads model_config and tokenizer back from a .ckpt
+        self.save_hyperparameters(
+            {
+                "model_config": model.to_dict(),
+                "tokenizer": tokenizer,
+                "optim": dataclasses.asdict(optim),
+                "schedule": dataclasses.asdict(schedule),
+                "tokens_per_step": tokens_per_step,
+                "seed": seed,
+                "init_from": init_from,
+            }
+        )
+        self.optim, self.schedule = optim, schedule
+        self.tokens_per_step, self.seed, self.log_every = tokens_per_step, seed, max(1, log_every)
+        self.model = PhiForCausalLM(model)
         if init_from:
             self._load_initial_weights(init_from)
         if activation_checkpointing:
@@ -121,8 +105,11 @@ class CausalLMModule(L.LightningModule):
                 block.compile()
         self._micro_total = 0
         self._loss_sum: torch.Tensor | None = None
-        c = self.model.config
-        self._dropout = max(c.attn_dropout, c.resid_dropout, c.embd_dropout) > 0
+        self._dropout = max(model.attn_dropout, model.resid_dropout, model.embd_dropout) > 0
+        self._flops_per_token: dict[int, float] = {}
+        self.flops_per_batch = (
+            0.0  # of the last training micro-batch (Lightning's ThroughputMonitor reads it)
+        )
 
     def _load_initial_weights(self, path: str) -> None:
         from textbooks.checkpoint import load_pretrained
@@ -140,8 +127,12 @@ class CausalLMModule(L.LightningModule):
         self.model.load_state_dict(src.state_dict())
 
     # -- training -----------------------------------------------------------------------------------------
+    @property
+    def accumulate(self) -> int:
+        return self.trainer.accumulate_grad_batches
+
     def on_train_start(self) -> None:
-        self._micro_total = self.global_step * self.plan.accumulate
+        self._micro_total = self.global_step * self.accumulate
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
@@ -151,16 +142,17 @@ class CausalLMModule(L.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        A = self.plan.accumulate
+        A = self.accumulate
         step, micro = divmod(self._micro_total, A)
         if self._dropout:
-            torch.manual_seed(step_seed(self.plan.seed, step, micro, self.global_rank))
+            torch.manual_seed(step_seed(self.seed, step, micro, self.global_rank))
         loss = self._loss(batch)
+        self._count_flops(batch)
         self._micro_total += 1
         self._loss_sum = loss.detach() if micro == 0 else self._loss_sum + loss.detach()
-        last = step + 1 == self.plan.total_steps
-        if micro == A - 1 and ((step + 1) % self.plan.log_every == 0 or last):
-            tokens_seen = (step + 1) * self.plan.tokens_per_step
+        last = step + 1 == self.trainer.max_steps
+        if micro == A - 1 and ((step + 1) % self.log_every == 0 or last):
+            tokens_seen = (step + 1) * self.tokens_per_step
             self.log_dict(
                 {
                     "train/loss": self._loss_sum / A,
@@ -175,6 +167,12 @@ class CausalLMModule(L.LightningModule):
             )
         return loss
 
+    def _count_flops(self, batch: torch.Tensor) -> None:
+        B, T = batch.shape[0], batch.shape[1] - 1
+        if T not in self._flops_per_token:
+            self._flops_per_token[T] = self.model.flops_per_token(T)
+        self.flops_per_batch = self._flops_per_token[T] * B * T
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log("val/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=batch.shape[0])
@@ -183,7 +181,7 @@ class CausalLMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self.log_dict(
             {
-                "val/tokens_seen": float(self.global_step * self.plan.tokens_per_step),
+                "val/tokens_seen": float(self.global_step * self.tokens_per_step),
                 "val/step": float(self.global_step),
             },
             on_epoch=True,
@@ -196,7 +194,7 @@ class CausalLMModule(L.LightningModule):
             param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=fused
         )
         s = self.schedule
-        decay = s.decay_steps or self.plan.total_steps
+        decay = s.decay_steps or self.trainer.max_steps
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: lr_lambda(step, s.warmup_steps, decay, s.min_lr_ratio)
         )
