@@ -49,7 +49,7 @@ def test_a_section_runs_its_blocks_together_when_they_stand_on_their_own() -> No
     check = check_section(SECTION, min_chars=50)
     assert check.verdict == "run" and check.blocks == 2
     assert "print(total)" in check.program and check.program.rstrip().endswith("print(sum(numbers))")
-    assert check_section("short", min_chars=50).verdict == "too_short"
+    assert check_section("short", min_chars=50).verdict == "short"
     assert check_section("No code at all, only words. " * 5, min_chars=50).verdict == "no_code"
     broken = SECTION.replace("for n in numbers:", "for n in numbers")
     assert check_section(broken, min_chars=50).verdict == "syntax"
@@ -86,3 +86,9 @@ def test_doctest_examples_are_counted_on_the_entry_point() -> None:
     )
     assert doctest_examples(code, "add") == 2 and doctest_examples(code, "missing") == 0
     assert doctest_examples("def f():\n    '''No examples.'''\n    return 1\n", "f") == 0
+
+
+def test_examples_doctest_cannot_read_count_as_none() -> None:
+    # an example whose continuation line is not indented like it (as in HumanEval/10's prompt)
+    broken = 'def f(s):\n    """Join.\n\n    >>> f("abc"\n  "def")\n    \'abcdef\'\n    """\n    return s\n'
+    assert doctest_examples(broken, "f") == 0

@@ -88,6 +88,16 @@ GEOMETRY = textwrap.dedent(
             """Return the perimeter of a w-by-h rectangle, in units."""
             total = 2 * (w + h)
             return total
+
+
+    def midpoint(p, q):
+        """Return the midpoint of the points p and q (its doctest is wrong, so it is dropped).
+
+        >>> midpoint((0, 0), (2, 4))
+        (1.0, 3.0)
+        """
+        x = (p[0] + q[0]) / 2
+        return (x, (p[1] + q[1]) / 2)
     '''
 )
 
@@ -116,7 +126,7 @@ def test_mined_exercises_are_split_with_the_imports_they_use(tmp_path, corpus):
     manifest = build_exercises(mined(tmp_path, corpus), progress=False)
     rows = {r["id"]: r for r in read_table(tmp_path / "exercises").to_pylist()}
     assert "geometry.py::distance" in rows and "geometry.py::most_common_letter" in rows
-    for rejected in ("scaled", "_private", "cached", "undocumented", "Box.area"):
+    for rejected in ("scaled", "_private", "cached", "undocumented", "Box.area", "midpoint"):
         assert f"geometry.py::{rejected}" not in rows
     d = rows["geometry.py::distance"]
     assert d["prompt"].startswith("import math\n\n\ndef distance(p, q):\n") and d["prompt"].endswith(
@@ -137,6 +147,7 @@ def test_mined_exercises_are_split_with_the_imports_they_use(tmp_path, corpus):
     assert manifest["documents"] == len(rows) > 10 and manifest["source"] == "mined"
     assert counts["uses_module_names"] >= 1 and counts["private"] >= 1 and counts["decorated"] >= 1
     assert counts["no_docstring"] >= 1 and manifest["read"]["documents"] == 41
+    assert counts["passed"] >= 1 and counts["fails"] >= 1 and counts["unchecked"] >= 1  # doctests ran
 
 
 def test_methods_that_never_use_self_become_functions(tmp_path, corpus):
@@ -247,8 +258,9 @@ PROMPT = 'Exercise on "{topic}": write `{name}`.'
 
 def canned_exercise(messages: list[dict], body: dict) -> str:
     """Deterministic answers keyed off the prompt: 1 in 10 names the wrong function, 1 in 10 is not valid
-    Python, 1 in 10 has no docstring, 1 in 10 has no code fence; the rest are good (with a test after the
-    function, which is not part of the exercise)."""
+    Python, 1 in 10 has no docstring, 1 in 10 fails its doctest, 1 in 10 has no doctest, 1 in 10 never
+    ends, 1 in 10 has no code fence; the rest are good (with a test after the function, which is not part
+    of the exercise)."""
     prompt = last_user_message(messages)
     topic, name = re.search(r'on "([^"]+)": write `(\w+)`', prompt).groups()
     kind = _kind(prompt)
@@ -258,6 +270,14 @@ def canned_exercise(messages: list[dict], body: dict) -> str:
         return f"```python\ndef {name}(x)\n    return x\n```"
     if kind == "no_docstring":
         return f"```python\ndef {name}(x):\n    return x\n```"
+    if kind in ("fails", "no_tests", "timeout"):
+        example = {
+            "fails": f">>> {name}(2)\n    5",
+            "no_tests": "Add one.",
+            "timeout": f">>> {name}(2)\n    3",
+        }
+        body = "while True:\n        pass" if kind == "timeout" else "return x + 1"
+        return f'```python\ndef {name}(x):\n    """Add one.\n\n    {example[kind]}\n    """\n    {body}\n```'
     code = textwrap.dedent(
         f'''
         import math
@@ -283,7 +303,16 @@ def canned_exercise(messages: list[dict], body: dict) -> str:
 
 def _kind(prompt: str) -> str:
     h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 10
-    return {0: "wrong_name", 1: "syntax", 2: "no_docstring", 3: "bare"}.get(h, "good")
+    kinds = {
+        0: "wrong_name",
+        1: "syntax",
+        2: "no_docstring",
+        3: "bare",
+        4: "fails",
+        5: "no_tests",
+        6: "timeout",
+    }
+    return kinds.get(h, "good")
 
 
 def synthetic(tmp_path: Path, out: str = "exercises", **kw) -> ExercisesConfig:
@@ -328,26 +357,28 @@ def test_answers_are_parsed_into_exercises_or_rejected():
             exercise_from_answer(answer, "f")
 
 
-def test_synthetic_stage_keeps_valid_exercises_and_reruns_from_the_cache(tmp_path):
-    cfg = synthetic(tmp_path)
+def test_synthetic_stage_keeps_checked_exercises_and_reruns_from_the_cache(tmp_path):
+    cfg = synthetic(tmp_path, check_cpu_s=1.0)
     plans = plan_exercises(cfg)
     cache = tmp_path / "c.sqlite"
     with OpenAIServer(canned_exercise) as server:
         manifest = build_exercises(cfg, llm_config(server.url, cache), progress=False)
         assert server.received == 40
         again = build_exercises(
-            synthetic(tmp_path, out="again"), llm_config(server.url, cache), progress=False
+            synthetic(tmp_path, out="again", check_cpu_s=1.0), llm_config(server.url, cache), progress=False
         )
         assert server.received == 40 and again["llm"]["cache_hits"] == 40
     kinds = [_kind(p.prompt) for p in plans]
-    assert all(k in kinds for k in ("wrong_name", "syntax", "no_docstring", "bare", "good"))
+    reasons = ("wrong_name", "syntax", "no_docstring", "fails", "no_tests", "timeout")
+    assert all(k in kinds for k in (*reasons, "bare", "good"))
     counts = manifest["counts"]
-    for reason in ("wrong_name", "syntax", "no_docstring"):
+    for reason in reasons:
         assert counts.get(reason, 0) == kinds.count(reason), reason
+    assert counts["passed"] == kinds.count("good") + kinds.count("bare")
     good = [p for p, k in zip(plans, kinds) if k in ("good", "bare")]
     rows = read_table(cfg.out_dir).to_pylist()
     # the canned body is the same for every name, but the names differ, so only repeated names are duplicates
-    assert len(rows) + counts.get("duplicates", 0) == len(good) and len(rows) == manifest["documents"] >= 10
+    assert len(rows) + counts.get("duplicates", 0) == len(good) and len(rows) == manifest["documents"] >= 5
     by_id = {p.index: p for p in good}
     for r in rows:
         plan = by_id[int(r["id"].split("-")[1])]

@@ -19,8 +19,9 @@ from openai_server import OpenAIServer, last_user_message
 
 from textbooks.data.app import run
 from textbooks.data.llm_config import Backoff, LLMConfig
+from textbooks.data.minhash import Duplicates, deduplicate
 from textbooks.data.parquet import read_table
-from textbooks.data.synth import Deduplicator, SynthConfig, plan_requests, request_seed, synthesize
+from textbooks.data.synth import SynthConfig, duplicates, plan_requests, request_seed, synthesize
 from textbooks.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -49,7 +50,9 @@ SHARED = " ".join(WORDS[i % len(WORDS)] + str(i % 7) for i in range(150))
 
 def canned_section(messages: list[dict], body: dict) -> str:
     """Deterministic sections: recursion is too short, dictionaries are always the same text, sets
-    differ only in their last word (near-duplicates); the rest are unique."""
+    differ only in their last word (near-duplicates); the rest are unique, with code that runs except for
+    loops for beginners (no code), functions (a syntax error for students, code that needs earlier context
+    for analysts) and strings for analysts (code that fails)."""
     prompt = last_user_message(messages)
     topic, audience = re.search(r'on "([^"]+)" for ([^.]+)\.', prompt).groups()
     if topic == "recursion":
@@ -57,10 +60,19 @@ def canned_section(messages: list[dict], body: dict) -> str:
     if topic == "dictionaries":
         return f"# Dictionaries\n\n{SHARED}\n\n```python\nd = {{'a': 1}}\nprint(d['a'])\n```"
     if topic == "sets":
-        return f"# Sets\n\n{SHARED} for {audience}"
+        return f"# Sets\n\n```python\nprint(len({{1, 2}}))\n```\n\n{SHARED} for {audience}"
     h = hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).digest()
     text = " ".join(WORDS[b % len(WORDS)] + str(b) for b in h * 6)
-    return f"# {topic.title()} for {audience}\n\n{text}\n\n```python\nprint({h[0]})\n```"
+    code = CODE.get((topic, audience), f"print({h[0]})")
+    return f"# {topic.title()} for {audience}\n\n{text}" + (f"\n\n```python\n{code}\n```" if code else "")
+
+
+CODE = {  # the code of a section by (topic, audience) when it is not a print that runs
+    ("loops", "beginners"): "",
+    ("functions", "students"): "def f(:\n    pass",
+    ("functions", "analysts"): "print(total)",
+    ("strings", "analysts"): "assert 'a'.upper() == 'a'",
+}
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +106,16 @@ def test_plans_are_diverse_seeded_and_stable_per_index():
     assert all(p.prompt == PROMPT.format(topic=p.topic, audience=p.audience, snippet="") for p in plans)
 
 
-def test_deduplicator_finds_exact_and_near_duplicates():
-    d = Deduplicator(0.8)
-    assert d.check("a", SHARED) is None
-    assert d.check("b", "  " + SHARED.upper() + "\n") == "exact"
-    assert d.check("c", SHARED + " extra") == "near"
-    assert d.check("d", canned_section([{"role": "user", "content": 'on "loops" for x.'}], {})) is None
-    assert Deduplicator(None).check("e", SHARED + " extra") is None
+def test_sections_are_duplicates_as_the_dedup_stage_defines_them():
+    def verdicts(cfg: SynthConfig, texts: list[str]) -> list[str | None]:
+        return [v.reason for v in deduplicate(texts, duplicates(cfg))]
+
+    loops = canned_section([{"role": "user", "content": 'on "loops" for x.'}], {})
+    texts = [SHARED, "\n" + SHARED + "  \n\n", SHARED + " extra", loops]
+    assert verdicts(make(Path("/x")), texts) == [None, "exact", "near", None]
+    assert verdicts(make(Path("/x"), near_dup_threshold=None), texts) == [None, "exact", None, None]
+    definition = duplicates(make(Path("/x"), near_dup_threshold=0.9))
+    assert definition == Duplicates(threshold=0.9)  # the dedup stage's shingles, permutations and seed
 
 
 def test_stage_keeps_long_unique_sections_with_their_provenance(tmp_path):
@@ -112,12 +127,21 @@ def test_stage_keeps_long_unique_sections_with_their_provenance(tmp_path):
     rows = read_table(cfg.out_dir).to_pylist()
     by_topic = {t: sum(p.topic == t for p in plans) for t in TOPICS}
     assert manifest["short"] == by_topic["recursion"]
-    set_audiences = len({p.audience for p in plans if p.topic == "sets"})  # same audience: the same text
-    assert manifest["exact_dups"] == by_topic["dictionaries"] - 1 + by_topic["sets"] - set_audiences
-    assert manifest["near_dups"] == set_audiences - 1 >= 1
+    # sets: the same text per audience; the first is kept, its repeats are exact duplicates of it and every
+    # other audience's (a near duplicate of it, whose own repeats are near duplicates again)
+    sets = [p.audience for p in plans if p.topic == "sets"]
+    first_sets = sets.count(sets[0])
+    assert manifest["exact_dups"] == by_topic["dictionaries"] - 1 + first_sets - 1
+    assert manifest["near_dups"] == len(sets) - first_sets >= 1
     assert manifest["failed"] == 0 and manifest["requested"] == manifest["answered"] == 36
+    by_pair = {pair: sum((p.topic, p.audience) == pair for p in plans) for pair in CODE}
+    assert manifest["no_code"] == by_pair["loops", "beginners"] >= 1
+    assert manifest["syntax"] == by_pair["functions", "students"] >= 1
+    assert manifest["fails"] == by_pair["strings", "analysts"] >= 1
+    assert manifest["unrun"] == by_pair["functions", "analysts"] >= 1
     kept = 36 - by_topic["recursion"] - (by_topic["dictionaries"] - 1) - (by_topic["sets"] - 1)
-    assert len(rows) == manifest["documents"] == kept
+    kept -= manifest["no_code"] + manifest["syntax"] + manifest["fails"]
+    assert len(rows) == manifest["documents"] == kept == manifest["ran"] + manifest["unrun"]
     assert manifest["topics"] == dict(sorted(by_topic.items()))
     div = manifest["diversity"]  # of every answer: dictionaries always the same text, loops never repeated
     n = by_topic["dictionaries"]

@@ -25,7 +25,8 @@ _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)```", re.DOTALL)
 _PYTHON = {"", "python", "python3", "py", "pycon"}
 _BUILTINS = frozenset(dir(builtins))
 STDLIB = frozenset(sys.stdlib_module_names)
-SECTION_DROPS = ("too_short", "no_code", "syntax", "fails", "exact_dups", "near_dups")
+SECTION_DROPS = ("short", "no_code", "syntax", "fails")  # why a textbook section is dropped before dedup
+CHECK_CPU_S = 10.0  # CPU seconds a checked program may take before it counts as ``timeout``
 
 
 def code_blocks(text: str) -> list[str]:
@@ -93,7 +94,7 @@ def check_section(text: str, min_chars: int) -> SectionCheck:
     """The static checks of a section, in order: long enough, has code, every block parses; then whether its
     blocks, joined in order, can run on their own."""
     if len(text) < min_chars:
-        return SectionCheck("too_short")
+        return SectionCheck("short")
     blocks = code_blocks(text)
     if not blocks:
         return SectionCheck("no_code")
@@ -106,7 +107,8 @@ def check_section(text: str, min_chars: int) -> SectionCheck:
 
 
 def doctest_examples(code: str, entry_point: str) -> int:
-    """How many ``>>>`` examples the docstring of ``entry_point`` in ``code`` holds (0 when none)."""
+    """How many ``>>>`` examples the docstring of ``entry_point`` in ``code`` holds (0 when none, or when
+    doctest cannot parse them)."""
     try:
         tree = ast.parse(code)
     except (SyntaxError, ValueError):
@@ -114,16 +116,29 @@ def doctest_examples(code: str, entry_point: str) -> int:
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
             doc = docstring_node(node)
-            return len(doctest.DocTestParser().get_examples(doc.value.value)) if doc is not None else 0  # type: ignore[attr-defined]
+            if doc is None:
+                return 0
+            try:
+                return len(doctest.DocTestParser().get_examples(doc.value.value))  # type: ignore[attr-defined]
+            except ValueError:  # examples doctest cannot read (inconsistent indentation): nothing to check with
+                return 0
     return 0
 
 
-# Appended to an exercise: runs its entry point's doctests; the program fails unless every example passes.
+# Appended to an exercise: runs its entry point's doctests; the program fails unless every example passes, and
+# what is not an ``Exception`` (the sandbox's CPU budget running out, SystemExit) ends it as it would any program.
 _DOCTEST_RUNNER = """
 
 def __check_doctests():
     import doctest
-    runner = doctest.DocTestRunner(verbose=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+
+    class Runner(doctest.DocTestRunner):
+        def report_unexpected_exception(self, out, test, example, exc_info):
+            if not isinstance(exc_info[1], Exception):  # the sandbox's CPU budget, an exit: not a failure
+                raise exc_info[1]
+            super().report_unexpected_exception(out, test, example, exc_info)
+
+    runner = Runner(verbose=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for test in doctest.DocTestFinder(recurse=False).find({entry}, {entry!r}, globs=dict(globals())):
         runner.run(test, out=lambda text: None)
     if runner.tries == 0 or runner.failures:
@@ -139,12 +154,14 @@ def doctest_program(code: str, entry_point: str) -> str:
     return code.rstrip() + "\n" + _DOCTEST_RUNNER.format(entry=entry_point)
 
 
-def run_checks(programs: Sequence[str], *, timeout_s: float = 10.0, workers: int | None = None) -> list[str]:
+def run_checks(
+    programs: Sequence[str], *, cpu_s: float = CHECK_CPU_S, workers: int | None = None
+) -> list[str]:
     """Run each program in the sandbox; per program ``passed``, ``fails`` or ``timeout``."""
     if not programs:
         return []
     from textbooks.sandbox import Limits, Program, run_programs
 
-    limits = Limits(setup_cpu_s=timeout_s)
+    limits = Limits(setup_cpu_s=cpu_s)
     results = run_programs([Program(setup=p) for p in programs], workers=workers, limits=limits)
     return ["passed" if r.passed else "timeout" if r.status == "timeout" else "fails" for r in results]

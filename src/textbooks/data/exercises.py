@@ -18,11 +18,17 @@ uses are put on top of the prompt). ``include_methods`` adds methods that never 
 Either way an exercise is split the same way: ``prompt`` = the imports it needs, the signature (normalised
 by ``ast.unparse``) and the docstring as written; ``solution`` = the body after the docstring, as written;
 ``text = prompt + solution`` (what gets packed) must ``ast.parse``, or the exercise is dropped and counted.
-Exact duplicates (same text up to whitespace) are dropped too. Rows are written in a deterministic order
-(input order, then source order; or request order) with stable ids.
+Exact duplicates (the same text up to trailing whitespace and blank lines, as the ``dedup`` stage defines
+them) are dropped too. Rows are written in a deterministic order (input order, then source order; or request
+order) with stable ids.
+
+Every exercise is then checked (``run_tests``, ``textbooks.data.checks``): its solution runs against its own
+doctests in the sandbox; failing and timing-out ones are dropped and counted, and so are an LLM's exercises
+without doctests (mined functions without doctests are kept, counted as unchecked).
 
 Steps: ``mine`` (per input shard) or ``generate`` (the requests in parts of ``requests_per_part``), split
-across tasks, then ``select`` (one task: duplicates dropped in order, ``max_exercises``), then publish.
+across tasks, each checking its exercises, then ``select`` (one task: duplicates dropped in order,
+``max_exercises``), then publish.
 
 Output (``out_dir``): ``part-*.parquet`` with ``id, text, source, prompt, solution, entry_point, model,
 params, topic, origin`` and ``manifest.json`` with every count.
@@ -43,6 +49,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
+from textbooks.data.checks import CHECK_CPU_S, doctest_examples, doctest_program, run_checks
 from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
@@ -53,6 +60,7 @@ from textbooks.data.llm_cache import SharedCache
 from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_requests import fill_template, prompt_hash
 from textbooks.data.llm_server import llm_endpoint
+from textbooks.data.minhash import exact_key
 from textbooks.data.parquet import PartWriter, write_table
 from textbooks.data.prompts import EXERCISE_PROMPT, EXERCISE_SYSTEM, EXERCISE_TOPICS, NAME_NOUNS, NAME_VERBS
 from textbooks.data.reader import Fields, ReadStats, read_shard
@@ -108,6 +116,12 @@ class ExercisesConfig:
     prompt: str = EXERCISE_PROMPT  # {name} (the function-name constraint) and {topic}
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 1024})
     requests_per_part: int = 1000  # requests per part (the unit tasks share out)
+    # run each solution against its own doctests in the sandbox: failing or timing-out ones are dropped, so are
+    # LLM exercises without doctests (mined ones without doctests are kept, counted as unchecked)
+    run_tests: bool = True
+    check_cpu_s: float = (
+        CHECK_CPU_S  # CPU seconds a solution's doctests may take (longer: dropped as timeout)
+    )
     max_failed_fraction: float = execution_only(0.1)
     name: str = "exercises"  # the stage (conf/stage/exercises.yaml)
 
@@ -241,9 +255,34 @@ class Exercises(SharedCache, Stage):
         first = Step("mine", "mine") if self.config.source == "mined" else Step("generate", "generate")
         return [first, Step("select", "select", sharded=False)]
 
-    def _candidates(self, task: Task, part: int, rows: Iterator[dict[str, Any]]) -> None:
-        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
-        write_table(task.data_dir() / f"{part:05d}.parquet", table)
+    def _candidates(self, task: Task, part: int, rows: Iterator[dict[str, Any]], reasons: Counter) -> None:
+        """The part's exercises that pass their checks: a solution must pass its own doctests in the sandbox
+        (``run_tests``); an LLM's exercise without doctests is dropped, a mined one kept as unchecked."""
+        rows = list(rows)
+        if self.config.run_tests:
+            tested = [r for r in rows if doctest_examples(r["text"], r["entry_point"])]
+            untested = {id(r) for r in rows} - {id(r) for r in tested}
+            verdicts = dict(
+                zip(
+                    map(id, tested),
+                    run_checks(
+                        [doctest_program(r["text"], r["entry_point"]) for r in tested],
+                        cpu_s=self.config.check_cpu_s,
+                    ),
+                )
+            )
+            kept = []
+            for r in rows:
+                why = (
+                    ("unchecked" if self.config.source == "mined" else "no_tests")
+                    if id(r) in untested
+                    else verdicts[id(r)]
+                )
+                reasons[why] += 1
+                if why in ("passed", "unchecked"):
+                    kept.append(r)
+            rows = kept
+        write_table(task.data_dir() / f"{part:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
 
     def mine(self, task: Task) -> dict[str, Any]:
         cfg = self.config
@@ -261,7 +300,7 @@ class Exercises(SharedCache, Stage):
                     bar.update()
                     yield from mined_rows(doc, cfg, reasons)
 
-            self._candidates(task, i, rows())
+            self._candidates(task, i, rows(), reasons)
             return {"reasons": dict(reasons), "read": stats.to_dict()}
 
         try:
@@ -280,17 +319,20 @@ class Exercises(SharedCache, Stage):
             def one(part: int) -> dict[str, Any]:
                 reasons: Counter = Counter()
                 mine = plans[part * per : (part + 1) * per]
-                self._candidates(task, part, synthetic_rows(mine, cfg, client, reasons, self.template))
+                self._candidates(
+                    task, part, synthetic_rows(mine, cfg, client, reasons, self.template), reasons
+                )
                 return {"reasons": dict(reasons)}
 
             return task.each_shard(task.plan["parts"], one) | {"llm": client.stats.to_dict()}
 
     def select(self, task: Task) -> dict[str, Any]:
-        """Exact duplicates (whitespace-normalised text) after the first are dropped, in order."""
+        """Exact duplicates (the same normalised text, ``textbooks.data.minhash.exact_key``) after the first are
+        dropped, in order."""
         import pyarrow.parquet as pq
 
         first = "mine" if self.config.source == "mined" else "generate"
-        seen: set[str] = set()
+        seen: set[bytes] = set()
         reasons: Counter = Counter()
         kept, limit = 0, self.config.max_exercises if self.config.source == "mined" else None
         parts = []
@@ -302,7 +344,7 @@ class Exercises(SharedCache, Stage):
                 for row in rows:
                     if limit is not None and kept >= limit:
                         break
-                    digest = hashlib.sha1(" ".join(row["text"].split()).encode()).hexdigest()
+                    digest = exact_key(row["text"])
                     if digest in seen:
                         reasons["duplicates"] += 1
                         continue

@@ -10,9 +10,11 @@ every prompt. This stage does the same against any OpenAI-compatible endpoint (`
   from that corpus (a function or class, or a window of lines) for the section to build on;
 * each request carries its own sampling ``seed`` (derived from the stage seed and ``i``), which makes the
   requests distinct and, on servers that honour it, reproducible;
-* answers shorter than ``min_chars`` are dropped, and so are duplicates: exact ones (same text after
-  lower-casing and collapsing whitespace) and near ones (MinHash LSH over word 5-grams, Jaccard >=
-  ``near_dup_threshold``; ``null`` turns it off). The first occurrence is kept.
+* answers are checked (``textbooks.data.checks``): shorter than ``min_chars``, without a Python code block, with
+  a block that does not parse, or whose self-contained code fails in the sandbox (``run_code``): dropped and
+  counted by reason; then duplicates, as the ``dedup`` stage defines them (``textbooks.data.minhash``): exact
+  ones (the same normalised text) and near ones (MinHash Jaccard over word 5-grams >= ``near_dup_threshold``;
+  ``null`` turns it off). The first occurrence is kept.
 
 Steps: ``snippets`` (one task: the seeded reservoir over ``seed_input``), ``generate`` (the requests in parts of
 ``requests_per_part``, split across tasks; every task answers from the shared response cache first),
@@ -31,13 +33,13 @@ import hashlib
 import json
 import logging
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from textbooks.config import dataclass_from
+from textbooks.data.checks import CHECK_CPU_S, SECTION_DROPS, check_section, run_checks
 from textbooks.data.diversity import diversity
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.executor import run as run_on
@@ -47,6 +49,7 @@ from textbooks.data.llm_cache import SharedCache
 from textbooks.data.llm_config import LLMConfig, LLMUnreachableError
 from textbooks.data.llm_requests import ChatResult, fill_template, prompt_hash
 from textbooks.data.llm_server import llm_endpoint
+from textbooks.data.minhash import Deduplicator, Duplicates, Sketcher
 from textbooks.data.parquet import PartWriter
 from textbooks.data.prompts import AUDIENCES, SNIPPET_TEMPLATE, TEXTBOOK_PROMPT, TEXTBOOK_SYSTEM, TOPICS
 from textbooks.data.reader import Fields, ReadStats, read_shard
@@ -102,6 +105,8 @@ class SynthConfig:
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard for near-duplicates; null = exact only
     max_failed_fraction: float = execution_only(0.1)  # requests without an answer tolerated
     requests_per_part: int = 1000  # requests per output part (the unit tasks share out)
+    run_code: bool = True  # run each section's self-contained code in the sandbox; drop the sections it fails
+    check_cpu_s: float = CHECK_CPU_S  # CPU seconds that code may take (longer: it fails)
     # overrides of the llm's sampling (diversity wants temperature ~1)
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 2048})
     name: str = "textbooks"  # the stage (conf/stage/textbooks.yaml)
@@ -218,45 +223,6 @@ def plan_requests(cfg: SynthConfig, pool: list[Snippet]) -> list[Plan]:
     return plans
 
 
-def normalise(text: str) -> str:
-    """Lower case, whitespace collapsed: what exact-duplicate detection compares."""
-    return re.sub(r"\s+", " ", text.lower()).strip()
-
-
-class Deduplicator:
-    """Exact (normalised hash) and near (MinHash LSH over word 5-grams) duplicate detection, in order."""
-
-    def __init__(self, threshold: float | None, num_perm: int = 128, seed: int = 1) -> None:
-        self.seen: set[str] = set()
-        self.threshold = threshold
-        self.num_perm = num_perm
-        self.seed = seed
-        self.lsh = None
-        if threshold is not None:
-            from datasketch import MinHashLSH
-
-            self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-
-    def check(self, key: str, text: str) -> str | None:
-        """``"exact"`` or ``"near"`` when ``text`` duplicates an earlier one, else ``None`` (and remember it)."""
-        norm = normalise(text)
-        digest = hashlib.sha1(norm.encode()).hexdigest()
-        if digest in self.seen:
-            return "exact"
-        self.seen.add(digest)  # (a repeat of a dropped near-duplicate is then an exact one)
-        if self.lsh is not None:
-            from datasketch import MinHash
-
-            words = re.findall(r"\w+", norm)
-            shingles = {" ".join(words[i : i + 5]) for i in range(max(1, len(words) - 4))}
-            mh = MinHash(num_perm=self.num_perm, seed=self.seed)
-            mh.update_batch([s.encode() for s in shingles])
-            if self.lsh.query(mh):
-                return "near"
-            self.lsh.insert(key, mh)
-        return None
-
-
 class Synthesize(SharedCache, Stage):
     name = "textbooks"
 
@@ -324,16 +290,31 @@ class Synthesize(SharedCache, Stage):
                     raise LLMUnreachableError(
                         f"{e} (stage textbooks needs an LLM; there is no offline proxy)"
                     ) from None
+                self._check(rows)
                 write_json_atomic(task.data_dir() / f"{part:05d}.json", rows)
                 return {"requests": len(mine)}
 
             out = task.each_shard(task.plan["parts"], one)
             return out | {"llm": client.stats.to_dict()}
 
+    def _check(self, rows: list[dict[str, Any]]) -> None:
+        """Each answer's code: ``check`` = a drop reason (short, no_code, syntax, fails), ``ran`` (its
+        self-contained code ran in the sandbox) or ``unrun`` (code that parses but needs context to run)."""
+        checks = {i: check_section(r["text"], self.config.min_chars) for i, r in enumerate(rows) if r["ok"]}
+        runnable = [i for i, c in checks.items() if c.verdict == "run"] if self.config.run_code else []
+        verdicts = dict(
+            zip(runnable, run_checks([checks[i].program for i in runnable], cpu_s=self.config.check_cpu_s))
+        )
+        for i, c in checks.items():
+            verdict = {"run": "ran" if i in verdicts else "unrun", "kept": "unrun"}.get(c.verdict, c.verdict)
+            rows[i]["check"] = "fails" if verdicts.get(i, "passed") != "passed" else verdict
+            rows[i]["code_blocks"] = c.blocks
+
     def select(self, task: Task) -> dict[str, Any]:
         cfg = self.config
-        dedup = Deduplicator(cfg.near_dup_threshold, seed=cfg.seed + 1)
-        counts = {"requested": 0, "failed": 0, "short": 0, "exact_dups": 0, "near_dups": 0, "truncated": 0}
+        dedup, sketch = Deduplicator(duplicates(cfg)), Sketcher(duplicates(cfg))
+        counts = {"requested": 0, "failed": 0, "short": 0, "no_code": 0, "syntax": 0, "fails": 0,
+                  "exact_dups": 0, "near_dups": 0, "truncated": 0, "ran": 0, "unrun": 0}  # fmt: skip
         failed_by_kind: dict[str, int] = {}
         kept = 0
         answered: list[dict[str, Any]] = []
@@ -344,13 +325,22 @@ class Synthesize(SharedCache, Stage):
                 for row in rows:
                     counts["requested"] += 1
                     ok, kind = row.pop("ok"), row.pop("error_kind")
-                    verdict = _verdict(ok, row["text"], cfg, dedup, row["id"])
+                    check = row.pop("check", None)
+                    row.pop("code_blocks", None)
+                    verdict = (
+                        "failed"
+                        if not ok
+                        else check
+                        if check in SECTION_DROPS
+                        else _verdict(row, dedup, sketch)
+                    )
                     if verdict == "failed":
                         failed_by_kind[str(kind)] = failed_by_kind.get(str(kind), 0) + 1
                     if verdict != "kept":
                         counts[verdict] += 1
                         continue
                     counts["truncated"] += row["finish_reason"] == "length"  # kept, but stopped at max_tokens
+                    counts[check] += 1  # ran in the sandbox, or kept unrun (its code needs earlier context)
                     w.add(row)
                 kept += w.count
         div = diversity(answered, ["topic", "audience"], threshold=cfg.near_dup_threshold or 0.7)
@@ -359,7 +349,8 @@ class Synthesize(SharedCache, Stage):
     def summarize(self, task: Task) -> dict[str, Any]:
         cfg = self.config
         s = task.stats_of("select")[0]
-        counts = {k: s[k] for k in ("requested", "failed", "short", "exact_dups", "near_dups", "truncated")}
+        counts = {k: s[k] for k in ("requested", "failed", "short", "no_code", "syntax", "fails", "exact_dups",
+                                    "near_dups", "truncated", "ran", "unrun")}  # fmt: skip
         counts["answered"] = counts["requested"] - counts["failed"]
         if counts["failed"] / max(counts["requested"], 1) > cfg.max_failed_fraction:
             raise TextbooksError(
@@ -398,13 +389,16 @@ def synthesize(
     return run_on(Synthesize(cfg, llm), executor, progress=progress)
 
 
-def _verdict(ok: bool, text: str, cfg: SynthConfig, dedup: Deduplicator, key: str) -> str:
-    if not ok:
-        return "failed"
-    if len(text) < cfg.min_chars:
-        return "short"
-    dup = dedup.check(key, text)
-    return {"exact": "exact_dups", "near": "near_dups", None: "kept"}[dup]
+def duplicates(cfg: SynthConfig) -> Duplicates:
+    """What a duplicate section is: the dedup stage's definition, at ``near_dup_threshold`` (null: exact only)."""
+    t = cfg.near_dup_threshold
+    return Duplicates(near=False) if t is None else Duplicates(threshold=t)
+
+
+def _verdict(row: dict[str, Any], dedup: Deduplicator, sketch: Sketcher) -> str:
+    """``kept``, or which earlier kept section it duplicates (exactly or nearly)."""
+    reason = dedup.add(sketch([row["text"]])[0]).reason
+    return {"exact": "exact_dups", "near": "near_dups", None: "kept"}[reason]
 
 
 def _row(plan: Plan, res: ChatResult, template: str) -> dict[str, Any]:
