@@ -18,7 +18,7 @@ releases use 4 s). Ours: ``textbooks.eval.score.score_samples`` with a fresh ``S
 Prints the agreement on ``passed`` (base + extra inputs) and on the base verdict, every sample where the
 two differ, and the wall-time ratio. Not run by the test suite.
 
-Usage: ``python benchmarks/plus_scoring.py --data-dir ../shared/data/benchmarks [--benchmarks humaneval+
+Usage: ``python benchmarks/plus_scoring.py [--data-dir DIR] [--benchmarks humaneval+
 mbpp+] [--per-problem 10] [--limit N] [--workers N] [--out DIR]``
 """
 
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import FILENAMES, load_benchmark
+from textbooks.benchmarks import DATA_DIR, FILENAMES, load_benchmark
 from textbooks.eval.plus import reference_code
 from textbooks.eval.score import score_samples
 from textbooks.sandbox import Sandbox, default_workers
@@ -346,7 +346,9 @@ def compare(name: str, samples: list[dict], ours: list[dict], theirs: dict[str, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "benchmarks")
+    ap.add_argument(
+        "--data-dir", type=Path, default=DATA_DIR, help="HumanEvalPlus/MbppPlus files (default: shipped)"
+    )
     ap.add_argument(
         "--benchmarks", nargs="+", default=["humaneval+", "mbpp+"], choices=["humaneval+", "mbpp+"]
     )
