@@ -72,15 +72,17 @@ KEPT, EXACT, NEAR = 0, 1, 2
 class DedupConfig:
     inputs: list[str]  # stage outputs (Parquet), source directories or JSONL
     out_dir: str
-    exact: bool = True
-    near: bool = True
-    threshold: float = 0.7  # estimated Jaccard similarity at which two documents are near duplicates
-    num_perm: int = 128
-    shingle_size: int = 5  # tokens per shingle (word n-gram)
-    token_pattern: str = r"\w+"  # what a token is (identifiers, keywords, numbers; punctuation ignored)
-    ascii_tokens: bool = True  # match token_pattern in ASCII mode (faster; other characters are ignored)
-    seed: int = 1  # MinHash permutations
-    lsh_weights: tuple[float, float] = (0.5, 0.5)  # false-positive / false-negative weights of LSH bands
+    # what a duplicate is: minhash.Duplicates holds these defaults and their meaning (shared with the
+    # synthetic stages)
+    exact: bool = Duplicates.exact
+    near: bool = Duplicates.near
+    threshold: float = Duplicates.threshold
+    num_perm: int = Duplicates.num_perm
+    shingle_size: int = Duplicates.shingle_size
+    token_pattern: str = Duplicates.token_pattern
+    ascii_tokens: bool = Duplicates.ascii_tokens
+    seed: int = Duplicates.seed
+    lsh_weights: tuple[float, float] = Duplicates.lsh_weights
     pattern: str = "**/*.py"  # files read inside source directories
     write_removed: bool = True
     shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
