@@ -43,6 +43,10 @@ def demo(tmp_path_factory, stdlib_dir):
             "eval_limit=5",
             "eval_max_new_tokens=24",
             "decontam_embedder=null",
+            "synthetic.textbook_sections=4",
+            "synthetic.exercises=6",
+            "synthetic.textbook_max_tokens=256",
+            "synthetic.exercise_max_tokens=256",
             'train.overrides=["train.seq_len=64","eval.every_tokens=20K","eval.bpb_problems=10"]',
         ],
         cwd=root,
@@ -66,15 +70,34 @@ def test_demo_table_and_figure_come_from_its_runs(demo):
         assert row["humaneval_bpb"] == pytest.approx(ev["bpb"]["bpb"])
         assert row["humaneval_pass@1"] == pytest.approx(ev["pass@k"]["pass@1"])
         assert row["run_name"] in out  # the printed table lists every run
+    # the local model answered every request; the bars say what survived the checks and decontamination
+    data = work / "data"
+    written = json.loads((data / "textbooks" / "manifest.json").read_text())
+    assert written["requested"] == 4 and written["failed"] == 0 and written["llm"]["requests"] >= 4
+    synthetic = json.loads((data / "exercises-synthetic" / "manifest.json").read_text())
+    assert synthetic["counts"]["requested"] == 6 and synthetic["source"] == "synthetic"
+    sections = (
+        json.loads((data / "textbooks-decontaminated" / "manifest.json").read_text())["documents"]
+        if written["documents"]
+        else 0
+    )
+    middle = f"Filtered code + {sections} textbook sections" if sections else "Filtered code"
+    kept = pd.concat(
+        pd.read_parquet(p) for p in sorted((data / "decontaminated-tau0.95").glob("part-*.parquet"))
+    )
+    n = kept["source"].value_counts()
+    assert n.get("synthetic", 0) <= synthetic["documents"] and n["mined"] > 0
+    finetune = f"{n['mined']} mined + {n.get('synthetic', 0)} synthetic exercises"
     bars = pd.read_csv(work / "figure_2_1.csv")
     bpb = bars[bars["metric"] == "humaneval_bpb"].set_index("bar")
-    assert set(bpb.index) == {"The Stack+", "Filtered code", "Filtered code → CodeExercises"}
+    assert set(bpb.index) == {"The Stack+", middle, f"{middle} → {finetune}"}
     assert (bpb["n"] == 2).all()
     stack = runs[(runs["dataset"] == "stack_plus")]["humaneval_bpb"]
     assert bpb.loc["The Stack+", "mean"] == pytest.approx(stack.mean())
     assert bpb.loc["The Stack+", "std"] == pytest.approx(stack.std())
     ft = runs[runs["stage"] == "finetune"]
-    assert set(ft["base_dataset"]) == {"filtered"} and set(ft["base_tokens"]) == {40_000}
+    assert set(ft["base_dataset"]) == {"codetextbook" if sections else "filtered"}
+    assert set(ft["base_tokens"]) == {40_000}
 
 
 def test_notebook_redraws_the_figure(demo, repo_root):

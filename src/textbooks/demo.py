@@ -6,6 +6,7 @@ transcript of the workflow a GPU study runs with other configs (experiments/figu
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -82,23 +83,14 @@ def run_demo(cfg: DictConfig) -> dict:
     benchmarks = [f"paths.benchmarks={Path(cfg.benchmarks).resolve()}"] if cfg.benchmarks else []
     print(f"textbooks demo: Figure 2.1 at CPU scale; everything goes to {work}")
 
-    # data: raw code -> dedup -> labels -> token shards of The Stack+ and of the exercises
+    # data: raw code -> dedup -> labels -> token shards of The Stack+
     sh([*d, "stage=ingest", f"stage.inputs={corpus}", *dx])
     sh([*d, "stage=dedup", *dx])
     sh([*d, "stage=tokenizer", f"stage.inputs=[{data / 'dedup'}]", *dx])
     sh([*d, "stage=annotate", "stage.annotator=heuristic", f"stage.sample_size={cfg.annotate_sample}", *dx])
     sh([*d, "stage=pack", "stage.component=stack_plus", *dx])
-    sh([*d, "stage=exercises", "stage.source=mined", f"stage.input={data / 'dedup'}", *dx])
-    sh(
-        [
-            *d,
-            "stage=decontaminate",
-            *benchmarks,
-            f"stage.embedder={cfg.decontam_embedder or 'null'}",
-            *dx,
-        ]
-    )
-    sh([*d, "stage=pack", "stage.component=exercises", *dx])
+
+    middle = synthetic_data(cfg, d, dx, data, benchmarks)
 
     # pretraining on The Stack+, whose model then embeds the corpus for the quality classifier
     sh([*train, "experiment=demo", "dataset=stack_plus", *tx])
@@ -115,8 +107,10 @@ def run_demo(cfg: DictConfig) -> dict:
         embedder = f"textbooks:{run_dir(first) / 'model'}"
     sh([*d, "stage=classify", f"stage.embedder={embedder}", *dx])
     sh([*d, "stage=pack", "stage.component=filtered", *dx])
-    sh([*train, "experiment=demo", "dataset=filtered", *tx])
-    sh([*train, "experiment=demo_finetune", *tx, f"train.tokens={t.finetune_tokens}"])
+    sh([*train, "experiment=demo", f"dataset={middle}", *tx])
+    base = f"pretrain-{middle}-${{model.name}}-${{human:${{scale.tokens}}}}-s${{seed}}"  # per seed, by Hydra
+    init = f"train.init_from='${{paths.runs}}/${{sweep_name}}/{base}/model'"
+    sh([*train, "experiment=demo_finetune", *tx, f"train.tokens={t.finetune_tokens}", init])
 
     # evaluation of every model, then one table and the figure
     models = sorted(str(p) for p in (runs / "demo").glob("*/model") if p.is_dir())
@@ -132,6 +126,78 @@ def run_demo(cfg: DictConfig) -> dict:
     sh([_bin("textbooks-eval"), "-m", f"checkpoint={','.join(models)}", *ev, *cfg.eval_overrides])
     sh([_bin("textbooks-collect"), str(runs / "demo"), f"out={work}"])
     return report(cfg, work)
+
+
+def documents(stage_dir: Path) -> int:
+    """Documents a finished stage wrote (its manifest's count)."""
+    return int(json.loads((stage_dir / "manifest.json").read_text())["documents"])
+
+
+def bar_labels(data: Path) -> dict[str, str]:
+    """The demo's datasets named by what they hold: how many synthetic sections, mined and synthetic exercises
+    survived their checks and decontamination (read from the stage outputs, so a rerun labels the same)."""
+    from textbooks.data.decontam import DecontamConfig
+
+    labels = {}
+    textbooks = data / "textbooks-decontaminated"
+    if (textbooks / "manifest.json").is_file():
+        labels["codetextbook"] = f"Filtered code + {documents(textbooks)} textbook sections"
+    parts = sorted((data / f"decontaminated-tau{DecontamConfig.tau}").glob("part-*.parquet"))
+    if parts:
+        n = pd.concat([pd.read_parquet(p, columns=["source"]) for p in parts])["source"].value_counts()
+        labels["codeexercises"] = f"{n.get('mined', 0)} mined + {n.get('synthetic', 0)} synthetic exercises"
+    return labels
+
+
+def synthetic_data(cfg: DictConfig, d: list[str], dx: list[str], data: Path, benchmarks: list[str]) -> str:
+    """Textbook sections and exercises from a real model, checked in the sandbox, exercises mined from the
+    corpus, all decontaminated and packed; returns the middle bar's dataset (``codetextbook``, or
+    ``filtered`` when no section survived)."""
+    syn = cfg.synthetic
+    llm = [f"llm={syn.llm}"]
+    exercises = [data / "exercises"]
+    if syn.textbook_sections:
+        n, tokens = syn.textbook_sections, syn.textbook_max_tokens
+        sh([*d, "stage=textbooks", *llm, f"stage.n={n}", f"stage.sampling.max_tokens={tokens}", *dx])
+    if syn.exercises:
+        exercises.append(data / "exercises-synthetic")
+        sh(
+            [
+                *d,
+                "stage=exercises",
+                "stage.source=synthetic",
+                *llm,
+                f"stage.n={syn.exercises}",
+                f"stage.sampling.max_tokens={syn.exercise_max_tokens}",
+                f"stage.out_dir={exercises[-1]}",
+                *dx,
+            ]
+        )
+    sh([*d, "stage=exercises", "stage.source=mined", f"stage.input={data / 'dedup'}", *dx])
+    decontam = [*d, "stage=decontaminate", *benchmarks]
+    measure = f"stage.embedder={cfg.decontam_embedder or 'null'}"
+    sh([*decontam, measure, f"stage.inputs=[{','.join(map(str, exercises))}]", *dx])
+    sh([*d, "stage=pack", "stage.component=exercises", *dx])
+    sections = documents(data / "textbooks") if syn.textbook_sections else 0
+    if sections:  # the sections' code against the benchmarks' solutions: AST match and 13-grams
+        clean = data / "textbooks-decontaminated"
+        sh(
+            [
+                *decontam,
+                "stage.embedder=null",
+                f"stage.inputs=[{data / 'textbooks'}]",
+                f"stage.out_dir={clean}",
+                *dx,
+            ]
+        )
+        sections = documents(clean)
+    if sections:
+        sh([*d, "stage=pack", "stage.component=textbooks", f"stage.components.textbooks=[{clean}]", *dx])
+    middle = "codetextbook" if sections else "filtered"
+    if syn.textbook_sections and not sections:
+        print("\nNo textbook section passed its checks: the middle bar is filtered code only.", flush=True)
+
+    return middle
 
 
 def run_dir(overrides: list[str]) -> Path:
@@ -152,12 +218,13 @@ def report(cfg: DictConfig, work: Path) -> dict:
     runs = pd.read_parquet(work / "runs.parquet")
     curves = pd.read_parquet(work / "curves.parquet")
     metrics = tuple(m for m in (f"{cfg.eval_benchmark}_pass@1", f"{cfg.eval_benchmark}_bpb") if m in runs)
-    fig = plot_figure_2_1(runs, metrics, title=f"Figure 2.1 at CPU scale ({cfg.train.scale})")
+    labels = bar_labels(work / "data")
+    fig = plot_figure_2_1(runs, metrics, title=f"Figure 2.1 at CPU scale ({cfg.train.scale})", labels=labels)
     fig.savefig(work / "figure_2_1.png", dpi=120)
     plot_curves(curves, runs, ("train/loss", "val/loss", "eval/humaneval_bpb")).savefig(
         work / "curves.png", dpi=110
     )
-    bars = pd.concat([bars_table(runs, m).assign(metric=m) for m in metrics], ignore_index=True)
+    bars = pd.concat([bars_table(runs, m, labels).assign(metric=m) for m in metrics], ignore_index=True)
     bars.to_csv(work / "figure_2_1.csv", index=False)
 
     pd.set_option("display.width", 160)

@@ -3,6 +3,7 @@ training data, error bars over seeds; plus metric curves against tokens seen."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +20,7 @@ DATA_LABELS = {
     "codetextbook": "CodeTextbook",
     "filtered": "Filtered code",
     "stdlib": "Python stdlib",
+    "codeexercises": "CodeExercises",
 }
 BAR_COLORS = ["#7f7f7f", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 METRIC_LABELS = {
@@ -30,15 +32,17 @@ METRIC_LABELS = {
 PERCENT = ("pass@",)
 
 
-def _label(dataset: str | None) -> str:
-    return DATA_LABELS.get(dataset or "", str(dataset))
+def _label(dataset: str | None, labels: Mapping[str, str] | None = None) -> str:
+    return {**DATA_LABELS, **(labels or {})}.get(dataset or "", str(dataset))
 
 
-def bars_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+def bars_table(runs: pd.DataFrame, metric: str, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Mean, std and count over seeds of ``metric`` per (group, bar).
 
     Group = model and pretraining tokens seen ("cpu_small, 2M"); bar = the training data: a pretraining
-    run's dataset, or "<its base run's data> → CodeExercises" for a run finetuned from another run.
+    run's dataset, or "<its base run's data> → <its finetuning data>" for a run finetuned from another run.
+    ``labels`` names datasets by what a study's copy of them holds (the demo: "Filtered code + 14 textbook
+    sections"); the paper's names otherwise.
     """
     if metric not in runs:
         raise KeyError(
@@ -49,7 +53,7 @@ def bars_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     finetuned = df["base_run"].notna() if "base_run" in df else pd.Series(False, index=df.index)
     df["pretrain_tokens"] = np.where(finetuned, df.get("base_tokens"), df["tokens"])
     df["bar"] = [
-        f"{_label(b)} → CodeExercises" if f else _label(d)
+        f"{_label(b, labels)} → {_label(d, labels)}" if f else _label(d, labels)
         for f, b, d in zip(finetuned, df.get("base_dataset", pd.Series(None, index=df.index)), df["dataset"])
     ]
     df["group"] = [f"{m}, {format_count(int(t))}" for m, t in zip(df["model"], df["pretrain_tokens"])]
@@ -75,7 +79,7 @@ def bars_table(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def _bar_rank(bar: str) -> tuple[int, str]:
     """The paper's order within a group: The Stack+, then the other pretraining data, then finetunes."""
-    if bar == DATA_LABELS["stack_plus"]:
+    if bar.startswith(DATA_LABELS["stack_plus"]) and "→" not in bar:
         return (0, bar)
     return (2, bar) if "→" in bar else (1, bar)
 
@@ -84,6 +88,7 @@ def plot_figure_2_1(
     runs: pd.DataFrame,
     metrics: tuple[str, ...] = ("humaneval_pass@1", "humaneval_bpb"),
     title: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Figure:
     """Figure 2.1: one panel per metric, grouped bars with error bars over seeds and value labels.
 
@@ -95,7 +100,7 @@ def plot_figure_2_1(
     handles: dict[str, object] = {}
     seeds = 0
     for ax, metric in zip(axes[0], metrics):
-        t = bars_table(runs, metric)
+        t = bars_table(runs, metric, labels)
         groups = list(dict.fromkeys(t["group"]))
         bars = sorted(dict.fromkeys(t["bar"]), key=_bar_rank)
         width = 0.8 / max(1, len(bars))
@@ -121,17 +126,14 @@ def plot_figure_2_1(
             pad = max(0.05 * (hi - lo), 0.02 * hi)
             ax.set_ylim(max(0.0, lo - 3 * pad), hi + 2 * pad)
         seeds = max(seeds, int(t["n"].max()) if len(t) else 0)
+    ncol = len(handles) if sum(len(b) for b in handles) <= 100 else 1  # long labels: one per line
+    rows = -(-len(handles) // max(ncol, 1))
     fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="lower center",
-        ncol=len(handles),
-        fontsize=9,
-        frameon=False,
+        list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=9, frameon=False
     )
     note = f"mean over {seeds} seeds, error bars: standard deviation" if seeds > 1 else "one seed"
     fig.suptitle(f"{title or 'Figure 2.1'}  ({note})", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.03 + 0.04 * rows, 1, 1))
     return fig
 
 
