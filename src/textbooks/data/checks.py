@@ -120,8 +120,8 @@ def doctest_examples(code: str, entry_point: str) -> int:
                 return 0
             try:
                 return len(doctest.DocTestParser().get_examples(doc.value.value))  # type: ignore[attr-defined]
-            except ValueError:  # examples doctest cannot read (inconsistent indentation): nothing to check with
-                return 0
+            except ValueError:  # examples doctest cannot read (inconsistent indentation)
+                return 0  # nothing to check with
     return 0
 
 
