@@ -127,14 +127,16 @@ def test_notebook_redraws_the_figure(demo, repo_root):
 
 def test_collect_reports_runs_without_results(demo, tmp_path):
     work, _ = demo
-    src = next((work / "runs" / "demo").glob("pretrain-filtered-*-s0"))
+    src = next(p for p in (work / "runs" / "demo").glob("pretrain-*-s0") if "stack_plus" not in p.name)
+    dataset = json.loads((src / "run.json").read_text())["dataset"]
+    assert dataset in ("codetextbook", "filtered")
     broken = tmp_path / "sweep" / src.name
     broken.mkdir(parents=True)
     (broken / ".hydra").mkdir()
     (broken / ".hydra" / "config.yaml").write_text((src / ".hydra" / "config.yaml").read_text())
     (broken / "run.json").write_text((src / "run.json").read_text())
     _, rows = collect([tmp_path / "sweep"])
-    assert [r["status"] for r in rows] == ["missing"] and rows[0]["dataset"] == "filtered"
+    assert [r["status"] for r in rows] == ["missing"] and rows[0]["dataset"] == dataset
     r = run([str(BIN / "textbooks-collect"), str(tmp_path / "sweep")], cwd=tmp_path)
     assert r.returncode == 0 and "missing" in r.stdout and str(broken) in r.stdout
 
