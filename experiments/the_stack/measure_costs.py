@@ -24,6 +24,8 @@ from textbooks.data.executor import ExecutorConfig
 from textbooks.data.exercises import ExercisesConfig, build_exercises
 from textbooks.data.pack import PackConfig, pack
 
+SAMPLE = 100_000  # documents the paper's annotators labelled
+
 
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and ".stage" not in f.parts)
@@ -50,7 +52,7 @@ def main() -> None:
         stages = [("ingest", m, d / "corpus", time.perf_counter() - t)]
         for name, fn in (
             ("dedup", lambda: dedup(DedupConfig(inputs=[str(d / "corpus")], out_dir=str(d / "dedup")), ex, progress=False)),
-            ("annotate (heuristic, 100k docs)", lambda: annotate(AnnotateConfig(input=str(d / "dedup"), out_dir=str(d / "annotate"), annotator="heuristic", sample_size=100_000), None, ex, progress=False)),
+            ("annotate (heuristic, 100k docs)", lambda: annotate(AnnotateConfig(input=str(d / "dedup"), out_dir=str(d / "annotate"), annotator="heuristic", sample_size=SAMPLE), None, ex, progress=False)),
             ("exercises (mined)", lambda: build_exercises(ExercisesConfig(out_dir=str(d / "exercises"), source="mined", input=str(d / "dedup")), None, ex, progress=False)),
             ("decontaminate (AST + 13-grams)", lambda: decontaminate(DecontamConfig(inputs=[str(d / "exercises")], out_dir=str(d / "decontaminated"), benchmarks=["humaneval"], embedder=None), ex, progress=False)),
             ("pack (p50k)", lambda: pack(PackConfig(inputs=[str(d / "dedup")], out_dir=str(d / "tokens"), tokenizer=a.tokenizer, num_threads=1), ex, progress=False)),
@@ -76,9 +78,9 @@ def main() -> None:
             core_s = sum(s["task_seconds"] for s in man["steps"].values())
             rss = max(s["max_task_rss_mb"] for s in man["steps"].values())
             size = du(out)
-            fixed = name.startswith("annotate")  # a fixed-size sample, not the corpus
-            proj_h = core_s / 3600 if fixed else core_s * scale / 3600
-            proj_size = size if fixed else size * scale
+            # annotate labels a fixed-size sample (the paper: ~100k files), not the corpus: scaled by documents
+            k = SAMPLE / man["sampled"] if name.startswith("annotate") else scale
+            proj_h, proj_size = core_s * k / 3600, size * k
             rows.append(name)
             print(
                 f"| {name} | {core_s:.0f} | {wall:.0f} | {proj_h:,.1f} | {rss:.0f} | {size / 1e6:.1f} MB | "
