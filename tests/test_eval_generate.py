@@ -14,7 +14,8 @@ from textbooks.benchmarks import Problem, load_humaneval
 from textbooks.convert_hf import from_hf
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.codecs import HFCodec, TiktokenCodec
-from textbooks.eval.generate import GenerationConfig, TextbooksLM
+from textbooks.eval.completions import GenerationConfig
+from textbooks.eval.generate import TextbooksLM
 from textbooks.eval.load import load_lm
 from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
 from textbooks.model import PhiForCausalLM

@@ -40,8 +40,9 @@ from textbooks.config import hydra_app
 from textbooks.data.llm_config import register_schema as register_llm_schema
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.bpb import gold_bpb
+from textbooks.eval.completions import Completion, GenerationConfig, GenerationStats
 from textbooks.eval.endpoint import CHAT_INSTRUCTION, SERVED_APIS, GenerationError, ServedLM
-from textbooks.eval.generate import LM, Completion, GenerationConfig, GenerationStats
+from textbooks.eval.generate import LM
 from textbooks.eval.load import load_lm, resolve_device, resolve_dtype
 from textbooks.eval.plus import References
 from textbooks.eval.prompts import (
