@@ -21,7 +21,8 @@ from textbooks.data.app import run
 from textbooks.data.llm_config import Backoff, LLMConfig
 from textbooks.data.minhash import Duplicates, deduplicate
 from textbooks.data.parquet import read_table
-from textbooks.data.synth import SynthConfig, duplicates, plan_requests, request_seed, synthesize
+from textbooks.data.synth import SynthConfig, duplicates, synthesize
+from textbooks.data.synth_plan import plan_requests, request_seed
 from textbooks.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -182,7 +183,7 @@ def test_snippets_come_from_the_seed_corpus(tmp_path, corpus):
 
 def _pool(cfg: SynthConfig):
     from textbooks.data.reader import ReadStats
-    from textbooks.data.synth import snippet_pool
+    from textbooks.data.synth_plan import snippet_pool
 
     return snippet_pool(cfg, ReadStats())
 
