@@ -44,7 +44,7 @@ from textbooks.eval.completions import Completion, GenerationConfig, GenerationS
 from textbooks.eval.endpoint import CHAT_INSTRUCTION, SERVED_APIS, GenerationError, ServedLM
 from textbooks.eval.generate import LM
 from textbooks.eval.load import load_lm, resolve_device, resolve_dtype
-from textbooks.eval.plus import References
+from textbooks.eval.plus_references import References
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     build_prompt,
@@ -52,8 +52,9 @@ from textbooks.eval.prompts import (
     mbpp_fewshot_examples,
     stop_sequences,
 )
+from textbooks.eval.samples import write_records
 from textbooks.eval.sanitize import sanitize_samples, solution_code
-from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples, write_records
+from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
 from textbooks.io import atomic_path, sha256_file, write_json_atomic
 from textbooks.sandbox import Limits
 
