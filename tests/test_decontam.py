@@ -262,8 +262,7 @@ def test_rewrites_keep_the_program(rewritten: list[dict]) -> None:
         assert r["names"] and not left, (r["problem"].task_id, left)
         assert r["code"] != r["original"]
     programs = [
-        program_for_code(r["problem"], r["code"] + harness_aliases(r["code"], r["names"]), plus=False)
-        for r in rewritten
+        program_for_code(r["problem"], r["code"] + harness_aliases(r["code"], r["names"])) for r in rewritten
     ]
     with Sandbox() as sandbox:
         results = sandbox.run_many(programs)
