@@ -59,6 +59,7 @@ def memorized_run(tiny_data, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_canonical_humaneval_passes_everything(tmp_path):
     r = cli(
         ["completions=canonical", "benchmark=humaneval", f"paths.runs={tmp_path}", "progress=false"], tmp_path
@@ -97,6 +98,7 @@ def test_every_benchmark_config_loads_and_its_references_pass(benchmark, label, 
     assert res["settings"]["benchmark"]["limit"] == 6
 
 
+@pytest.mark.slow
 def test_checkpoint_generates_scores_and_measures_bpb_into_its_run(memorized_run):
     overrides = [
         f"checkpoint={memorized_run / 'model'}",
@@ -137,6 +139,7 @@ def test_checkpoint_generates_scores_and_measures_bpb_into_its_run(memorized_run
     assert not redo.get("skipped") and redo["settings"]["generation"]["temperature"] == 0.5
 
 
+@pytest.mark.slow
 def test_killed_generation_resumes_with_the_same_samples(memorized_run, tmp_path):
     args = [
         f"checkpoint={memorized_run / 'model'}",
@@ -194,6 +197,7 @@ def test_samples_file_from_any_model_is_scored_beside_it(tmp_path):
     assert scored[2]["completion"] == "    return 0\n" and not scored[2]["passed"]
 
 
+@pytest.mark.slow
 def test_scoring_command_line_reads_the_benchmarks_from_paths_benchmarks(tmp_path):
     """``textbooks-eval samples=`` is the scoring command line: ``paths.benchmarks=`` replaces the shipped
     copies, and a benchmark file missing there is one error line naming it, exit status 2."""

@@ -50,6 +50,7 @@ def test_humaneval_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path
     assert s["sandbox"]["workers"] == sandbox.workers
 
 
+@pytest.mark.slow
 def test_mbpp_test_split_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path) -> None:
     problems = load_mbpp(split="test")
     s = assert_all_pass(problems, sandbox, tmp_path)
@@ -67,11 +68,13 @@ def test_mbpp_challenge_tests_pass_too(sandbox: Sandbox, tmp_path: Path) -> None
     assert_all_pass(subset, sandbox, tmp_path, include_challenge=True)
 
 
+@pytest.mark.slow
 def test_sanitized_mbpp_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path) -> None:
     s = assert_all_pass(load_benchmark("mbpp-sanitized", split="all"), sandbox, tmp_path)
     assert s["n_samples"] == 427
 
 
+@pytest.mark.slow
 def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -87,6 +90,7 @@ def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     assert p.canonical_solution.strip() not in base.setup + extra.setup  # no reference in a sample's program
 
 
+@pytest.mark.slow
 def test_mbpp_plus_reference_solutions_pass_their_base_tests(sandbox: Sandbox, tmp_path: Path) -> None:
     s = assert_all_pass(load_benchmark("mbpp+"), sandbox, tmp_path, plus=False)
     assert s["n_samples"] == 378 and "pass@k_base" not in s and s["plus_tests"] is False
