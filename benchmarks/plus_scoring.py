@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from textbooks.benchmarks import DATA_DIR, FILENAMES, load_benchmark
-from textbooks.eval.plus import reference_code
+from textbooks.eval.plus_rules import reference_code
 from textbooks.eval.score import score_samples
 from textbooks.sandbox import Sandbox, default_workers
 

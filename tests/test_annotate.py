@@ -244,6 +244,7 @@ def _llm_annotate_config(tmp_path: Path, corpus: Path, out: str, **kw) -> Annota
     )
 
 
+@pytest.mark.slow
 def test_llm_stage_writes_parsed_scores_and_reruns_from_the_cache(tmp_path, corpus):
     cache = tmp_path / "llm.sqlite"
     with OpenAIServer(canned_grade) as server:
@@ -281,6 +282,7 @@ def test_too_many_failures_fail_the_stage_without_a_manifest(tmp_path, corpus):
     assert not (Path(cfg.out_dir) / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_endpoint_is_one_clear_line_from_the_cli(tmp_path, corpus):
     url = f"http://127.0.0.1:{closed_port()}/v1"
     cmd = [*_app(tmp_path, corpus, url, "annotate"), "llm.max_attempts=2", "stage.sample_size=3"]
@@ -315,6 +317,7 @@ def _app(tmp_path: Path, corpus: Path, url: str, out: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_killed_stage_reruns_to_the_same_output(tmp_path, corpus, repo_root):
     """SIGKILL `textbooks-data stage=annotate` midway; the rerun asks only for what was not answered and
     writes exactly what an uninterrupted run writes."""

@@ -73,6 +73,7 @@ def reference(corpus: Path) -> dict[str, Any]:
     return stage(corpus, "stage=classify", *FAST)
 
 
+@pytest.mark.slow
 def test_held_out_metrics_beat_chance(corpus: Path, reference: dict[str, Any]) -> None:
     m = reference["held_out"]
     balance = reference["class_balance"]
@@ -95,6 +96,7 @@ def test_held_out_metrics_beat_chance(corpus: Path, reference: dict[str, Any]) -
     assert "first 300 characters" in metrics["embedding"]["what"]
 
 
+@pytest.mark.slow
 def test_saved_classifier_reproduces_the_scores(corpus: Path, reference: dict[str, Any]) -> None:
     """classifier.joblib on the cached embeddings of the documents' heads gives their quality column."""
     out = corpus / "data/filtered"
@@ -106,6 +108,7 @@ def test_saved_classifier_reproduces_the_scores(corpus: Path, reference: dict[st
     np.testing.assert_array_equal(positive_proba(model, x), [d["quality"] for d in docs])
 
 
+@pytest.mark.slow
 def test_kept_are_exactly_those_at_or_above_threshold(corpus: Path, reference: dict[str, Any]) -> None:
     out = corpus / "data/filtered"
     dedup_ids = read_table(corpus / "data/dedup", columns=["id"]).column("id").to_pylist()
@@ -135,6 +138,7 @@ def test_kept_are_exactly_those_at_or_above_threshold(corpus: Path, reference: d
     assert reference["kept_at_threshold"]["0.8"] == sum(q >= 0.8 for q in quality.values())
 
 
+@pytest.mark.slow
 def test_rerun_is_skipped(corpus: Path, reference: dict[str, Any]) -> None:
     before = (corpus / "data/filtered/manifest.json").read_bytes()
     t = time.perf_counter()
@@ -143,6 +147,7 @@ def test_rerun_is_skipped(corpus: Path, reference: dict[str, Any]) -> None:
     assert again == reference and (corpus / "data/filtered/manifest.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_threshold_change_reuses_embeddings(corpus: Path, reference: dict[str, Any]) -> None:
     out = corpus / "data/filtered-0.3"
     m = stage(corpus, "stage=classify", *FAST, "stage.threshold=0.3", f"stage.out_dir={out}")
@@ -157,6 +162,7 @@ def test_threshold_change_reuses_embeddings(corpus: Path, reference: dict[str, A
     assert len(kept) == reference["kept_at_threshold"]["0.3"] > reference["documents"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_re_embedding(
     corpus: Path, reference: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -210,6 +216,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return saved_tiny_model(tmp_path_factory.mktemp("tiny") / "model", max_seq_len=128)
 
 
+@pytest.mark.slow
 def test_textbooks_checkpoint_embedder(corpus: Path, tiny_checkpoint: Path) -> None:
     out = corpus / "data/filtered-textbooks"
     m = stage(

@@ -109,7 +109,13 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("script", "args", "named", "expected"), BAD, ids=[" ".join(b[1]) for b in BAD])
+FAST = "stage.threshold=high"  # each line starts an app (~2 s): one of them stays in the fast tier
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "named", "expected"),
+    [pytest.param(*b, id=" ".join(b[1]), marks=() if b[2] == FAST else pytest.mark.slow) for b in BAD],
+)
 def test_a_wrong_typed_value_is_one_line(tmp_path: Path, script, args, named, expected) -> None:
     r = _run(script, f"paths.root={tmp_path}", *args, cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
@@ -117,6 +123,7 @@ def test_a_wrong_typed_value_is_one_line(tmp_path: Path, script, args, named, ex
     assert f"{named}: expected {expected}" in r.stderr
 
 
+@pytest.mark.slow
 def test_interpolation_and_unknown_key_errors_are_one_line_naming_the_key(tmp_path: Path) -> None:
     r = _run(
         "textbooks-data", f"paths.root={tmp_path}", "stage=dedup", "stage.threshold=${oops}", cwd=tmp_path

@@ -169,6 +169,7 @@ def test_match_matrix_is_rapidfuzz_levenshtein_with_cutoff(stdlib_dir: Path) -> 
     np.testing.assert_allclose(cut, np.where(full >= 0.6, full, 0.0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_renamed_copies_found_and_pruned(training: dict, tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "decon"
     cache = tmp_path / "cache"
@@ -253,6 +254,7 @@ def rewritten() -> list[dict]:
     return out
 
 
+@pytest.mark.slow
 def test_rewrites_keep_the_program(rewritten: list[dict]) -> None:
     """The rewrites are other texts of the same programs: every one still passes its benchmark's tests,
     and none of the names it renamed is left."""

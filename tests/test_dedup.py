@@ -201,6 +201,7 @@ def _run_app(corpus: Path, out: Path, data: Path) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=data, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_killed_run_reruns_to_same_output(stdlib_dir: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -49,6 +49,7 @@ def test_distances_of_unit_vectors() -> None:
     np.testing.assert_allclose(np.diag(l2_distances(a, a)), 0.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_minilm_copy_is_near_and_unrelated_is_far(snippets: dict[str, str]) -> None:
     emb = load_embedder("minilm")
     assert isinstance(emb, Embedder) and emb.name == "minilm" and emb.dim == 384

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from models import memorized_humaneval_model, tiny_model
 
-from textbooks.benchmarks import load_humaneval
+from textbooks.benchmarks import load_humaneval, load_mbpp, shipped_file
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import CONF_DIR
 from textbooks.errors import ConfigError
@@ -58,6 +59,7 @@ def memorized_run(tiny_data, tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
 def test_canonical_humaneval_passes_everything(tmp_path):
     r = cli(
         ["completions=canonical", "benchmark=humaneval", f"paths.runs={tmp_path}", "progress=false"], tmp_path
@@ -96,6 +98,7 @@ def test_every_benchmark_config_loads_and_its_references_pass(benchmark, label, 
     assert res["settings"]["benchmark"]["limit"] == 6
 
 
+@pytest.mark.slow
 def test_checkpoint_generates_scores_and_measures_bpb_into_its_run(memorized_run):
     overrides = [
         f"checkpoint={memorized_run / 'model'}",
@@ -136,6 +139,7 @@ def test_checkpoint_generates_scores_and_measures_bpb_into_its_run(memorized_run
     assert not redo.get("skipped") and redo["settings"]["generation"]["temperature"] == 0.5
 
 
+@pytest.mark.slow
 def test_killed_generation_resumes_with_the_same_samples(memorized_run, tmp_path):
     args = [
         f"checkpoint={memorized_run / 'model'}",
@@ -191,6 +195,31 @@ def test_samples_file_from_any_model_is_scored_beside_it(tmp_path):
     # HumanEval/2's completion was cut at "\ndef" before running (truncate=true): it fails on its merits
     scored = read_jsonl(tmp_path / "from-elsewhere.jsonl_results.jsonl")
     assert scored[2]["completion"] == "    return 0\n" and not scored[2]["passed"]
+
+
+@pytest.mark.slow
+def test_scoring_command_line_reads_the_benchmarks_from_paths_benchmarks(tmp_path):
+    """``textbooks-eval samples=`` is the scoring command line: ``paths.benchmarks=`` replaces the shipped
+    copies, and a benchmark file missing there is one error line naming it, exit status 2."""
+    mbpp = load_mbpp()
+    path = tmp_path / "s.jsonl"
+    path.write_text(
+        json.dumps({"task_id": "Mbpp/11", "completion": mbpp["Mbpp/11"].canonical_solution}) + "\n"
+    )
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    shutil.copy(shipped_file("mbpp"), bench / "mbpp.jsonl")
+    common = [f"samples={path}", f"paths.benchmarks={bench}", "sandbox.truncate=false", "progress=false"]
+    r = cli([*common, "benchmark=mbpp_3shot"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["benchmark"] == "mbpp/test" and out["pass@k"] == {"pass@1": 1.0}
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["benchmark"]["source"] == str(bench / "mbpp.jsonl") and res["prompt_format"] == "mbpp-3shot"
+    r = cli([*common, "benchmark=mbpp_plus", f"out_dir={tmp_path / 'plus'}"], tmp_path)  # no MBPP+ there
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: mbpp+: benchmark file not found") and "MbppPlus.jsonl.gz" in last
 
 
 def test_bad_invocations_are_one_line_errors(tmp_path, memorized_run):

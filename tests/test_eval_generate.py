@@ -14,7 +14,8 @@ from textbooks.benchmarks import Problem, load_humaneval
 from textbooks.convert_hf import from_hf
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.codecs import HFCodec, TiktokenCodec
-from textbooks.eval.generate import GenerationConfig, TextbooksLM
+from textbooks.eval.completions import GenerationConfig
+from textbooks.eval.generate import TextbooksLM
 from textbooks.eval.load import load_lm
 from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
 from textbooks.model import PhiForCausalLM
@@ -47,6 +48,7 @@ def bpe_lm(tiny_data) -> TextbooksLM:
 # ----------------------------------------------------------------------------------------------- greedy
 
 
+@pytest.mark.slow
 def test_greedy_is_independent_of_batch_size_and_equals_full_recomputation(bpe_lm):
     prompts = [p.prompt for p in spread_problems(8)]
     assert len({len(bpe_lm.encode(p)) for p in prompts}) == 8  # different lengths: real left padding
@@ -163,6 +165,7 @@ def memorized(tiny_data) -> TextbooksLM:
     return TextbooksLM(model, load_tokenizer(tiny_data["tokenizer"]))
 
 
+@pytest.mark.slow
 def test_stop_sequences_end_of_text_and_length(memorized):
     he = load_humaneval()
     tasks = ["HumanEval/0", "HumanEval/2", "HumanEval/4"]
@@ -251,6 +254,7 @@ def hf_tokenizer_and_model(out: Path, *, seed: int = 0):
     return out
 
 
+@pytest.mark.slow
 def test_transformers_model_by_path_decodes_like_the_textbooks_model(tmp_path):
     pytest.importorskip("transformers")
     hf_dir = hf_tokenizer_and_model(tmp_path / "hf")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import textbooks.benchmarks as benchmarks
+import textbooks.benchmarks.files
 from textbooks.benchmarks import (
     SHIPPED_SHA256,
     BenchmarkError,
@@ -104,7 +105,7 @@ def test_a_modified_shipped_copy_is_refused(tmp_path: Path, monkeypatch: pytest.
     shutil.copytree(benchmarks.DATA_DIR, data)
     with open(data / "mbpp.jsonl", "ab") as f:
         f.write(b"\n")
-    monkeypatch.setattr(benchmarks, "DATA_DIR", data)
+    monkeypatch.setattr(textbooks.benchmarks.files, "DATA_DIR", data)
     with pytest.raises(
         BenchmarkError, match=r"mbpp: the shipped copy .*mbpp\.jsonl has sha256 .* it was modified"
     ):

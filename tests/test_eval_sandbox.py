@@ -124,6 +124,7 @@ def test_without_isolation_programs_still_run_and_time_out() -> None:
         assert (hung.status, hung.error_type) == ("timeout", "WallTimeout") and hung.wall_s < 3
 
 
+@pytest.mark.slow
 def test_wall_limit_of_programs_with_many_tests_is_capped(sandbox: Sandbox) -> None:
     limits = Limits(test_cpu_s=0.5, setup_cpu_s=0.5, wall_slack_s=0.5, max_wall_s=2.0)
     assert limits.wall_for(1) == 1.5 and limits.wall_for(2000) == 2.0  # not 1,001 s
@@ -268,6 +269,7 @@ def hostile(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory, repo_roo
         (repo_root / "escaped.txt").unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 def test_hostile_batch_is_bounded_and_leaves_no_process(hostile: Hostile) -> None:
     assert hostile.wall_s < BATCH_WALL_LIMIT_S
     for name, r in hostile.results.items():
@@ -276,17 +278,20 @@ def test_hostile_batch_is_bounded_and_leaves_no_process(hostile: Hostile) -> Non
     assert hostile.leftovers == []
 
 
+@pytest.mark.slow
 def test_fork_bomb(hostile: Hostile) -> None:
     r = hostile.results["fork_bomb"]
     assert r.status in ("timeout", "error"), r
     assert hostile.leftovers == []
 
 
+@pytest.mark.slow
 def test_memory_bomb(hostile: Hostile) -> None:
     r = hostile.results["memory_bomb"]
     assert (r.status, r.error_type) == ("error", "MemoryError"), r
 
 
+@pytest.mark.slow
 def test_infinite_loop(hostile: Hostile) -> None:
     r = hostile.results["infinite_loop"]
     assert r.status == "timeout" and r.error_type in ("CpuTimeout", "WallTimeout"), r
@@ -295,6 +300,7 @@ def test_infinite_loop(hostile: Hostile) -> None:
     assert r.status == "timeout" and r.error_type in ("CpuLimit", "WallTimeout"), r
 
 
+@pytest.mark.slow
 def test_files_outside_the_temp_dir_are_untouched(hostile: Hostile, sandbox: Sandbox) -> None:
     if "files" not in hostile.results:
         pytest.skip("no filesystem isolation here (needs root for a mount namespace or a dedicated uid)")
@@ -309,6 +315,7 @@ def test_files_outside_the_temp_dir_are_untouched(hostile: Hostile, sandbox: San
         assert not (hostile.open_victim / "escaped.txt").exists()
 
 
+@pytest.mark.slow
 def test_no_network(hostile: Hostile, sandbox: Sandbox) -> None:
     if not sandbox.isolation.network:
         pytest.skip("network isolation unavailable here (needs root/CAP_SYS_ADMIN for a network namespace)")
@@ -317,6 +324,7 @@ def test_no_network(hostile: Hostile, sandbox: Sandbox) -> None:
     assert hostile.connections == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "error_type"), [("os_exit", "EarlyExit"), ("sys_exit", "SystemExit")])
 def test_exiting_before_the_tests_is_not_a_pass(hostile: Hostile, name: str, error_type: str) -> None:
     r = hostile.results[name]
@@ -324,6 +332,7 @@ def test_exiting_before_the_tests_is_not_a_pass(hostile: Hostile, name: str, err
     assert r.exit_code == 0  # a clean exit status is not enough
 
 
+@pytest.mark.slow
 def test_exiting_inside_a_test_or_forging_the_marker_is_not_a_pass(hostile: Hostile) -> None:
     assert hostile.results["exit_in_test"].status == "error"
     r = hostile.results["forge_marker"]
@@ -331,6 +340,7 @@ def test_exiting_inside_a_test_or_forging_the_marker_is_not_a_pass(hostile: Host
     assert "PASS 0123456789abcdef" in r.stdout
 
 
+@pytest.mark.slow
 def test_megabytes_of_output_are_capped(hostile: Hostile) -> None:
     flood = hostile.results["stdout_flood"]
     assert flood.passed, flood
@@ -340,17 +350,20 @@ def test_megabytes_of_output_are_capped(hostile: Hostile) -> None:
     assert forever.stdout_bytes > TIGHT.output_bytes
 
 
+@pytest.mark.slow
 def test_ignoring_sigterm_does_not_help(hostile: Hostile) -> None:
     r = hostile.results["ignore_sigterm"]
     assert (r.status, r.error_type, r.signal) == ("timeout", "WallTimeout", "SIGKILL"), r
 
 
+@pytest.mark.slow
 def test_background_processes_are_killed(hostile: Hostile) -> None:
     r = hostile.results["orphan"]
     assert r.passed and r.orphans_killed >= 1, r
     assert hostile.leftovers == []
 
 
+@pytest.mark.slow
 def test_programs_cannot_signal_the_harness(hostile: Hostile) -> None:
     if "kill_harness" not in hostile.results:
         pytest.skip("programs run under the harness's uid here (no root for a dedicated uid)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
+
 from textbooks.benchmarks import load_humaneval
 from textbooks.eval.sanitize import (
     code_extract,
@@ -101,6 +103,7 @@ def test_a_base_model_completion_becomes_prompt_plus_body():
     assert code.startswith("from typing import List\ndef has_close_elements(")
 
 
+@pytest.mark.slow
 def test_chat_answers_score_after_sanitizing_and_not_before(tmp_path):
     """Canonical solutions wrapped as a chat model writes them, scored by ``textbooks-eval samples=``:
     all fail as they are (prose is not code) and all pass sanitized. HumanEval/10, /32 and /38 have

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from textbooks.benchmarks import ProblemSet, load_benchmark, load_humaneval, load_mbpp, shipped_file
+from textbooks.benchmarks import ProblemSet, load_benchmark, load_humaneval, load_mbpp
 from textbooks.errors import TextbooksError
 from textbooks.eval.passk import aggregate_pass_at_k
-from textbooks.eval.plus import References, inputs, sample_program
-from textbooks.eval.score import TIMING_FIELDS, SamplesError, main, score_canonical, score_samples
+from textbooks.eval.plus import sample_program
+from textbooks.eval.plus_references import References
+from textbooks.eval.plus_rules import inputs
+from textbooks.eval.samples import SamplesError
+from textbooks.eval.score import TIMING_FIELDS, score_canonical, score_samples
 from textbooks.sandbox import Limits, Sandbox
 
 
@@ -48,6 +50,7 @@ def test_humaneval_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path
     assert s["sandbox"]["workers"] == sandbox.workers
 
 
+@pytest.mark.slow
 def test_mbpp_test_split_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path) -> None:
     problems = load_mbpp(split="test")
     s = assert_all_pass(problems, sandbox, tmp_path)
@@ -65,11 +68,13 @@ def test_mbpp_challenge_tests_pass_too(sandbox: Sandbox, tmp_path: Path) -> None
     assert_all_pass(subset, sandbox, tmp_path, include_challenge=True)
 
 
+@pytest.mark.slow
 def test_sanitized_mbpp_reference_solutions_all_pass(sandbox: Sandbox, tmp_path: Path) -> None:
     s = assert_all_pass(load_benchmark("mbpp-sanitized", split="all"), sandbox, tmp_path)
     assert s["n_samples"] == 427
 
 
+@pytest.mark.slow
 def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -85,6 +90,7 @@ def test_humaneval_plus_reference_solutions_pass_base_and_differential_tests(
     assert p.canonical_solution.strip() not in base.setup + extra.setup  # no reference in a sample's program
 
 
+@pytest.mark.slow
 def test_mbpp_plus_reference_solutions_pass_their_base_tests(sandbox: Sandbox, tmp_path: Path) -> None:
     s = assert_all_pass(load_benchmark("mbpp+"), sandbox, tmp_path, plus=False)
     assert s["n_samples"] == 378 and "pass@k_base" not in s and s["plus_tests"] is False
@@ -290,25 +296,3 @@ def test_missing_or_empty_samples_file(tmp_path: Path) -> None:
         score_samples(tmp_path / "nothing.jsonl", load_humaneval())
     with pytest.raises(SamplesError, match="no valid samples"):
         score_samples(write_jsonl(tmp_path / "empty.jsonl", []), load_humaneval())
-
-
-def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    problems = load_mbpp()
-    rows = [{"task_id": "Mbpp/11", "completion": problems["Mbpp/11"].canonical_solution}]
-    samples = write_jsonl(tmp_path / "s.jsonl", rows)
-    bench = tmp_path / "bench"  # --data-dir replaces the shipped copy
-    bench.mkdir()
-    shutil.copy(shipped_file("mbpp"), bench / "mbpp.jsonl")
-    main([str(samples), "--benchmark", "mbpp", "--data-dir", str(bench), "--format", "mbpp-3shot"])
-    out = json.loads(capsys.readouterr().out)
-    assert out["benchmark"] == "mbpp/test" and out["pass@k"] == {"pass@1": 1.0}
-    assert json.loads((tmp_path / "results.json").read_text())["benchmark"]["source"] == str(
-        bench / "mbpp.jsonl"
-    )
-    assert (tmp_path / "results.json").is_file()
-    with pytest.raises(SystemExit) as e:
-        main(
-            [str(samples), "--benchmark", "mbpp+", "--data-dir", str(bench)]
-        )  # no MBPP+ there: one line, status 2
-    assert e.value.code == 2
-    assert "MbppPlus.jsonl.gz" in capsys.readouterr().err

@@ -50,6 +50,7 @@ def served(tmp_path_factory):
 # -- the real local server -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_served_chat_model_generates_sanitized_samples_and_resumes(served, tmp_path):
     overrides = [
         f"endpoint={served.base_url}",

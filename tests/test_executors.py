@@ -90,12 +90,14 @@ def on_slurm(slurm: dict[str, str], monkeypatch: pytest.MonkeyPatch, importable:
     )
 
 
+@pytest.mark.slow
 def test_slurm_arrays_rerun_only_the_failed_task(tmp_path: Path, on_slurm: ExecutorConfig) -> None:
     check_failure_then_rerun(tmp_path, on_slurm)
     jobs = json.loads((tmp_path / "squares" / ".stage" / "slurm.json").read_text())["jobs"]
     assert set(jobs) == {"square", "total", "publish"}  # one array per step, chained
 
 
+@pytest.mark.slow
 def test_slurm_builds_the_same_data_as_local(
     tmp_path: Path, on_slurm: ExecutorConfig, stdlib_dir: Path
 ) -> None:
@@ -127,6 +129,7 @@ def ray_runtime():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_runs_stages_and_reruns_only_the_failed_task(
     tmp_path: Path, importable: None, ray_runtime, stdlib_dir: Path, tiny_data
 ) -> None:
@@ -153,6 +156,7 @@ def test_ray_runs_stages_and_reruns_only_the_failed_task(
         assert (local / "tokens" / s["path"]).read_bytes() == (remote / "tokens" / s["path"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_slurm_llm_stage_with_a_server_per_task_shares_one_cache(
     tmp_path: Path, on_slurm: ExecutorConfig, importable: None
 ) -> None:

@@ -169,6 +169,7 @@ def test_methods_that_never_use_self_become_functions(tmp_path, corpus):
     assert manifest["counts"]["uses_self"] == 1  # Box.volume
 
 
+@pytest.mark.slow
 def test_mining_is_deterministic_and_reruns_are_skipped(tmp_path, corpus):
     first = build_exercises(mined(tmp_path, corpus), progress=False)
     assert build_exercises(mined(tmp_path, corpus), progress=False) == first  # skipped: manifest current
@@ -228,6 +229,7 @@ def test_mined_default_input_is_the_standard_library(tmp_path):
     assert ExercisesConfig(out_dir="x", source="mined").inputs == [str(stdlib_dir())]
 
 
+@pytest.mark.slow
 def test_malformed_jsonl_records_are_counted_then_fatal_over_the_limit(tmp_path):
     records = [json.dumps({"id": f"doc{i}", "text": GEOMETRY}) for i in range(30)]
     records[3] = '{"id": "broken"'
@@ -357,6 +359,7 @@ def test_answers_are_parsed_into_exercises_or_rejected():
             exercise_from_answer(answer, "f")
 
 
+@pytest.mark.slow
 def test_synthetic_stage_keeps_checked_exercises_and_reruns_from_the_cache(tmp_path):
     cfg = synthetic(tmp_path, check_cpu_s=1.0)
     plans = plan_exercises(cfg)

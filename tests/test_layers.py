@@ -11,7 +11,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [
-    ("textbooks", "textbooks.io", "textbooks.errors", "textbooks.config"),
+    ("textbooks", "textbooks.io", "textbooks.errors", "textbooks.config", "textbooks.config_checks"),
     ("textbooks.sandbox",),
     ("textbooks.benchmarks",),
     ("textbooks.model", "textbooks.convert_hf"),

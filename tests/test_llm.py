@@ -207,6 +207,7 @@ CLIENT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_killed_process_loses_nothing_it_received(tmp_path):
     """SIGKILL a client process midway: every answer it had received is in the cache; the rerun asks
     only for the rest."""

@@ -65,6 +65,7 @@ def client_for(url: str, cache: Path, **kw) -> LLMClient:
 # -- the client against the real server -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_answers_are_parsed_cached_and_a_rerun_asks_nothing(served, tmp_path):
     prompts = [f"Write a Python function named f{i} that returns {i}." for i in range(5)]
     cache = tmp_path / "c.sqlite"
@@ -153,6 +154,7 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
         proc.kill()
 
 
+@pytest.mark.slow
 def test_the_command_line_server_stops_on_ctrl_c(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     cmd = [sys.executable, "-m", "textbooks.data.llm_server", "--parallel", "1", "--log-dir", str(tmp_path)]

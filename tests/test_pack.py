@@ -92,6 +92,7 @@ def test_rerun_is_skipped_and_input_change_repacks(tmp_path, stdlib_dir, tiny_da
     assert second["documents"] == first["documents"] + 1
 
 
+@pytest.mark.slow
 def test_killed_pack_resumes_to_identical_output(tmp_path, tiny_data, stdlib_dir):
     def run(out, kill_after_shards=None):
         code = (

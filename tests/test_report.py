@@ -15,6 +15,8 @@ import pytest
 
 from textbooks.report.collect import collect
 
+pytestmark = pytest.mark.slow  # every test trains the demo's runs or a sweep (minutes)
+
 BIN = Path(sys.executable).parent
 PACKAGES = ("json", "email", "logging", "importlib")
 

@@ -400,6 +400,7 @@ print(mine, others)
         assert sandbox.run(Program("def f():\n    return 1\n", ("assert f() == 1",))).passed
 
 
+@pytest.mark.slow
 def test_garbage_answers_and_disarmed_timers_fail_cleanly(sandbox: Sandbox) -> None:
     garbage = """
 import os, struct

@@ -87,6 +87,7 @@ def _ingest_cli(inputs: list[str], out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_killed_worker_loses_only_its_task(tmp_path: Path, corpus: list[str]) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
     proc = _ingest_cli(corpus, full, "executor.tasks=6", "executor.workers=2")
@@ -128,6 +129,7 @@ def test_killed_worker_loses_only_its_task(tmp_path: Path, corpus: list[str]) ->
     assert read_manifest(killed)["filtered"] == read_manifest(full)["filtered"]
 
 
+@pytest.mark.slow
 def test_unreadable_inputs_are_named_counted_and_fatal_above_the_fraction(
     tmp_path: Path, stdlib_dir: Path
 ) -> None:
@@ -190,6 +192,7 @@ def _rows(out: Path) -> list[dict]:
     return [r for p in m["parts"] for r in pq.read_table(out / p).to_pylist()]
 
 
+@pytest.mark.slow
 def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path, stdlib_dir: Path) -> None:
     """annotate, exercises (mined and synthetic), textbooks, decontaminate and classify: tasks=1 and tasks=4
     on 2 workers give the same rows (ids, texts, every column); the LLM stages ask each request once."""

@@ -21,7 +21,8 @@ from textbooks.data.app import run
 from textbooks.data.llm_config import Backoff, LLMConfig
 from textbooks.data.minhash import Duplicates, deduplicate
 from textbooks.data.parquet import read_table
-from textbooks.data.synth import SynthConfig, duplicates, plan_requests, request_seed, synthesize
+from textbooks.data.synth import SynthConfig, duplicates, synthesize
+from textbooks.data.synth_plan import plan_requests, request_seed
 from textbooks.errors import ConfigError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -118,6 +119,7 @@ def test_sections_are_duplicates_as_the_dedup_stage_defines_them():
     assert definition == Duplicates(threshold=0.9)  # the dedup stage's shingles, permutations and seed
 
 
+@pytest.mark.slow
 def test_stage_keeps_long_unique_sections_with_their_provenance(tmp_path):
     cfg = make(tmp_path)
     plans = plan_requests(cfg, [])
@@ -182,11 +184,12 @@ def test_snippets_come_from_the_seed_corpus(tmp_path, corpus):
 
 def _pool(cfg: SynthConfig):
     from textbooks.data.reader import ReadStats
-    from textbooks.data.synth import snippet_pool
+    from textbooks.data.synth_plan import snippet_pool
 
     return snippet_pool(cfg, ReadStats())
 
 
+@pytest.mark.slow
 def test_rerun_is_skipped_and_a_fresh_output_costs_no_requests(tmp_path):
     cache = tmp_path / "c.sqlite"
     with OpenAIServer(canned_section) as server:
@@ -227,6 +230,7 @@ def _app(tmp_path: Path, url: str, out: str, cache: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_interrupted_stage_reruns_to_the_same_output(tmp_path, repo_root):
     """Ctrl-C (SIGINT) `textbooks-data stage=textbooks` midway; the rerun asks only for the rest and writes
     exactly what an uninterrupted run writes."""

@@ -55,6 +55,7 @@ def test_p50k_is_the_official_encoding(p50k):
     assert p50k.encode("hello world") == [31373, 995]
 
 
+@pytest.mark.slow
 def test_p50k_round_trips_the_standard_library(p50k, stdlib_dir):
     assert roundtrip_all(p50k, stdlib_dir) > 1500
 
@@ -77,6 +78,7 @@ def test_p50k_offline_error_names_the_fix(tmp_path, monkeypatch):
     tokenizer._load_cached.cache_clear()
 
 
+@pytest.mark.slow
 def test_trained_bpe_round_trips_the_standard_library(tiny_data, stdlib_dir):
     enc = load_tokenizer(tiny_data["tokenizer"])
     assert enc.n_vocab == 512

@@ -60,6 +60,7 @@ def config(tiny_data, *overrides: str):
         return compose("train", overrides=[*tiny_data["overrides"], "logger=[csv]", *FAST, *overrides])
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_complete_run_and_skips_it_after(tiny_data):
     root = tiny_data["root"]
     evals = [
@@ -101,6 +102,7 @@ def test_train_cli_writes_a_complete_run_and_skips_it_after(tiny_data):
     assert again.returncode == 0 and "is complete" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_with_identical_losses(tiny_data, tmp_path):
     args = [*tiny_data["overrides"], *FAST, "train.tokens=60K", "logger=[csv]", "train.export=false"]
     ref = cli([*args, f"paths.runs={tmp_path / 'a'}"], cwd=tiny_data["root"])
@@ -130,6 +132,7 @@ def test_killed_run_resumes_with_identical_losses(tiny_data, tmp_path):
     assert losses(run_a, "val/loss") == losses(run_b, "val/loss")
 
 
+@pytest.mark.slow
 def test_multirun_sweep_over_models_and_tokens(tiny_data):
     root = tiny_data["root"]
     r = cli(
@@ -160,6 +163,7 @@ def test_multirun_sweep_over_models_and_tokens(tiny_data):
     assert all("final/val_loss" in w["summary"] for w in runs)
 
 
+@pytest.mark.slow
 def test_finetune_from_exported_weights_keeps_the_best(tiny_data, tmp_path):
     pre = train(config(tiny_data, "train.tokens=30K"), tmp_path / "pre")
     ft_cfg = config(

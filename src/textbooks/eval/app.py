@@ -19,11 +19,12 @@ A finished evaluation with the same settings is skipped (``force=true`` redoes i
 in the same directory is an error naming the settings that differ. A killed generation resumes: the
 problems whose samples are all in ``samples.jsonl`` are kept, the rest generated (per-sample seeds make
 the resumed samples the ones an uninterrupted run writes), and the file is finally put in task order.
+What defines an evaluation is in ``textbooks.eval.settings``, the resumable generation in
+``textbooks.eval.generation``.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import logging
@@ -35,36 +36,33 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
+from textbooks.benchmarks import Problem, ProblemSet
 from textbooks.config import hydra_app
 from textbooks.data.llm_config import register_schema as register_llm_schema
-from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.bpb import gold_bpb
-from textbooks.eval.endpoint import CHAT_INSTRUCTION, SERVED_APIS, GenerationError, ServedLM
-from textbooks.eval.generate import LM, Completion, GenerationConfig, GenerationStats
-from textbooks.eval.load import load_lm, resolve_device, resolve_dtype
-from textbooks.eval.plus import References
-from textbooks.eval.prompts import (
-    PROMPT_FORMATS,
-    build_prompt,
-    default_format,
-    mbpp_fewshot_examples,
-    stop_sequences,
+from textbooks.eval.completions import GenerationConfig
+from textbooks.eval.endpoint import CHAT_INSTRUCTION, GenerationError, ServedLM
+from textbooks.eval.generation import SAMPLES, generate_samples
+from textbooks.eval.load import load_lm
+from textbooks.eval.plus_references import References
+from textbooks.eval.samples import write_records
+from textbooks.eval.sanitize import sanitize_samples
+from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
+from textbooks.eval.settings import (
+    EvalError,
+    eval_mode,
+    eval_settings,
+    generation_config,
+    load_problems,
+    previous_results,
+    sanitizing,
 )
-from textbooks.eval.sanitize import sanitize_samples, solution_code
-from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples, write_records
-from textbooks.io import atomic_path, sha256_file, write_json_atomic
+from textbooks.io import write_json_atomic
 from textbooks.sandbox import Limits
 
 log = logging.getLogger(__name__)
 
-SAMPLES = "samples.jsonl"
-GENERATION_STATE = "generation.json"
 BPB_FILE = "bpb.jsonl"
-
-
-class EvalError(TextbooksError):
-    """An evaluation cannot run as configured (conflicting modes, settings that differ on rerun)."""
 
 
 # ------------------------------------------------------------------------------------------ output dir
@@ -117,300 +115,7 @@ if not OmegaConf.has_resolver("served_model"):
     OmegaConf.register_new_resolver("served_model", served_model)
 
 
-# ---------------------------------------------------------------------------------------- settings
-
-
-def _model_fingerprint(checkpoint: str | None, hf_model: str | None) -> dict[str, Any] | None:
-    """What identifies the weights: the path and the SHA-256 of the weight and config files."""
-    if checkpoint is None and hf_model is None:
-        return None
-    kind = "textbooks" if checkpoint is not None else "transformers"
-    target = Path(str(checkpoint if checkpoint is not None else hf_model))
-    if not target.exists():  # a hub id (a missing checkpoint fails to load a moment later)
-        return {"kind": kind, "name": str(target)}
-    files = sorted(target.iterdir()) if target.is_dir() else [target]
-    files = [f for f in files if f.suffix in (".safetensors", ".bin", ".ckpt", ".pt", ".json")]
-    return {
-        "kind": kind,
-        "path": str(target.resolve()),
-        "sha256": {f.name: sha256_file(f) for f in files},
-    }
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def _mismatch(what: Path, old: dict[str, Any], new: dict[str, Any]) -> EvalError:
-    diff = ", ".join(_differences(old, new)[:8])
-    return EvalError(
-        f"{what} holds an evaluation with other settings (differs in: {diff}). Pass force=true to replace "
-        "it, or tag=<name> (or out_dir=<dir>) to keep both"
-    )
-
-
-# ------------------------------------------------------------------------------------------ problems
-
-
-def load_problems(cfg: DictConfig) -> tuple[ProblemSet, str, tuple[Problem, ...]]:
-    """The benchmark's problems (first ``limit``), its prompt format and the 3-shot examples if any."""
-    b, data_dir = cfg.benchmark, cfg.paths.get("benchmarks")
-    problems = load_benchmark(b.name, b.path, b.split, data_dir=data_dir, hub=bool(b.get("hub", False)))
-    fmt = b.prompt_format or default_format(b.name)
-    if fmt not in PROMPT_FORMATS:
-        raise ConfigError(f"benchmark.prompt_format={fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
-    examples: tuple[Problem, ...] = ()
-    if fmt == "mbpp-3shot":
-        prompt_split = load_benchmark(b.name, b.path, "prompt", data_dir=data_dir, hub=bool(b.get("hub")))
-        examples = mbpp_fewshot_examples(prompt_split)
-    if cfg.limit is not None:
-        if int(cfg.limit) < 1:
-            raise ConfigError(f"limit={cfg.limit}: give a positive number of problems, or null for all")
-        kept = dict(list(problems.problems.items())[: int(cfg.limit)])
-        problems = ProblemSet(dataclasses.replace(problems.info, n_problems=len(kept)), kept)
-    return problems, fmt, examples
-
-
-def _benchmark_key(cfg: DictConfig, problems: ProblemSet, fmt: str) -> dict[str, Any]:
-    return {
-        "name": problems.info.name,
-        "split": problems.info.split,
-        "source_sha256": problems.info.sha256,
-        "prompt_format": fmt,
-        "limit": cfg.limit,
-        "n_problems": len(problems),
-    }
-
-
-# ---------------------------------------------------------------------------------------- generation
-
-
-def _sample_record(task_id: str, c: Completion, sanitized: str | None = None) -> dict[str, Any]:
-    """A samples-file line; with ``sanitized`` (a chat model's answer made a solution) the answer is kept
-    as ``raw_completion``."""
-    extra = {"raw_completion": c.text, "sanitized": True} if sanitized is not None else {}
-    return {
-        "task_id": task_id,
-        "completion": c.text if sanitized is None else sanitized,
-        **extra,
-        "sample": c.sample,
-        "finish_reason": c.finish_reason,
-        "n_tokens": c.n_tokens,
-        "prompt_tokens": c.prompt_tokens,
-        "prompt_dropped": c.prompt_dropped,
-    }
-
-
-def _finished_tasks(path: Path, n: int, problems: ProblemSet) -> dict[str, list[dict[str, Any]]]:
-    """Tasks with all ``n`` samples in ``path`` (a torn last line or a partial task is dropped)."""
-    per_task: dict[str, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
-    if path.is_file():
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if (
-                    isinstance(rec, dict)
-                    and rec.get("task_id") in problems
-                    and isinstance(rec.get("sample"), int)
-                ):
-                    per_task[rec["task_id"]][rec["sample"]] = rec
-    return {t: [s[j] for j in range(n)] for t, s in per_task.items() if all(j in s for j in range(n))}
-
-
-def _write_samples(path: Path, problems: ProblemSet, done: dict[str, list[dict[str, Any]]]) -> None:
-    """Rewrite ``path`` with ``done``'s samples in task order (atomically)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for p in problems:
-            for rec in done.get(p.task_id, ()):
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-
-
-def generate_samples(
-    lm: LM | ServedLM,
-    problems: ProblemSet,
-    prompt_format: str,
-    examples: tuple[Problem, ...],
-    gen: GenerationConfig,
-    out: Path,
-    key: dict[str, Any],
-    *,
-    force: bool = False,
-    progress: bool = False,
-    sanitize: bool = False,
-) -> dict[str, Any]:
-    """Write ``out/samples.jsonl`` for every problem, resuming a killed run with the same ``key``;
-    ``sanitize``: each completion is made a solution (``sanitize.solution_code``) as it is written."""
-    samples_path, state_path = out / SAMPLES, out / GENERATION_STATE
-    done: dict[str, list[dict[str, Any]]] = {}
-    if state_path.is_file() and not force:
-        state = json.loads(state_path.read_text())
-        if state.get("key") != key:
-            raise _mismatch(out, state.get("key", {}), key)
-        done = _finished_tasks(samples_path, gen.n, problems)
-        if state.get("status") == "complete" and len(done) == len(problems):
-            log.info("samples for all %d problems already in %s", len(problems), samples_path)
-            return state["stats"]
-    resumed = len(done)
-    _write_samples(samples_path, problems, done)
-    started = time.time()
-    write_json_atomic(state_path, {"key": key, "status": "running", "started": started})
-    todo = [p for p in problems if p.task_id not in done]
-    if resumed:
-        log.info("resuming generation: %d problems done, %d to go", resumed, len(todo))
-    prompts = [build_prompt(p, prompt_format, examples) for p in todo]
-    stats = GenerationStats()
-    pending: dict[int, dict[int, Completion]] = collections.defaultdict(dict)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(todo) * gen.n, desc="generating", unit="sample")
-    with open(samples_path, "a", encoding="utf-8") as f:
-        for c in lm.iter_generate(prompts, gen, keys=[p.task_id for p in todo]):
-            stats.add(c)
-            pending[c.index][c.sample] = c
-            if bar is not None:
-                bar.update()
-            if len(pending[c.index]) == gen.n:
-                problem, finished = todo[c.index], pending.pop(c.index)
-                task = problem.task_id
-                recs = [
-                    _sample_record(
-                        task,
-                        finished[j],
-                        solution_code(problem, finished[j].text, prompt_format) if sanitize else None,
-                    )
-                    for j in range(gen.n)
-                ]
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
-                f.flush()
-                done[task] = recs
-    if bar is not None:
-        bar.close()
-    _write_samples(samples_path, problems, done)
-    result = {**stats.as_dict(), "resumed_problems": resumed, "generated_problems": len(todo)}
-    write_json_atomic(state_path, {"key": key, "status": "complete", "started": started, "stats": result})
-    return result
-
-
 # ------------------------------------------------------------------------------------------------- run
-
-
-def _mode(cfg: DictConfig) -> str:
-    if cfg.checkpoint is not None and cfg.hf_model is not None:
-        raise ConfigError("give checkpoint= or hf_model=, not both")
-    served = cfg.served_model is not None
-    if served and (cfg.checkpoint is not None or cfg.hf_model is not None):
-        raise ConfigError(
-            "give a served model (endpoint=, llm=local) or a local one (checkpoint=, hf_model=), not both"
-        )
-    if served and cfg.bpb:
-        raise ConfigError(
-            "bpb=true needs the model's logits: give checkpoint= or hf_model=, not a served model"
-        )
-    if served and (cfg.samples is not None or cfg.completions is not None):
-        raise ConfigError("give a served model to generate with, or samples=/completions= to score, not both")
-    if cfg.api not in SERVED_APIS:
-        raise ConfigError(f"api={cfg.api!r}: use chat (instruct models) or completions (base models)")
-    if cfg.sanitize and cfg.completions is not None:
-        raise ConfigError("sanitize=true applies to generated or given samples, not to completions=canonical")
-    if served and cfg.generate:
-        return "generate"
-    has_model = cfg.checkpoint is not None or cfg.hf_model is not None
-    if cfg.completions is not None and cfg.completions != "canonical":
-        raise ConfigError(f"completions={cfg.completions!r}: the only choice is completions=canonical")
-    if cfg.completions is not None and cfg.samples is not None:
-        raise ConfigError("give samples=<file> or completions=canonical, not both")
-    if cfg.bpb and not has_model:
-        raise ConfigError("bpb=true needs a model: checkpoint=<model dir or .ckpt> or hf_model=<name or dir>")
-    if cfg.completions is not None:
-        return "canonical"
-    if cfg.samples is not None:
-        return "samples"
-    if has_model and cfg.generate:
-        return "generate"
-    if has_model and cfg.bpb:
-        return "bpb"
-    raise ConfigError(
-        "nothing to evaluate: give checkpoint=<run>/model or hf_model=<name> (generate and score), "
-        "endpoint=<base_url> llm.model=<name> or llm=local (generate with a served model and score), "
-        "samples=<file> (score it), or completions=canonical (score the reference solutions)"
-    )
-
-
-def _generation_config(cfg: DictConfig, fmt: str) -> GenerationConfig:
-    g = cfg.generation
-    return GenerationConfig(
-        max_new_tokens=int(g.max_new_tokens),
-        temperature=float(g.temperature),
-        top_p=float(g.top_p),
-        n=int(g.n),
-        seed=int(g.seed),
-        batch_size=int(g.batch_size),
-        stop=stop_sequences(fmt),
-    )
-
-
-def _sanitizing(cfg: DictConfig) -> bool:
-    """``sanitize``: as given, else true for a served chat model's answers, false otherwise."""
-    if cfg.sanitize is not None:
-        return bool(cfg.sanitize)
-    return cfg.served_model is not None and cfg.api == "chat"
-
-
-def _served_fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    """What identifies a served model's samples: its name, the API and, for chat, the instruction (not
-    the endpoint's URL: the same model served elsewhere gives the same samples)."""
-    chat = {"instruction": cfg.instruction or CHAT_INSTRUCTION} if cfg.api == "chat" else {}
-    return {"kind": "served", "name": cfg.served_model, "api": cfg.api, **chat, "sanitize": _sanitizing(cfg)}
-
-
-def _settings(
-    cfg: DictConfig, mode: str, problems: ProblemSet, fmt: str, gen: GenerationConfig | None
-) -> dict[str, Any]:
-    """What defines an evaluation: a rerun with equal settings is skipped (batch size is left out)."""
-    served = cfg.served_model is not None
-    dtype = None if served else resolve_dtype(cfg.dtype, resolve_device(str(cfg.device)))
-    return {
-        "mode": mode,
-        "benchmark": _benchmark_key(cfg, problems, fmt),
-        "model": _served_fingerprint(cfg) if served else _model_fingerprint(cfg.checkpoint, cfg.hf_model),
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
-        "generation": {k: v for k, v in gen.as_dict().items() if k != "batch_size"} if gen else None,
-        "samples_sha256": sha256_file(cfg.samples) if mode == "samples" else None,
-        **({"sanitize": True} if _sanitizing(cfg) else {}),  # (absent when off: older results still match)
-        "bpb": bool(cfg.bpb),
-        "ks": list(cfg.ks),
-        "sandbox": {
-            "test_cpu_s": float(cfg.sandbox.test_cpu_s),
-            "challenge": bool(cfg.sandbox.include_challenge),
-            "plus": bool(cfg.sandbox.plus),
-        },
-    }
-
-
-def _previous(out: Path, settings: dict[str, Any], force: bool) -> dict[str, Any] | None:
-    """The finished results in ``out`` with these settings (to skip), or None to run; refuses to
-    overwrite an evaluation with other settings unless ``force``."""
-    path = out / SUMMARY_NAME
-    if force or not path.is_file():
-        return None
-    old = json.loads(path.read_text())
-    if old.get("status") == "complete" and old.get("settings") == settings:
-        return old
-    if "settings" in old:
-        raise _mismatch(out, old["settings"], settings)
-    return None
 
 
 def _score(
@@ -434,7 +139,7 @@ def _score(
         problems,
         prompt_format=fmt,
         ks=tuple(int(k) for k in cfg.ks),
-        truncate_at_stop=mode == "samples" and bool(cfg.sandbox.truncate) and not _sanitizing(cfg),
+        truncate_at_stop=mode == "samples" and bool(cfg.sandbox.truncate) and not sanitizing(cfg),
         write=False,
         **common,
     )
@@ -485,7 +190,7 @@ def _generate_served(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` says; returns the contents of ``results.json``."""
-    mode = _mode(cfg)
+    mode = eval_mode(cfg)
     if mode == "samples" and not Path(cfg.samples).is_file():
         raise EvalError(f"samples file not found: {cfg.samples}; pass a JSONL of task_id/completion lines")
     out = Path(cfg.out_dir)
@@ -494,9 +199,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         torch.set_num_threads(int(cfg.threads))
     problems, fmt, examples = load_problems(cfg)
-    gen = _generation_config(cfg, fmt) if mode == "generate" else None
-    settings = _settings(cfg, mode, problems, fmt, gen)
-    done = _previous(out, settings, bool(cfg.force))
+    gen = generation_config(cfg, fmt) if mode == "generate" else None
+    settings = eval_settings(cfg, mode, problems, fmt, gen)
+    done = previous_results(out, settings, bool(cfg.force))
     if done is not None:
         log.info("%s is complete with these settings; skipping (force=true redoes it)", out)
         return {**done, "skipped": True}
@@ -511,14 +216,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if mode == "generate":
         assert gen is not None
         key = {k: settings[k] for k in ("benchmark", "model", "dtype", "generation")}
-        opts = {"force": bool(cfg.force), "progress": bool(cfg.progress), "sanitize": _sanitizing(cfg)}
+        opts = {"force": bool(cfg.force), "progress": bool(cfg.progress), "sanitize": sanitizing(cfg)}
         if cfg.served_model is not None:
             stats, model_info = _generate_served(cfg, problems, fmt, examples, gen, out, key, opts)
         else:
             assert lm is not None
             stats = generate_samples(lm, problems, fmt, examples, gen, out, key, **opts)
         generation = {**gen.as_dict(), **stats}
-    if mode == "samples" and _sanitizing(cfg):
+    if mode == "samples" and sanitizing(cfg):
         sanitized = sanitize_samples(samples_path, problems, fmt)
         samples_path = Path(sanitized["path"])
     if mode == "bpb":

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from textbooks.errors import ConfigError, TextbooksError
-from textbooks.eval.generate import Completion, GenerationConfig, row_seed
+from textbooks.eval.completions import Completion, GenerationConfig, row_seed
 
 CHAT_INSTRUCTION = (  # EvalPlus's instruction for chat models; the problem follows in a code block
     "Please provide a self-contained Python script that solves the following problem in a markdown code block:"

@@ -21,31 +21,36 @@ Bad lines (not UTF-8, not JSON, not an object, no string ``task_id``/``completio
 in the benchmark, a completion over ``max_completion_bytes``) are skipped, counted and listed with their
 line numbers, and the rest is scored; more than ``max_malformed_fraction`` of the lines is an error (most
 likely samples scored against the wrong benchmark or split). Whatever a sample's code does, it only fails
-that sample. ``score_canonical`` scores the benchmark's reference solutions instead, as a self-check of the
-data, the prompts and the sandbox: all must pass.
+that sample (``textbooks.eval.samples`` reads the file). ``score_canonical`` scores the benchmark's
+reference solutions instead, as a self-check of the data, the prompts and the sandbox: all must pass.
 
-Command line: ``python -m textbooks.eval.score SAMPLES --benchmark mbpp --data-dir DIR`` (``--help``).
+Command line: ``textbooks-eval samples=<file> benchmark=<name>`` (``textbooks.eval.app``), or
+``completions=canonical`` for the reference solutions.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import datetime as dt
-import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import BENCHMARKS, ProblemSet, load_benchmark
-from textbooks.errors import TextbooksError, cli_errors
-from textbooks.eval import plus as evalplus
+from textbooks.benchmarks import ProblemSet
 from textbooks.eval.passk import DEFAULT_KS, aggregate_pass_at_k
+from textbooks.eval.plus import score_many
+from textbooks.eval.plus_references import References
+from textbooks.eval.plus_rules import (
+    MIN_TIME_LIMIT_S,
+    PLUS_BENCHMARKS,
+    TASK_TIMEOUT_S,
+    TIME_LIMIT_FACTOR,
+    reference_code,
+)
 from textbooks.eval.prompts import (
     PROMPT_FORMATS,
     completion_code,
@@ -54,39 +59,14 @@ from textbooks.eval.prompts import (
     stop_sequences,
     truncate,
 )
-from textbooks.io import atomic_path, write_json_atomic
+from textbooks.eval.samples import MAX_COMPLETION_BYTES, SamplesError, read_samples, write_records
+from textbooks.io import write_json_atomic
 from textbooks.sandbox import STATUSES, ExecResult, Limits, Sandbox, open_sandbox
 
 RESULTS_SUFFIX = "_results.jsonl"
 SUMMARY_NAME = "results.json"
 MESSAGE_CHARS = 500
 TIMING_FIELDS = ("duration_s", "cpu_s")
-MAX_COMPLETION_BYTES = 1 << 20
-
-
-class SamplesError(TextbooksError):
-    """A samples file cannot be scored (missing, too many malformed lines, unknown task ids)."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One valid line of a samples file."""
-
-    line: int
-    task_id: str  # resolved to the benchmark's spelling
-    completion: str
-    completion_id: int  # index among this task's samples, in file order
-    record: dict[str, Any]  # the line as read
-
-
-@dataclass
-class SamplesFile:
-    """What ``read_samples`` found: valid samples and the bad lines (line number, reason)."""
-
-    path: Path
-    samples: list[Sample]
-    malformed: list[tuple[int, str]]
-    n_lines: int
 
 
 @dataclass
@@ -102,80 +82,6 @@ class ScoreReport:
     @property
     def pass_at_k(self) -> dict[str, float]:
         return self.summary["pass@k"]
-
-
-def read_samples(
-    path: str | os.PathLike,
-    problems: ProblemSet,
-    *,
-    max_malformed_fraction: float = 0.01,
-    max_completion_bytes: int = MAX_COMPLETION_BYTES,
-) -> SamplesFile:
-    """Read and validate a samples file against ``problems``; bad lines are listed, not fatal."""
-    p = Path(path)
-    if not p.is_file():
-        raise SamplesError(f"samples file not found: {p}; pass the JSONL written by generation")
-    samples: list[Sample] = []
-    malformed: list[tuple[int, str]] = []
-    unknown: tuple[int, Any] | None = None
-    counts: collections.Counter[str] = collections.Counter()
-    n_lines = 0
-    with open(p, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            n_lines += 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                malformed.append((n, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"))
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                malformed.append((n, f"not JSON ({getattr(e, 'msg', type(e).__name__)})"))
-                continue
-            if not isinstance(rec, dict):
-                malformed.append((n, f"a JSON {type(rec).__name__}, not an object"))
-                continue
-            if "task_id" not in rec or not isinstance(rec.get("completion"), str):
-                malformed.append((n, "needs a task_id and a string completion"))
-                continue
-            task_id = problems.resolve(rec["task_id"])
-            if task_id is None:
-                malformed.append(
-                    (n, f"task_id {str(rec['task_id'])[:100]!r} is not in {problems.info.label}")
-                )
-                unknown = unknown or (n, rec["task_id"])
-                continue
-            size = len(rec["completion"].encode("utf-8", "surrogatepass"))
-            if size > max_completion_bytes:
-                malformed.append(
-                    (n, f"a completion of {size:,} bytes, over the limit of {max_completion_bytes:,}")
-                )
-                continue
-            samples.append(Sample(n, task_id, rec["completion"], counts[task_id], rec))
-            counts[task_id] += 1
-    too_many = len(malformed) > max_malformed_fraction * n_lines
-    if unknown is not None and (too_many or not samples):
-        n, tid = unknown
-        first = next(iter(problems.problems), "?")
-        raise SamplesError(
-            f"{p} line {n}: task_id {str(tid)[:100]!r} is not in {problems.info.label} "
-            f"({len(problems)} problems, e.g. {first!r}); score the samples against the "
-            f"benchmark and split they were generated for ({len(malformed)} of {n_lines} lines are bad)"
-        )
-    if n_lines == 0 or not samples:
-        raise SamplesError(
-            f"{p}: no valid samples ({n_lines} non-empty lines); expected JSONL of task_id/completion"
-        )
-    if too_many:
-        shown = "; ".join(f"line {n}: {why}" for n, why in malformed[:5])
-        raise SamplesError(
-            f"{p}: {len(malformed)} of {n_lines} lines are malformed ({shown}), more than "
-            f"max_malformed_fraction={max_malformed_fraction:g}; fix the file or raise the fraction"
-        )
-    return SamplesFile(p, samples, malformed, n_lines)
 
 
 def _record(
@@ -256,12 +162,12 @@ def _summary(
 
 def _rules(problems: ProblemSet, plus: bool) -> dict[str, Any]:
     """How the benchmark was scored (goes into results.json)."""
-    if problems.info.name in evalplus.PLUS_BENCHMARKS:
+    if problems.info.name in PLUS_BENCHMARKS:
         return {
             "rules": "evalplus",
-            "min_time_limit_s": evalplus.MIN_TIME_LIMIT_S,
-            "time_limit_factor": evalplus.TIME_LIMIT_FACTOR,
-            "task_timeout_s": evalplus.TASK_TIMEOUT_S,
+            "min_time_limit_s": MIN_TIME_LIMIT_S,
+            "time_limit_factor": TIME_LIMIT_FACTOR,
+            "task_timeout_s": TASK_TIMEOUT_S,
             "extra_inputs": plus,
         }
     return {"rules": "original tests, CPU budgets per test"}
@@ -276,7 +182,7 @@ def _execute(
     workers: int | None,
     include_challenge: bool,
     plus: bool,
-    references: evalplus.References | None,
+    references: References | None,
     progress: bool,
 ) -> tuple[list[ExecResult], list[bool | None], float, Sandbox, str]:
     """Run each (task id, code) pair by its benchmark's rules: (results, base verdicts, wall s, sandbox,
@@ -284,11 +190,9 @@ def _execute(
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with open_sandbox(sandbox, workers=workers, limits=limits, hide=_hidden(problems)) as sb:
         t0 = time.perf_counter()
-        if problems.info.name in evalplus.PLUS_BENCHMARKS:
+        if problems.info.name in PLUS_BENCHMARKS:
             items = [(problems[t], code) for t, code in codes]
-            results, base_ok = evalplus.score_many(
-                sb, items, plus=plus, references=references, progress=progress
-            )
+            results, base_ok = score_many(sb, items, plus=plus, references=references, progress=progress)
             base: list[bool | None] = list(base_ok) if plus else [None] * len(results)
         else:
             programs = [
@@ -315,23 +219,6 @@ def _hidden(problems: ProblemSet) -> list[str]:
     return [str(src)] if src.is_file() else []
 
 
-def jsonl_line(rec: dict[str, Any]) -> str:
-    """One JSON line, readable UTF-8 where possible (a lone surrogate is written as an escape)."""
-    line = json.dumps(rec, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        line = json.dumps(rec)
-    return line + "\n"
-
-
-def write_records(path: str | os.PathLike, records: Sequence[dict[str, Any]]) -> None:
-    """Write per-sample records as JSONL, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(jsonl_line(rec))
-
-
 def _write(
     records: list[dict[str, Any]], results_path: Path | None, summary: dict, summary_path: Path | None
 ) -> None:
@@ -353,7 +240,7 @@ def score_samples(
     truncate_at_stop: bool = False,
     include_challenge: bool = False,
     plus: bool = True,
-    references: evalplus.References | None = None,
+    references: References | None = None,
     max_malformed_fraction: float = 0.01,
     max_completion_bytes: int = MAX_COMPLETION_BYTES,
     results_path: str | os.PathLike | None = None,
@@ -441,15 +328,15 @@ def score_canonical(
     sandbox: Sandbox | None = None,
     include_challenge: bool = False,
     plus: bool = True,
-    references: evalplus.References | None = None,
+    references: References | None = None,
     progress: bool = False,
 ) -> ScoreReport:
     """Score the reference solutions (all should pass); writes ``canonical_results.jsonl`` and
     ``results.json`` into ``out_dir`` when given."""
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     probs = list(problems)
-    if problems.info.name in evalplus.PLUS_BENCHMARKS:
-        codes = [(p.task_id, evalplus.reference_code(p)) for p in probs]
+    if problems.info.name in PLUS_BENCHMARKS:
+        codes = [(p.task_id, reference_code(p)) for p in probs]
     else:  # as prompts.reference_program
         codes = [
             (p.task_id, p.prompt * p.benchmark.startswith("humaneval") + p.canonical_solution) for p in probs
@@ -492,85 +379,3 @@ def score_canonical(
     spath = out / SUMMARY_NAME if out is not None else None
     _write(records, rpath, summary, spath)
     return ScoreReport(records, summary, rpath, spath, results)
-
-
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m textbooks.eval.score", description="Execute and score HumanEval/MBPP samples."
-    )
-    ap.add_argument("samples", nargs="?", help="samples JSONL (task_id, completion); omit with --canonical")
-    ap.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    ap.add_argument(
-        "--path", help="benchmark file (default: --data-dir/<usual name>; HumanEval: the package)"
-    )
-    ap.add_argument("--data-dir", help="directory holding mbpp.jsonl, sanitized-mbpp.json, *Plus.jsonl.gz")
-    ap.add_argument("--split", help="MBPP split: test (default), prompt, validation, train, all")
-    ap.add_argument("--hub", action="store_true", help="load MBPP from the HF hub (needs network)")
-    ap.add_argument("--format", choices=PROMPT_FORMATS, help="how completions were prompted")
-    ap.add_argument("--k", default="1,10,100", help="comma-separated k for pass@k")
-    ap.add_argument("--workers", type=int, help="parallel programs (default: CPU count)")
-    ap.add_argument("--test-cpu-s", type=float, default=Limits.test_cpu_s, help="CPU seconds per test")
-    ap.add_argument("--truncate", action="store_true", help="cut completions at the format's stop sequences")
-    ap.add_argument("--challenge", action="store_true", help="MBPP: also run challenge_test_list")
-    ap.add_argument("--base-only", action="store_true", help="HumanEval+/MBPP+: skip the differential tests")
-    ap.add_argument("--max-malformed", type=float, default=0.01, help="fraction of bad lines tolerated")
-    ap.add_argument("--canonical", action="store_true", help="score the reference solutions instead")
-    ap.add_argument("--out-dir", help="with --canonical: where to write results")
-    ap.add_argument("--progress", action="store_true")
-    return ap
-
-
-@cli_errors
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    problems = load_benchmark(args.benchmark, args.path, args.split, data_dir=args.data_dir, hub=args.hub)
-    limits = Limits(test_cpu_s=args.test_cpu_s)
-    if args.canonical:
-        report = score_canonical(
-            problems,
-            out_dir=args.out_dir,
-            limits=limits,
-            workers=args.workers,
-            include_challenge=args.challenge,
-            plus=not args.base_only,
-        )
-    else:
-        if not args.samples:
-            raise SamplesError("give a samples file, or --canonical to score the reference solutions")
-        try:
-            ks = tuple(int(k) for k in args.k.split(",") if k.strip())
-        except ValueError as e:
-            raise SamplesError(f"--k must be comma-separated integers, got {args.k!r}") from e
-        report = score_samples(
-            args.samples,
-            problems,
-            prompt_format=args.format,
-            ks=ks,
-            limits=limits,
-            workers=args.workers,
-            truncate_at_stop=args.truncate,
-            include_challenge=args.challenge,
-            plus=not args.base_only,
-            max_malformed_fraction=args.max_malformed,
-            progress=args.progress,
-        )
-    s = report.summary
-    print(
-        json.dumps(
-            {
-                "benchmark": s["benchmark"]["label"],
-                "pass@k": s["pass@k"],
-                "status_counts": s["status_counts"],
-                "results": str(report.results_path) if report.results_path else None,
-                "summary": str(report.summary_path) if report.summary_path else None,
-            },
-            indent=2,
-        )
-    )
-    if args.canonical and s["status_counts"]["passed"] != s["n_samples"]:
-        print(f"reference solutions failing: {s['failed_tasks']}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

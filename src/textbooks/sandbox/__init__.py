@@ -36,22 +36,10 @@ process, so a program that forks its allowance of processes can use that many ti
 timing is not isolated (a program can slow its neighbours down); kernel bugs are out of scope.
 """
 
-from textbooks.sandbox.pool import (
-    STATUSES,
-    CallGroup,
-    CallProgram,
-    CallsResult,
-    ExecResult,
-    Isolation,
-    Limits,
-    Program,
-    Sandbox,
-    SandboxError,
-    decode_record,
-    default_workers,
-    open_sandbox,
-    run_programs,
-)
+from textbooks.sandbox.client import SandboxError
+from textbooks.sandbox.pool import Isolation, Sandbox, default_workers, open_sandbox, run_programs
+from textbooks.sandbox.programs import STATUSES, CallGroup, CallProgram, Limits, Program
+from textbooks.sandbox.results import CallsResult, ExecResult, decode_record
 
 __all__ = [
     "STATUSES",
