@@ -1,9 +1,10 @@
 """Parallel efficiency of the sharded stages: documents/s of ingest -> dedup -> pack with 1 and with N workers.
 
-The same command (the library's stages on the local executor) runs on the same input twice: once with one
-task in this process (the baseline), once with ``--tasks`` tasks over ``--workers`` processes. Each task uses
-one core (pack's tokenizer threads are set to 1), so the ratio is the engine's scaling, not the tokenizer's
-own threads. Goal: 2 workers >= 1.6x one (parallel efficiency >= 0.8) on ~140 MB of site-packages.
+The same commands a user runs (``textbooks-data stage=ingest|dedup|pack``, one process per stage, the local
+executor) run on the same input twice: once with one task (the baseline), once with ``--tasks`` tasks over
+``--workers`` processes. Each task uses one core (pack's tokenizer threads are set to 1), so the ratio is the
+engine's scaling, not the tokenizer's own threads; each command's start-up (imports, planning, publishing the
+manifest) is in both. Goal: 2 workers >= 1.6x one (parallel efficiency >= 0.8) on ~140 MB of site-packages.
 
 Usage: ``python benchmarks/stage_scaling.py [--input site-packages] [--workers 2] [--tasks 8]``
 """
@@ -11,39 +12,39 @@ Usage: ``python benchmarks/stage_scaling.py [--input site-packages] [--workers 2
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from textbooks.data.corpus import IngestConfig, ingest
-from textbooks.data.dedup import DedupConfig, dedup
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.pack import PackConfig, pack
+STAGES = ("ingest", "dedup", "pack")
 
 
-def pipeline(root: Path, source: str, tokenizer: str, ex: ExecutorConfig) -> dict[str, float]:
-    seconds = {}
-    t = time.perf_counter()
-    m = ingest(
-        IngestConfig(inputs=[source], out_dir=str(root / "corpus"), pattern="**/*.py"), ex, progress=False
-    )
-    seconds["ingest"] = time.perf_counter() - t
-    t = time.perf_counter()
-    dedup(DedupConfig(inputs=[str(root / "corpus")], out_dir=str(root / "dedup")), ex, progress=False)
-    seconds["dedup"] = time.perf_counter() - t
-    t = time.perf_counter()
-    pack(
-        PackConfig(
-            inputs=[str(root / "dedup")], out_dir=str(root / "tokens"), tokenizer=tokenizer, num_threads=1
-        ),
-        ex,
-        progress=False,
-    )
-    seconds["pack"] = time.perf_counter() - t
-    seconds["documents"] = m["documents"]
-    seconds["bytes"] = m["bytes"]
-    return seconds
+def pipeline(root: Path, source: str, tokenizer: str, tasks: int, workers: int) -> dict[str, float]:
+    """Seconds of each stage's command, and the corpus's size, for one executor setting."""
+    common = [
+        f"paths.root={root}",
+        "progress=false",
+        f"executor.tasks={tasks}",
+        f"executor.workers={workers}",
+    ]
+    args = {
+        "ingest": [f"stage.inputs=[{source}]"],
+        "dedup": [],
+        "pack": [f"stage.inputs=[{root / 'data' / 'dedup'}]", f"stage.out_dir={root / 'tokens'}",
+                 f"stage.tokenizer={tokenizer}", "stage.num_threads=1"],
+    }  # fmt: skip
+    seconds: dict[str, float] = {}
+    for stage in STAGES:
+        t = time.perf_counter()
+        cmd = [sys.executable, "-m", "textbooks.data.app", *common, f"stage={stage}", *args[stage]]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds[stage] = time.perf_counter() - t
+    m = json.loads((root / "data" / "corpus" / "manifest.json").read_text())
+    return seconds | {"documents": m["documents"], "bytes": m["bytes"]}
 
 
 def main() -> None:
@@ -53,23 +54,20 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=8)
     ap.add_argument("--tokenizer", default="p50k_base")
     a = ap.parse_args()
-    runs = {}
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, ex in (
-            ("1 worker", ExecutorConfig(tasks=1, workers=1)),
-            (f"{a.workers} workers", ExecutorConfig(tasks=a.tasks, workers=a.workers)),
-        ):
-            runs[name] = pipeline(Path(tmp) / name.replace(" ", "-"), a.input, a.tokenizer, ex)
-    base, par = runs["1 worker"], runs[f"{a.workers} workers"]
+        base = pipeline(Path(tmp) / "one", a.input, a.tokenizer, 1, 1)
+        par = pipeline(Path(tmp) / "many", a.input, a.tokenizer, a.tasks, a.workers)
     docs, mb = base["documents"], base["bytes"] / 1e6
     print(
-        f"input: {a.input}, {docs} documents after ingest, {mb:.1f} MB; {a.tasks} tasks on {a.workers} workers"
+        f"input: {a.input}, {docs} documents after ingest, {mb:.1f} MB; {a.tasks} tasks on {a.workers} workers; "
+        f"1-min load average at start {load:.1f}"
     )
     print(f"{'stage':8s} {'1 worker s':>10s} {'N workers s':>11s} {'speed-up':>8s} {'efficiency':>10s}")
-    for stage in ("ingest", "dedup", "pack"):
+    for stage in STAGES:
         s = base[stage] / par[stage]
         print(f"{stage:8s} {base[stage]:10.1f} {par[stage]:11.1f} {s:7.2f}x {s / a.workers:10.2f}")
-    b, p = sum(base[s] for s in ("ingest", "dedup", "pack")), sum(par[s] for s in ("ingest", "dedup", "pack"))
+    b, p = sum(base[s] for s in STAGES), sum(par[s] for s in STAGES)
     print(
         f"{'total':8s} {b:10.1f} {p:11.1f} {b / p:7.2f}x {b / p / a.workers:10.2f}   "
         f"({docs / b:.0f} vs {docs / p:.0f} documents/s; goal: efficiency >= 0.8)"

@@ -75,12 +75,16 @@ def run(cfg: DictConfig) -> dict:
     return manifest
 
 
-register_schemas()
-
-
 @hydra_app("data")
-def main(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> None:
     run(cfg)
+
+
+def main() -> None:
+    """The command line. The schemas are registered here, not on import: every task process of the local
+    executor imports this module (the command's main module), and registering imports every stage."""
+    register_schemas()
+    _app()
 
 
 if __name__ == "__main__":

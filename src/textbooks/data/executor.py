@@ -231,7 +231,9 @@ class LocalExecutor(LocalPipelineExecutor):
                 self._run_for_rank(rank)
             return
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([type(self.pipeline[0].stage).__module__])  # once per process: imports
+        # imported once by the fork server rather than by every task: the stage's module, and the command's
+        # main module (each task process would import it again)
+        ctx.set_forkserver_preload(["__main__", type(self.pipeline[0].stage).__module__])
         pending = list(reversed(ranks))
         running: dict[int, tuple[int, int, Any]] = {}
         free = list(range(self.workers))
