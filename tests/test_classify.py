@@ -18,11 +18,9 @@ import joblib
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 from models import saved_tiny_model
 
-from textbooks.config import CONF_DIR
-from textbooks.data.app import run
+from textbooks.data.app import compose, run
 from textbooks.data.embed import EmbedderError
 from textbooks.data.embed_cache import EmbeddingCache, text_key
 from textbooks.data.manifest import read_manifest
@@ -43,8 +41,7 @@ def overrides(root: Path, *extra: str) -> list[str]:
 
 def stage(root: Path, *extra: str) -> dict[str, Any]:
     """One stage through the real config (conf/data.yaml + conf/stage/<name>.yaml), in process."""
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return run(compose("data", overrides=overrides(root, *extra)))
+    return run(compose(overrides(root, *extra)))
 
 
 def ids_quality(directory: Path) -> dict[str, float]:
