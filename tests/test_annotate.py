@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from hydra import compose, initialize_config_dir
 from openai_server import OpenAIServer, closed_port, last_user_message
 
 from textbooks.data.annotate import AnnotateConfig, annotate, parse_score
-from textbooks.data.app import run
+from textbooks.data.app import compose, run
 from textbooks.data.heuristic import SIGNALS, heuristic_score
 from textbooks.data.llm_config import Backoff, LLMConfig
 from textbooks.data.parquet import read_table
@@ -318,7 +317,7 @@ def _app(tmp_path: Path, corpus: Path, url: str, out: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_killed_stage_reruns_to_the_same_output(tmp_path, corpus, repo_root):
+def test_killed_stage_reruns_to_the_same_output(tmp_path, corpus):
     """SIGKILL `textbooks-data stage=annotate` midway; the rerun asks only for what was not answered and
     writes exactly what an uninterrupted run writes."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -339,14 +338,11 @@ def test_killed_stage_reruns_to_the_same_output(tmp_path, corpus, repo_root):
         server.reset_counts()
         reference_overrides = _app(tmp_path, corpus, server.url, "reference")[3:]
         reference_overrides[2] = f"paths.cache={tmp_path / 'fresh-cache'}"
-        with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-            # the rerun (the same command, in-process), then an uninterrupted run with an empty cache
-            manifest = run(compose("data", overrides=_app(tmp_path, corpus, server.url, "annotate")[3:]))
-            assert (
-                40 - answered_before <= server.received <= 40 - answered_before + 2
-            )  # the rest (±2 in flight)
-            assert manifest["llm"]["cache_hits"] == 40 - server.received
-            reference = run(compose("data", overrides=reference_overrides))
+        # the rerun (the same command, in-process), then an uninterrupted run with an empty cache
+        manifest = run(compose(_app(tmp_path, corpus, server.url, "annotate")[3:]))
+        assert 40 - answered_before <= server.received <= 40 - answered_before + 2  # the rest (±2 in flight)
+        assert manifest["llm"]["cache_hits"] == 40 - server.received
+        reference = run(compose(reference_overrides))
         assert reference["llm"]["cache_hits"] == 0
     killed_then_rerun = pq.read_table(tmp_path / "annotate" / "part-00000.parquet")
     assert killed_then_rerun.equals(read_table(tmp_path / "reference"))

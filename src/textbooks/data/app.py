@@ -8,7 +8,9 @@ Every default is written once, in the dataclasses: each stage's config class, ``
 ``LLMConfig`` are registered in Hydra's ConfigStore as the schema of their group (``stage/<name>_schema``,
 ``executor/executor_schema``, ``llm/llm_schema``), and the YAML files under ``conf/`` hold only what differs
 (paths, interpolations, a preset's settings) and the comments a user reads. ``textbooks-data stage=<name>
---cfg job`` prints every key.
+--cfg job`` prints every key. In Python (a notebook, a test), ``run(compose([...overrides]))`` runs a stage;
+``compose`` registers the schemas (importing this module does not: every task process of the local executor
+imports the command's main module, and registering imports every stage).
 """
 
 from __future__ import annotations

@@ -231,9 +231,7 @@ class LocalExecutor(LocalPipelineExecutor):
                 self._run_for_rank(rank)
             return
         ctx = mp.get_context("forkserver")
-        # imported once by the fork server rather than by every task: the stage's module, and the command's
-        # main module (each task process would import it again)
-        ctx.set_forkserver_preload(["__main__", type(self.pipeline[0].stage).__module__])
+        ctx.set_forkserver_preload([type(self.pipeline[0].stage).__module__])  # once per process: imports
         pending = list(reversed(ranks))
         running: dict[int, tuple[int, int, Any]] = {}
         free = list(range(self.workers))
