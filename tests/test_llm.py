@@ -478,3 +478,26 @@ def test_sharded_cache_tasks_on_several_machines_share_answers_after_the_merge(t
     later.put("c", "m", {}, {}, Parsed("answer c", "stop", "m", 1, 1))
     assert sorted(later.get_many(["a", "b", "c"])) == ["a", "b", "c"]
     later.close()
+
+
+def _open_cache_at(path: str, start: float) -> None:
+    from textbooks.data.llm_cache import ResponseCache
+
+    time.sleep(max(0.0, start - time.time()))  # every process opens the new file at the same moment
+    ResponseCache(path)
+
+
+def test_processes_that_open_a_new_cache_at_once_all_succeed(tmp_path):
+    """The local executor starts a stage's tasks within milliseconds of each other; each opens the one cache
+    file of the machine, which the first of them creates and switches to WAL."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for attempt in range(20):
+        path, start = str(tmp_path / f"cache-{attempt}.sqlite"), time.time() + 0.3
+        procs = [ctx.Process(target=_open_cache_at, args=(path, start)) for _ in range(16)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 16, f"attempt {attempt}: {[p.exitcode for p in procs]}"

@@ -25,6 +25,8 @@ from textbooks.data.llm_replies import Parsed
 
 log = logging.getLogger(__name__)
 
+OPEN_TIMEOUT_S = 60.0  # how long a process waits for another one holding the cache's lock
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY, model TEXT, request TEXT, response TEXT, text TEXT,
@@ -64,16 +66,30 @@ class ResponseCache:
                             sqlite3.connect(f"file:{other}?immutable=1", uri=True, check_same_thread=False)
                         )
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(own, timeout=60.0, check_same_thread=False)
-            self._conn.execute(f"PRAGMA journal_mode={'DELETE' if sharded else 'WAL'}")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-            self._conn.commit()
+            self._conn = sqlite3.connect(own, timeout=OPEN_TIMEOUT_S, check_same_thread=False)
+            self._set_up(sharded)
         except sqlite3.Error as e:
             raise LLMError(
                 f"cannot open the LLM response cache {own}: {e}; set llm.cache to a writable file"
             ) from e
         self._lock = threading.Lock()
+
+    def _set_up(self, sharded: bool) -> None:
+        """Journal mode and tables, retried while another process sets up the same new file: switching a
+        file to WAL can answer "database is locked" at once, without waiting for the busy timeout."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                self._conn.execute(f"PRAGMA journal_mode={'DELETE' if sharded else 'WAL'}")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.executescript(SCHEMA)
+                self._conn.commit()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                self._conn.rollback()
+                time.sleep(0.05)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         keys = list(dict.fromkeys(keys))
