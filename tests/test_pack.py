@@ -17,7 +17,7 @@ import pytest
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.reader import read_texts
 from textbooks.errors import DataError
-from textbooks.io import EXCLUDE_DIRS, list_source_files
+from textbooks.io import EXCLUDE_DIRS, list_source_files, scan_source_files
 from textbooks.tokenizer import load_tokenizer
 from textbooks.train.shards import TokenShards
 
@@ -66,6 +66,22 @@ def test_source_listing_is_path_glob_without_excluded_dirs(stdlib_dir, pattern):
         if p.is_file() and not set(p.relative_to(stdlib_dir).parts[:-1]) & set(EXCLUDE_DIRS)
     )
     assert list_source_files(stdlib_dir, pattern) == expected and expected
+
+
+def test_one_scan_gives_paths_in_path_order_with_their_stats(tmp_path, monkeypatch):
+    # "a-b" sorts before "a/" as a string but after "a" part by part, as sorted Paths do
+    for rel in ("a/b.py", "a-b/c.py", "a.py", "a/z/y.py", "b.py", "a/__pycache__/x.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    expected = sorted(p for p in tmp_path.rglob("*.py") if "__pycache__" not in p.parts)
+    scanned = scan_source_files(tmp_path)
+    assert [f.path for f in scanned] == [str(p) for p in expected]
+    assert [f.rel for f in scanned] == [p.relative_to(tmp_path).as_posix() for p in expected]
+    assert [(f.size, f.mtime_ns) for f in scanned] == [
+        (p.stat().st_size, p.stat().st_mtime_ns) for p in expected
+    ]
+    monkeypatch.chdir(tmp_path)  # a relative root spells paths as Path(root, rel) does
+    assert [f.path for f in scan_source_files(".")] == [p.relative_to(tmp_path).as_posix() for p in expected]
 
 
 def test_reads_cross_shard_boundaries(tiny_data):

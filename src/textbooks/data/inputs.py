@@ -23,7 +23,7 @@ from typing import Any
 
 from textbooks.data.manifest import MANIFEST, read_manifest
 from textbooks.errors import ConfigError, DataError
-from textbooks.io import list_source_files, stdlib_dir
+from textbooks.io import scan_source_files, stdlib_dir
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -147,16 +147,19 @@ def stage_parts(path: Path, where: str) -> list[Path]:
     return sorted(path.glob("*.parquet"))  # an output written before manifests listed their parts
 
 
-def _files_of(src: Source, pattern: str) -> list[Path]:
+def _files_of(src: Source, pattern: str) -> list[tuple[str, int]]:
+    """The files of an input in reading order, with their sizes."""
     p = Path(src.path)
+    if src.kind == "files" and p.is_dir():
+        return [(f.path, f.size) for f in scan_source_files(p, pattern)]  # one stat per file
     if src.kind == "stage":
-        return stage_parts(p, src.label)
-    if p.is_file():
-        return [p]
-    if src.kind == "files":
-        return list_source_files(p, pattern)
-    suffixes = JSONL_SUFFIXES if src.kind == "jsonl" else PARQUET_SUFFIXES
-    return sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(suffixes))
+        files = stage_parts(p, src.label)
+    elif p.is_file():
+        files = [p]
+    else:
+        suffixes = JSONL_SUFFIXES if src.kind == "jsonl" else PARQUET_SUFFIXES
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(suffixes))
+    return [(str(f), f.stat().st_size) for f in files]
 
 
 def plan_shards(
@@ -165,23 +168,22 @@ def plan_shards(
     """The inputs' shards in input order: one per JSONL/Parquet file, runs of ~``shard_bytes`` of source files."""
     shards: list[Shard] = []
 
-    def add(i: int, kind: str, src: Source, root: Path, files: list[Path], size: int) -> None:
+    def add(i: int, kind: str, src: Source, root: Path, files: list[str], size: int) -> None:
         label = src.label if src.label.startswith("hf:") else str(root)
-        shards.append(Shard(len(shards), i, kind, label, str(root), tuple(map(str, files)), size))
+        shards.append(Shard(len(shards), i, kind, label, str(root), tuple(files), size))
 
     for i, src in enumerate(sources):
         root = Path(src.path)
         files = _files_of(src, pattern)
         if src.kind != "files":
             kind = "parquet" if src.kind == "stage" else src.kind
-            for f in files:
-                add(i, kind, src, root if root.is_dir() else root.parent, [f], f.stat().st_size)
+            for f, n in files:
+                add(i, kind, src, root if root.is_dir() else root.parent, [f], n)
             continue
         base = root if root.is_dir() else root.parent
-        run: list[Path] = []
+        run: list[str] = []
         size = 0
-        for f in files:
-            n = f.stat().st_size
+        for f, n in files:
             if run and size + n > shard_bytes:
                 add(i, "files", src, base, run, size)
                 run, size = [], 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from textbooks.io import (
-    list_source_files,
+    scan_source_files,
     sha256_file,
 )
 
@@ -38,11 +38,10 @@ def fingerprint_input(path: str | os.PathLike, pattern: str = "**/*") -> dict[st
         return {"path": str(p), "size": p.stat().st_size, "sha256": sha256_file(p)}
     h = hashlib.sha256()
     n = size = 0
-    for f in list_source_files(p, pattern):
-        st = f.stat()
-        h.update(f"{f.relative_to(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for f in scan_source_files(p, pattern):
+        h.update(f"{f.rel}\0{f.size}\0{f.mtime_ns}\n".encode())
         n += 1
-        size += st.st_size
+        size += f.size
     return {"path": str(p), "files": n, "bytes": size, "listing_sha256": h.hexdigest()}
 
 
