@@ -4,8 +4,8 @@ The decisions are exactly those of ``textbooks.data.minhash.Deduplicator`` readi
 order (see that module for what a duplicate is); only the way they are computed scales:
 
 1. ``signatures`` (sharded): per input shard, every document's exact key, MinHash signature and a hash of the
-   signature, and sorted runs on disk (``textbooks.data.runs``): one per LSH band, one of signature hashes,
-   one of exact keys.
+   signature, and sorted runs on disk (``textbooks.data.runs``): one per LSH band (all in one file), one of
+   signature hashes, one of exact keys.
 2. ``buckets`` (sharded over jobs: each band, "same signature", "same exact key"): merges the shards' runs a
    key range at a time and writes, sorted by document: documents whose signature repeats an earlier one's (with
    that first one), documents whose exact key repeats an earlier one's (only those without tokens, or all when
@@ -45,7 +45,7 @@ from textbooks.data.inputs import Shard, Source, plan_shards, resolve
 from textbooks.data.minhash import Duplicates, MinHasher, exact_key
 from textbooks.data.parquet import PartWriter, write_table
 from textbooks.data.reader import ReadStats, read_shard, shard_schema
-from textbooks.data.runs import Run, ShardArrays, groups, load, merged, save, save_run
+from textbooks.data.runs import Run, ShardArrays, groups, load, merged, save, save_run, save_runs
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError
 
@@ -175,10 +175,8 @@ class Dedup(Stage):
                 )
                 save(prefix.with_suffix(".sighash.npy"), _scatter(digest, has, 4))
                 save_run(prefix.with_suffix(".signature"), digest, local[has])
-                for j in range(bands):
-                    save_run(
-                        prefix.with_suffix(f".band-{j}"), sig[has, j * rows : (j + 1) * rows], local[has]
-                    )
+                band_keys = sig[has, : bands * rows].reshape(-1, bands, rows).transpose(1, 0, 2)
+                save_runs(prefix.with_suffix(".bands"), band_keys, local[has])
             if dup.exact:
                 sel = ~has if dup.near else np.ones(n, dtype=bool)
                 save_run(prefix.with_suffix(".exact"), key[sel], local[sel])
@@ -201,8 +199,12 @@ class Dedup(Stage):
         out = task.data_dir()
         done = {}
         for job in [task.plan["jobs"][i] for i in task.mine(len(task.plan["jobs"]))]:
+            if job.startswith("band-"):  # one file holds every band's runs
+                prefix, index = "bands", int(job.removeprefix("band-"))
+            else:
+                prefix, index = job, 0
             runs = [
-                Run(task.data_dir("signatures") / f"{s:05d}.{job}", int(arrays.offsets[s]))
+                Run(task.data_dir("signatures") / f"{s:05d}.{prefix}", int(arrays.offsets[s]), index)
                 for s in range(n_shards)
             ]
             chunks = merged(runs, self.config.max_rows)

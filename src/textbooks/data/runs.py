@@ -1,7 +1,8 @@
 """Sorted runs on disk, merged a key range at a time: how sharded steps group equal keys in bounded memory.
 
-A run is a pair of ``.npy`` files written by one shard: ``keys`` (``uint32[n, w]``, rows sorted
-lexicographically) and ``docs`` (the rows' document numbers). ``key_ranges`` cuts the key space at quantiles
+A run is written by one shard: ``keys`` (``uint32[n, w]``, rows sorted lexicographically) and ``docs`` (the
+rows' document numbers); a shard's runs of the same documents under several keys share one pair of ``.npy``
+files. ``key_ranges`` cuts the key space at quantiles
 of the runs' first column (sampled), so that a range holds about ``max_rows`` rows of all runs together;
 ``merged`` then yields, per range, every run's slice concatenated and sorted by key then document — equal keys
 are always inside one range. Memory is bounded by ``max_rows`` (plus one range's rows of a key repeated more
@@ -37,18 +38,30 @@ def sort_rows(keys: np.ndarray) -> np.ndarray:
     return np.lexsort(keys.T[::-1])
 
 
+def save_runs(prefix: Path, keys: np.ndarray, docs: np.ndarray) -> None:
+    """Sorted runs of the same documents under several keys (``keys[j]``, ``[n, w]``, is run ``j``'s), each
+    sorted on its own, in one pair of files: a file per run would be thousands per corpus, and on a
+    cluster's shared file system every file created is a round trip to its metadata server."""
+    orders = [sort_rows(k) for k in keys]
+    sorted_keys = np.stack([k[o] for k, o in zip(keys, orders)]) if len(keys) else keys
+    save(prefix.with_name(prefix.name + ".keys.npy"), np.ascontiguousarray(sorted_keys))
+    save(
+        prefix.with_name(prefix.name + ".docs.npy"),
+        np.stack([docs[o] for o in orders]) if orders else np.zeros((0, len(docs)), dtype=docs.dtype),
+    )
+
+
 def save_run(prefix: Path, keys: np.ndarray, docs: np.ndarray) -> None:
-    order = sort_rows(keys)
-    save(prefix.with_name(prefix.name + ".keys.npy"), np.ascontiguousarray(keys[order]))
-    save(prefix.with_name(prefix.name + ".docs.npy"), np.ascontiguousarray(docs[order]))
+    """One sorted run (``Run(prefix, offset)`` reads it)."""
+    save_runs(prefix, keys[None], docs)
 
 
 class Run:
-    """One shard's sorted run; ``offset`` turns its local document numbers into global ones."""
+    """Run ``index`` of a shard's sorted runs; ``offset`` turns its local document numbers into global ones."""
 
-    def __init__(self, prefix: Path, offset: int) -> None:
-        self.keys = load(prefix.with_name(prefix.name + ".keys.npy"))
-        self.docs = load(prefix.with_name(prefix.name + ".docs.npy"))
+    def __init__(self, prefix: Path, offset: int, index: int = 0) -> None:
+        self.keys = load(prefix.with_name(prefix.name + ".keys.npy"))[index]
+        self.docs = load(prefix.with_name(prefix.name + ".docs.npy"))[index]
         self.offset = offset
 
     def __len__(self) -> int:
