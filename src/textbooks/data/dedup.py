@@ -98,6 +98,7 @@ class DedupConfig:
 
 class Dedup(Stage):
     name = "dedup"
+    preload = ("datasketch",)  # MinHasher's permutations (it imports scipy)
 
     def __init__(self, cfg: DedupConfig) -> None:
         inputs = list(cfg.inputs) if isinstance(cfg.inputs, (list, tuple)) else [cfg.inputs]

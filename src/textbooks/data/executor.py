@@ -49,6 +49,10 @@ from textbooks.errors import ConfigError, TextbooksError
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "slurm", "ray")
+# imported by the local executor's fork server before any task: every data task reads or writes Parquet, and
+# pyarrow imports pandas (~0.4 s, when installed) the first time it converts Python objects; each task
+# process forked after these imports starts with them done instead of paying for them itself
+TASK_PRELOAD = ("pyarrow.parquet", "pyarrow.dataset", "pandas")
 
 
 def _task_logger(logging_dir: Any, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
@@ -231,7 +235,8 @@ class LocalExecutor(LocalPipelineExecutor):
                 self._run_for_rank(rank)
             return
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload([type(self.pipeline[0].stage).__module__])  # once per process: imports
+        stage = self.pipeline[0].stage
+        ctx.set_forkserver_preload([type(stage).__module__, *TASK_PRELOAD, *stage.preload])  # once per process
         pending = list(reversed(ranks))
         running: dict[int, tuple[int, int, Any]] = {}
         free = list(range(self.workers))

@@ -25,11 +25,14 @@ import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from textbooks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from datasketch import LeanMinHash
 
 SCHEME = "affine32"
 _MASK32 = np.uint64(0xFFFFFFFF)
@@ -70,6 +73,8 @@ class Duplicates:
 
     def bands(self) -> tuple[int, int]:
         """LSH bands and rows per band, as datasketch chooses them."""
+        from datasketch import MinHashLSH  # on use: it imports scipy (~0.25 s of every command's start)
+
         lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=tuple(self.lsh_weights))  # type: ignore[arg-type]
         return lsh.b, lsh.r
 
@@ -129,6 +134,8 @@ class MinHasher:
         self.num_perm = num_perm
         self.shingle_size = shingle_size
         self.seed = seed
+        from datasketch import MinHash
+
         a, b = MinHash(num_perm=num_perm, seed=seed, scheme=SCHEME).permutations
         self.a = np.asarray(a, dtype=np.uint32)[:, None]
         self.b = np.asarray(b, dtype=np.uint32)[:, None]
@@ -175,6 +182,8 @@ class MinHasher:
         return self.signature(s) if len(s) else None
 
     def lean(self, signature: np.ndarray) -> LeanMinHash:
+        from datasketch import LeanMinHash
+
         return LeanMinHash(seed=self.seed, hashvalues=signature, scheme=SCHEME)
 
 
@@ -211,6 +220,8 @@ class Deduplicator:
         self.cfg = cfg
         self.hasher = MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed, cfg.token_pattern, cfg.ascii_tokens)
         weights = tuple(cfg.lsh_weights)
+        from datasketch import MinHashLSH
+
         self.lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights)  # type: ignore[arg-type]
         self.exact: dict[bytes, int] = {}  # normalised-content hash -> index of the kept document
         self.signatures: dict[int, np.ndarray] = {}  # kept index -> signature

@@ -170,6 +170,9 @@ class Stage:
     pattern: str = "**/*"
     # the outputs a run publishes replace these leftovers of earlier runs (globs relative to out_dir)
     stale: tuple[str, ...] = ("part-*.parquet", "*/part-*.parquet")
+    # modules the tasks import on first use (beyond the stage module's own imports): imported once, before
+    # the tasks start, by the local executor's fork server rather than by every task process
+    preload: tuple[str, ...] = ()
 
     @property
     def out_dir(self) -> Path:
