@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -121,6 +122,8 @@ def run(stage: Stage, executor: ExecutorConfig | None = None, *, progress: bool 
         return read_manifest(stage.out_dir)  # type: ignore[return-value]
     if ex.name == "slurm":
         _check_no_jobs_running(stage)
+    if ex.name == "local" and ex.tasks > 1 and ex.workers != 1:
+        _fork_server(stage)  # its imports run while the stage plans
     prepare(stage, key, fresh=state == "damaged")  # damaged outputs: nothing of that build is reused
     stage.on_executor(ex.name)
     steps = all_steps(stage)
@@ -234,9 +237,7 @@ class LocalExecutor(LocalPipelineExecutor):
             for rank in ranks:
                 self._run_for_rank(rank)
             return
-        ctx = mp.get_context("forkserver")
-        stage = self.pipeline[0].stage
-        ctx.set_forkserver_preload([type(stage).__module__, *TASK_PRELOAD, *stage.preload])  # once per process
+        ctx = _fork_server(self.pipeline[0].stage)
         pending = list(reversed(ranks))
         running: dict[int, tuple[int, int, Any]] = {}
         free = list(range(self.workers))
@@ -273,6 +274,16 @@ class LocalExecutor(LocalPipelineExecutor):
             raise
         finally:
             bar.close()
+
+
+def _fork_server(stage: Stage) -> Any:
+    """The context local task processes start from: a server forked once per command (a clean process,
+    unlike this one, which may hold threads) that has imported the stage's module and ``TASK_PRELOAD``.
+    The server is started here and now, without waiting for its imports, so they overlap the caller's work."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([type(stage).__module__, *TASK_PRELOAD, *stage.preload])  # the first start's
+    multiprocessing.forkserver.ensure_running()
+    return ctx
 
 
 def _local(stage: Stage, step: Step, ex: ExecutorConfig, progress: bool) -> LocalExecutor:
