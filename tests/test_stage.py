@@ -22,6 +22,7 @@ from textbooks.data.inputs import plan_shards, resolve
 from textbooks.data.manifest import read_manifest
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.reader import ReadStats, read_shard
+from textbooks.data.stage import balanced
 from textbooks.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -281,3 +282,18 @@ def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path,
     for stage in ("corpus", "annotate", "mined", "synthetic", "textbooks", "decontaminated", "filtered"):
         one, four = _rows(outs[1] / stage), _rows(outs[4] / stage)
         assert one == four and one, stage
+
+
+def test_shards_are_shared_out_by_weight_and_every_shard_once():
+    assert balanced(7, 3) == [[0, 3, 6], [1, 4], [2, 5]]  # equal weights: rank, rank + world_size, ...
+    assert balanced(5, 2, [0] * 5) == [[0, 2, 4], [1, 3]]
+    sizes = [677, 2_092_302, 205_353, 1_500_000, 90_000, 3_000, 800_000, 1_200_000, 40_000, 600_000] * 3
+    for world in (1, 2, 4, 8, 40):
+        tasks = balanced(len(sizes), world, sizes)
+        assert sorted(i for t in tasks for i in t) == list(range(len(sizes)))
+        assert all(t == sorted(t) for t in tasks)
+        loads = [sum(sizes[i] for i in t) for t in tasks]
+        assert max(loads) - min(loads) <= max(sizes)  # the greedy's bound: within one shard of each other
+        assert tasks == balanced(len(sizes), world, sizes)  # deterministic
+    round_robin = [sum(sizes[r::4]) for r in range(4)]
+    assert max(sum(sizes[i] for i in t) for t in balanced(len(sizes), 4, sizes)) < max(round_robin)

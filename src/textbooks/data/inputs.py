@@ -7,9 +7,9 @@ fetched as Parquet when the hub is reachable).
 
 ``plan_shards`` turns the inputs into a deterministic list of ``Shard``\\ s: each JSONL or Parquet file is a
 shard, a stage output contributes the parts its manifest lists (in order), and a directory of source files is
-cut into runs of sorted files of about ``shard_bytes``. A stage's task ``rank`` of ``world_size`` reads shards
-``rank, rank + world_size, ...`` and names what it writes after the shard index, so the output is the same for
-any number of tasks.
+cut into runs of sorted files of about ``shard_bytes``. A stage's task ``rank`` of ``world_size`` reads the
+shards ``textbooks.data.stage.balanced`` gives it (tasks of about equal bytes) and names what it writes after
+the shard index, so the output is the same for any number of tasks.
 """
 
 from __future__ import annotations

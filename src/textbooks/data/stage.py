@@ -30,6 +30,7 @@ published manifest is skipped.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import json
 import logging
 import os
@@ -92,6 +93,22 @@ class Step:
     gpu: bool = False
 
 
+def balanced(n: int, world_size: int, weights: Sequence[int] | None = None) -> list[list[int]]:
+    """Items ``0..n-1`` shared out to ``world_size`` tasks, each task's in increasing order: the heaviest
+    item first to the least loaded task (ties: the lower rank), so tasks finish together; equal weights
+    give ``rank, rank + world_size, ...``. Depends only on ``n``, ``world_size`` and ``weights``."""
+    w = [1] * n if weights is None else [max(0, int(x)) for x in weights]
+    if len(w) != n:
+        raise ValueError(f"{len(w)} weights for {n} items")
+    loads = [(0, 0, r) for r in range(world_size)]  # (weight, items, rank) of each task
+    out: list[list[int]] = [[] for _ in range(world_size)]
+    for i in sorted(range(n), key=lambda i: (-w[i], i)):
+        load, items, r = heapq.heappop(loads)
+        out[r].append(i)
+        heapq.heappush(loads, (load + w[i], items + 1, r))
+    return [sorted(items) for items in out]
+
+
 @dataclass
 class Task:
     """What a step's method gets: where to read and write, its rank, and the stage's plan."""
@@ -117,18 +134,25 @@ class Task:
         """Where an output that ends up as ``<stage dir>/<relative>`` is staged."""
         return self.work / STAGED / relative
 
-    def mine(self, n: int) -> list[int]:
-        """Indices ``0..n-1`` this task processes: ``rank, rank + world_size, ...``."""
-        return list(range(self.rank, n, self.world_size))
+    def mine(self, n: int, weights: Sequence[int] | None = None) -> list[int]:
+        """Indices ``0..n-1`` this task processes, in order: ``balanced(n, world_size, weights)[rank]``."""
+        return balanced(n, self.world_size, weights)[self.rank]
 
-    def each_shard(self, n: int, work: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    def each_shard(
+        self, n: int, work: Callable[[int], dict[str, Any]], weights: Sequence[int] | None = None
+    ) -> dict[str, Any]:
         """``work(i)`` for each of this task's shards, returning ``{"shards": {i: stats}}``.
 
+        Shards are shared out by ``weights``, by default the bytes of the plan's shards when it iterates
+        over them (their sizes vary tenfold: one stage's parts are the next one's shards).
         ``work`` writes its outputs atomically; its stats are saved after them, so a shard finished by a
         killed run of the same build is not redone (its saved stats are reused)."""
         done_dir = self.work / self.step / "shards"
         out: dict[str, Any] = {}
-        for i in self.mine(n):
+        shards = self.plan.get("shards")
+        if weights is None and isinstance(shards, list) and len(shards) == n:
+            weights = [int(s.get("bytes", 0)) if isinstance(s, dict) else 0 for s in shards]
+        for i in self.mine(n, weights):
             f = done_dir / f"{i:05d}.json"
             if f.is_file():
                 out[str(i)] = json.loads(f.read_text())
