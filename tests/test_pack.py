@@ -17,7 +17,7 @@ import pytest
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.reader import read_texts
 from textbooks.errors import DataError
-from textbooks.io import EXCLUDE_DIRS, list_source_files, scan_source_files
+from textbooks.io import EXCLUDE_DIRS, list_source_files, one_scan_per_directory, scan_source_files
 from textbooks.tokenizer import load_tokenizer
 from textbooks.train.shards import TokenShards
 
@@ -82,6 +82,16 @@ def test_one_scan_gives_paths_in_path_order_with_their_stats(tmp_path, monkeypat
     ]
     monkeypatch.chdir(tmp_path)  # a relative root spells paths as Path(root, rel) does
     assert [f.path for f in scan_source_files(".")] == [p.relative_to(tmp_path).as_posix() for p in expected]
+
+
+def test_a_run_lists_a_directory_once(tmp_path):
+    (tmp_path / "a.py").write_text("a = 1\n")
+    with one_scan_per_directory():
+        first = scan_source_files(tmp_path)
+        (tmp_path / "b.py").write_text("b = 1\n")  # the plan sees what the fingerprint saw
+        assert scan_source_files(tmp_path) == first
+        assert len(scan_source_files(tmp_path, "**/*")) == 2  # another pattern is another listing
+    assert [f.rel for f in scan_source_files(tmp_path)] == ["a.py", "b.py"]
 
 
 def test_reads_cross_shard_boundaries(tiny_data):

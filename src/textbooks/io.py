@@ -9,6 +9,7 @@ of the package.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -137,8 +138,11 @@ def scan_source_files(
     optionally, files above ``max_bytes``. Strings, not ``Path`` objects, and one ``stat`` per file: listing a
     corpus is what every run of a stage over raw files does first (fingerprint, then plan), and at The Stack's
     millions of files it is most of a no-op run."""
-    match = glob_regex(pattern).match
     top = str(Path(root))  # paths spelled as ``Path(root, rel)`` spells them
+    memo, key = _SCANS.get(), (top, pattern, max_bytes, tuple(exclude_dirs))
+    if memo is not None and key in memo:
+        return list(memo[key])
+    match = glob_regex(pattern).match
     files = []
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = [d for d in dirnames if d not in exclude_dirs]
@@ -155,7 +159,26 @@ def scan_source_files(
             if stat.S_ISREG(st.st_mode) and (max_bytes is None or st.st_size <= max_bytes):
                 files.append(SourceFile(path, prefix + name, st.st_size, st.st_mtime_ns))
     files.sort(key=lambda f: f.rel.split("/"))  # the order of sorted Paths: part by part
+    if memo is not None:
+        memo[key] = tuple(files)
     return files
+
+
+_SCANS: contextvars.ContextVar[dict[tuple[Any, ...], tuple[SourceFile, ...]] | None] = contextvars.ContextVar(
+    "scans", default=None
+)
+
+
+@contextlib.contextmanager
+def one_scan_per_directory() -> Iterator[None]:
+    """Inside this block ``scan_source_files`` lists each directory (with the same pattern) once: a stage's
+    run lists a raw input for its fingerprint and again for its plan, and at The Stack's millions of files
+    each listing takes minutes; the plan then also sees exactly the files the fingerprint saw."""
+    token = _SCANS.set({})
+    try:
+        yield
+    finally:
+        _SCANS.reset(token)
 
 
 def list_source_files(

@@ -46,6 +46,7 @@ from textbooks.data.inputs import WORK_DIR
 from textbooks.data.manifest import read_manifest
 from textbooks.data.stage import Stage, StageTask, Step, all_steps, prepare, published
 from textbooks.errors import ConfigError, TextbooksError
+from textbooks.io import one_scan_per_directory
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +116,17 @@ def run(stage: Stage, executor: ExecutorConfig | None = None, *, progress: bool 
     With ``executor.name=slurm`` and ``wait=false`` the jobs are submitted and a dict with their ids returned."""
     ex = executor or ExecutorConfig()
     ex.validate()
-    key = stage.key()
-    state = published(stage, key)
-    if state == "current":
-        log.info("%s: %s is current, skipping", stage.name, stage.out_dir)
-        return read_manifest(stage.out_dir)  # type: ignore[return-value]
-    if ex.name == "slurm":
-        _check_no_jobs_running(stage)
     if ex.name == "local" and ex.tasks > 1 and ex.workers != 1:
-        _fork_server(stage)  # its imports run while the stage plans
-    prepare(stage, key, fresh=state == "damaged")  # damaged outputs: nothing of that build is reused
+        _fork_server(stage)  # its imports run while the stage is keyed and planned (idle if it is current)
+    with one_scan_per_directory():  # the key and the plan list raw inputs once
+        key = stage.key()
+        state = published(stage, key)
+        if state == "current":
+            log.info("%s: %s is current, skipping", stage.name, stage.out_dir)
+            return read_manifest(stage.out_dir)  # type: ignore[return-value]
+        if ex.name == "slurm":
+            _check_no_jobs_running(stage)
+        prepare(stage, key, fresh=state == "damaged")  # damaged outputs: nothing of that build is reused
     stage.on_executor(ex.name)
     steps = all_steps(stage)
     if ex.name == "slurm":
