@@ -160,6 +160,16 @@ def test_token_patterns_that_match_whitespace_are_refused(tmp_path: Path, copies
         dedup(_cfg([copies_dir], tmp_path / "x", token_pattern=r"[^,]+"), progress=False)
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [({"shingle_size": 0}, "shingle_size=0 must be at least 1"), ({"num_perm": 1}, "num_perm=1 must be")],
+)
+def test_impossible_signatures_are_refused_before_anything_runs(tmp_path, copies_dir, bad, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        dedup(_cfg([copies_dir], tmp_path / "x", **bad), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
 def test_dedup_keeps_distinct_stdlib_files(stdlib_dir: Path, tmp_path: Path) -> None:
     files = [stdlib_dir / rel for rel in ORIGINALS] + list_source_files(stdlib_dir / "email")
     v = deduplicate([f.read_text() for f in files], DedupConfig(inputs=[], out_dir="").definition())

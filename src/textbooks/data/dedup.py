@@ -109,7 +109,6 @@ class Dedup(Stage):
         cfg.lsh_weights = tuple(cfg.lsh_weights)  # type: ignore[assignment]
         self.dup = cfg.definition()
         self.dup.validate()
-        MinHasher(cfg.num_perm, cfg.shingle_size, cfg.seed, cfg.token_pattern, cfg.ascii_tokens)  # checks
         self.config = cfg
         self.sources: list[Source] = [resolve(s, where="dedup") for s in inputs]
         self.inputs = [s.path for s in self.sources]

@@ -59,6 +59,10 @@ class Duplicates:
             raise ConfigError(f"dedup: threshold={self.threshold} must be in (0, 1]")
         if not (self.exact or self.near):
             raise ConfigError("dedup: both exact and near are false; enable at least one")
+        if self.shingle_size < 1:
+            raise ConfigError(f"dedup: shingle_size={self.shingle_size} must be at least 1")
+        if self.num_perm < 2:
+            raise ConfigError(f"dedup: num_perm={self.num_perm} must be at least 2")
         try:
             rx = re.compile(self.token_pattern, re.ASCII if self.ascii_tokens else 0)
         except re.error as e:
