@@ -254,7 +254,9 @@ def test_unreachable_endpoint_gives_one_clear_error(tmp_path):
     # it stopped early instead of trying all 200: at most the `unreachable_after` failed requests and
     # the `concurrency - 1` others in flight when the last of them failed, each with all its attempts
     cfg = client.config
-    assert client.stats.http_requests <= (cfg.unreachable_after + cfg.concurrency - 1) * cfg.max_attempts < 200
+    assert (
+        client.stats.http_requests <= (cfg.unreachable_after + cfg.concurrency - 1) * cfg.max_attempts < 200
+    )
     assert time.monotonic() - started < 10
 
 
