@@ -30,6 +30,9 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
+from textbooks.data.manifest import read_manifest
+from textbooks.data.parquet import read_table
+
 
 def data(work: Path, *args: str) -> dict:
     """One ``textbooks-data`` call (echoed); returns the stage's manifest."""
@@ -39,13 +42,15 @@ def data(work: Path, *args: str) -> dict:
     subprocess.run(cmd, check=True)
     out = next(a.split("=", 1)[1] for a in args if a.startswith("stage.out_dir="))
     print(f"  ({time.time() - t0:.0f} s)", flush=True)
-    return json.loads((Path(out) / "manifest.json").read_text())
+    manifest = read_manifest(out)
+    if manifest is None:
+        raise SystemExit(f"{out}: the stage finished without a readable manifest.json; rerun this script")
+    return manifest
 
 
 def parts(out_dir: Path, columns: list[str]) -> pd.DataFrame:
     """A stage output's rows (its part files; the manifest and failures.jsonl beside them are not data)."""
-    files = sorted(out_dir.glob("part-*.parquet"))
-    return pd.concat([pd.read_parquet(f, columns=columns) for f in files], ignore_index=True)
+    return read_table(out_dir, columns=columns).to_pandas()
 
 
 def labels(out_dir: Path) -> pd.DataFrame:

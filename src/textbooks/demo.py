@@ -6,7 +6,6 @@ transcript of the workflow a GPU study runs with other configs (experiments/figu
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -130,21 +129,29 @@ def run_demo(cfg: DictConfig) -> dict:
 
 def documents(stage_dir: Path) -> int:
     """Documents a finished stage wrote (its manifest's count)."""
-    return int(json.loads((stage_dir / "manifest.json").read_text())["documents"])
+    from textbooks.data.manifest import read_manifest
+
+    manifest = read_manifest(stage_dir)
+    if manifest is None:
+        raise TextbooksError(
+            f"{stage_dir} has no readable manifest.json: rerun `make demo` to finish that stage"
+        )
+    return int(manifest["documents"])
 
 
 def bar_labels(data: Path) -> dict[str, str]:
     """The demo's datasets named by what they hold: how many synthetic sections, mined and synthetic exercises
     survived their checks and decontamination (read from the stage outputs, so a rerun labels the same)."""
     from textbooks.data.decontam import DecontamConfig
+    from textbooks.data.parquet import part_files, read_table
 
     labels = {}
     textbooks = data / "textbooks-decontaminated"
     if (textbooks / "manifest.json").is_file():
         labels["codetextbook"] = f"Filtered code + {documents(textbooks)} textbook sections"
-    parts = sorted((data / f"decontaminated-tau{DecontamConfig.tau}").glob("part-*.parquet"))
-    if parts:
-        n = pd.concat([pd.read_parquet(p, columns=["source"]) for p in parts])["source"].value_counts()
+    exercises = data / f"decontaminated-tau{DecontamConfig.tau}"
+    if part_files(exercises):
+        n = read_table(exercises, columns=["source"]).column("source").to_pandas().value_counts()
         labels["codeexercises"] = f"{n.get('mined', 0)} mined + {n.get('synthetic', 0)} synthetic exercises"
     return labels
 
