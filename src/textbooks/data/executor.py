@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("local", "slurm", "ray")
 # imported by the local executor's fork server before any task: every data task reads or writes Parquet, and
-# pyarrow imports pandas (~0.4 s, when installed) the first time it converts Python objects; each task
+# pyarrow imports pandas (~0.2 s, when installed) the first time it converts Python objects; each task
 # process forked after these imports starts with them done instead of paying for them itself
 TASK_PRELOAD = ("pyarrow.parquet", "pyarrow.dataset", "pandas")
 

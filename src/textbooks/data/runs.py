@@ -43,12 +43,8 @@ def save_runs(prefix: Path, keys: np.ndarray, docs: np.ndarray) -> None:
     sorted on its own, in one pair of files: a file per run would be thousands per corpus, and on a
     cluster's shared file system every file created is a round trip to its metadata server."""
     orders = [sort_rows(k) for k in keys]
-    sorted_keys = np.stack([k[o] for k, o in zip(keys, orders)]) if len(keys) else keys
-    save(prefix.with_name(prefix.name + ".keys.npy"), np.ascontiguousarray(sorted_keys))
-    save(
-        prefix.with_name(prefix.name + ".docs.npy"),
-        np.stack([docs[o] for o in orders]) if orders else np.zeros((0, len(docs)), dtype=docs.dtype),
-    )
+    save(prefix.with_name(prefix.name + ".keys.npy"), np.stack([k[o] for k, o in zip(keys, orders)]))
+    save(prefix.with_name(prefix.name + ".docs.npy"), np.stack([docs[o] for o in orders]))
 
 
 def save_run(prefix: Path, keys: np.ndarray, docs: np.ndarray) -> None:

@@ -144,7 +144,7 @@ class Task:
         """``work(i)`` for each of this task's shards, returning ``{"shards": {i: stats}}``.
 
         Shards are shared out by ``weights``, by default the bytes of the plan's shards when it iterates
-        over them (their sizes vary tenfold: one stage's parts are the next one's shards).
+        over them (one stage's parts are the next one's shards, and their sizes vary a thousandfold).
         ``work`` writes its outputs atomically; its stats are saved after them, so a shard finished by a
         killed run of the same build is not redone (its saved stats are reused)."""
         done_dir = self.work / self.step / "shards"
