@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from textbooks.tokenizer import (
     P50K_URL,
     TokenizerError,
     cache_path_for,
+    encoding_pool,
     eot_token,
     fingerprint,
     load_tokenizer,
@@ -106,6 +108,30 @@ def test_bad_tokenizer_names(tmp_path):
         load_tokenizer(tmp_path / "missing.tiktoken")
     with pytest.raises(TokenizerError, match="unknown tokenizer"):
         load_tokenizer("not_an_encoding")
+
+
+def test_encoding_threads_are_kept_by_the_process_and_not_inherited_by_a_fork():
+    pool = encoding_pool(2)
+    assert encoding_pool(2) is pool and encoding_pool(3) is not pool
+    assert list(pool.map(len, ["ab", "c"])) == [2, 1]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the parent's threads are not in the child: it must start its own (or map would hang)
+        try:
+            mine = encoding_pool(2)
+            os.write(w, b"1" if mine is not pool and list(mine.map(len, ["abc"])) == [3] else b"0")
+        finally:
+            os._exit(0)
+    deadline = time.time() + 30
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on its parent's encoding threads")
+        time.sleep(0.01)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    os.close(w)
 
 
 def test_padded_vocab():

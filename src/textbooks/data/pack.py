@@ -23,7 +23,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from textbooks.data.reader import Fields, ReadStats, batched, read_shard
 from textbooks.data.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError
 from textbooks.io import atomic_path, write_json_atomic
-from textbooks.tokenizer import eot_token, fingerprint, load_tokenizer
+from textbooks.tokenizer import encoding_pool, eot_token, fingerprint, load_tokenizer
 
 
 @dataclass
@@ -145,28 +144,27 @@ class Pack(Stage):
         fields = Fields((cfg.text_field,), cfg.id_field)
         threads = cfg.num_threads or os.cpu_count() or 1
         bar = tqdm(desc=f"pack {Path(cfg.out_dir).name}", unit="doc", disable=not task.progress)
-        with ThreadPoolExecutor(threads, thread_name_prefix="encode") as pool:
-            encode = functools.partial(pool.map, ordinary_encoder(enc))
+        encode = functools.partial(encoding_pool(threads).map, ordinary_encoder(enc))
 
-            def one(i: int) -> dict[str, Any]:
-                stats = ReadStats()
-                docs = read_shard(shards[i], stats, fields=fields, columns=(), max_bytes=cfg.max_file_bytes)
-                texts = itertools.chain.from_iterable(prefetch(batched((d["text"] for d in docs), 256)))
-                name = f"shard-{i:05d}"
-                meta = _write_shard(
-                    task.publish_path(f"{name}.bin"), texts, encode, eot, dtype, cfg.batch_docs, bar
-                )
-                if not meta["documents"]:  # an input shard with no documents leaves no token shard
-                    task.publish_path(f"{name}.bin").unlink()
-                else:
-                    meta.update({"dtype": dtype.name, "tokenizer": self.tokenizer, "eot_token": eot})
-                    write_json_atomic(task.publish_path(f"{name}.json"), meta)
-                return {"documents": meta["documents"], "tokens": meta["tokens"], "read": stats.to_dict()}
+        def one(i: int) -> dict[str, Any]:
+            stats = ReadStats()
+            docs = read_shard(shards[i], stats, fields=fields, columns=(), max_bytes=cfg.max_file_bytes)
+            texts = itertools.chain.from_iterable(prefetch(batched((d["text"] for d in docs), 256)))
+            name = f"shard-{i:05d}"
+            meta = _write_shard(
+                task.publish_path(f"{name}.bin"), texts, encode, eot, dtype, cfg.batch_docs, bar
+            )
+            if not meta["documents"]:  # an input shard with no documents leaves no token shard
+                task.publish_path(f"{name}.bin").unlink()
+            else:
+                meta.update({"dtype": dtype.name, "tokenizer": self.tokenizer, "eot_token": eot})
+                write_json_atomic(task.publish_path(f"{name}.json"), meta)
+            return {"documents": meta["documents"], "tokens": meta["tokens"], "read": stats.to_dict()}
 
-            try:
-                return task.each_shard(len(shards), one)
-            finally:
-                bar.close()
+        try:
+            return task.each_shard(len(shards), one)
+        finally:
+            bar.close()
 
     def summarize(self, task: Task) -> dict[str, Any]:
         shards = task.shard_stats("encode")
