@@ -1,9 +1,12 @@
-"""A small stage for the executor tests: each task writes the squares of its shard's numbers, and a task of the
-rank named in ``fail_rank`` fails while ``fail_file`` exists (a fault the test switches on and off)."""
+"""A small stage for the executor tests: each task writes the squares of its shard's numbers, a task of the
+rank named in ``fail_rank`` fails while ``fail_file`` exists (a fault the test switches on and off), and the
+task of ``big_rank`` holds ``big_mb`` MB for a moment (to tell its peak memory from the others'); each task
+takes at least ``seconds``."""
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,9 @@ class SquaresConfig:
     per_shard: int = 5
     fail_rank: int = -1
     fail_file: str = ""
+    big_rank: int = -1
+    big_mb: int = 0
+    seconds: float = 0.0
 
 
 class Squares(Stage):
@@ -43,6 +49,11 @@ class Squares(Stage):
         c = self.config
         if task.rank == c.fail_rank and c.fail_file and Path(c.fail_file).exists():
             raise DataError(f"task {task.rank} was told to fail ({c.fail_file} exists)")
+        if task.rank == c.big_rank:
+            block = bytearray(c.big_mb << 20)
+            block[:: 1 << 12] = b"x" * len(range(0, len(block), 1 << 12))  # every page resident
+            del block
+        time.sleep(c.seconds)
 
         def one(i: int) -> dict[str, Any]:
             numbers = range(i * c.per_shard, (i + 1) * c.per_shard)

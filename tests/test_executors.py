@@ -71,6 +71,25 @@ def test_local_processes_rerun_only_the_failed_task(tmp_path: Path, importable: 
     check_failure_then_rerun(tmp_path, ExecutorConfig(tasks=3, workers=2))
 
 
+def test_local_workers_run_several_tasks_each_with_its_own_peak_memory(
+    tmp_path: Path, importable: None
+) -> None:
+    """2 worker processes run the 6 tasks (a process's imports and memory serve all its tasks); a task's
+    peak memory is its own, not that of the tasks its process ran before."""
+    cfg = SquaresConfig(out_dir=str(tmp_path / "squares"), big_rank=0, big_mb=300, seconds=0.3)
+    m = run(Squares(cfg), ExecutorConfig(tasks=6, workers=2), progress=False)
+    assert m["sum"] == expected_sum(cfg)
+    tasks = [
+        json.loads(p.read_text())
+        for p in sorted((tmp_path / "squares" / ".stage" / "square" / "tasks").glob("*.json"))
+    ]
+    pids = {t["pid"] for t in tasks}
+    assert len(tasks) == 6 and len(pids) == 2 and os.getpid() not in pids
+    after_big = [t["max_rss_mb"] for t in tasks[1:] if t["pid"] == tasks[0]["pid"]]
+    assert after_big, "no task ran in the process that ran task 0 after it"
+    assert tasks[0]["max_rss_mb"] > max(after_big) + 250, (tasks[0]["max_rss_mb"], after_big)
+
+
 # -- SLURM ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory: pytest.TempPathFactory):

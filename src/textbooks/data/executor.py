@@ -5,9 +5,9 @@ completion marker and stats per task, a log file per task, and skipping of compl
 of a stage (``textbooks.data.stage``) becomes one datatrove executor whose logging directory is the step's
 state in ``<stage>/.stage/<step>``:
 
-* ``local`` (the default): this machine. ``workers`` tasks run at once, each in its own process (forked from
-  a clean server), so a task killed by a signal or the OOM killer is named by rank while the others finish;
-  ``workers=1`` runs the tasks in this process. Steps run one after the other.
+* ``local`` (the default): this machine. ``workers`` processes (forked from a clean server) each run tasks
+  one after another, so a task killed by a signal or the OOM killer is named by rank while a new process
+  takes the remaining tasks; ``workers=1`` runs the tasks in this process. Steps run one after the other.
 * ``slurm``: one job array per step (``--array`` with ``%workers``), with per-task CPUs, memory, time and, for
   steps that embed text, GPUs; the steps are chained by ``afterok`` dependencies and the last one publishes the
   manifest, so nothing needs to stay logged in. ``wait=true`` follows the jobs until they end. A failed task
@@ -20,13 +20,8 @@ why, where their logs are, and that rerunning the same command runs only those.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
-import multiprocessing as mp
-import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -38,23 +33,19 @@ from pathlib import Path
 from typing import Any
 
 import datatrove.executor.base
-from datatrove.executor.local import LocalPipelineExecutor
 from datatrove.executor.slurm import SlurmPipelineExecutor
 
 from textbooks.config import dataclass_from
 from textbooks.data.inputs import WORK_DIR
 from textbooks.data.manifest import read_manifest
 from textbooks.data.stage import Stage, StageTask, Step, all_steps, prepare, published
+from textbooks.data.workers import LocalExecutor, fork_server
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.io import one_scan_per_directory
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("local", "slurm", "ray")
-# imported by the local executor's fork server before any task: every data task reads or writes Parquet, and
-# pyarrow imports pandas (~0.2 s, when installed) the first time it converts Python objects; each task
-# process forked after these imports starts with them done instead of paying for them itself
-TASK_PRELOAD = ("pyarrow.parquet", "pyarrow.dataset", "pandas")
 
 
 def _task_logger(logging_dir: Any, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
@@ -117,7 +108,7 @@ def run(stage: Stage, executor: ExecutorConfig | None = None, *, progress: bool 
     ex = executor or ExecutorConfig()
     ex.validate()
     if ex.name == "local" and ex.tasks > 1 and ex.workers != 1:
-        _fork_server(stage)  # its imports run while the stage is keyed and planned (idle if it is current)
+        fork_server(stage)  # its imports run while the stage is keyed and planned (idle if it is current)
     with one_scan_per_directory():  # the key and the plan list raw inputs once
         key = stage.key()
         state = published(stage, key)
@@ -202,90 +193,6 @@ def _check_step(stage: Stage, step: Step, world_size: int, exit_codes: dict[int,
         + more
         + f". Fix the cause and rerun the same command: the {world_size - len(missing)} complete tasks are kept"
     )
-
-
-# -- local --------------------------------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """Linux: this task process is killed when its parent goes (the fork server, which exits with the
-    launcher), so a killed command leaves no task running into the next run."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _run_rank(executor: LocalPipelineExecutor, rank: int, local_rank: int) -> None:
-    _die_with_parent()
-    try:
-        executor._run_for_rank(rank, local_rank)
-    except BaseException:
-        os._exit(1)  # the task's error is in its errors/ file and its log
-
-
-class LocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor with one process per task (``workers`` at a time): a task whose process
-    dies is reported by rank with its signal while the other tasks finish (a shared pool would hang)."""
-
-    def __init__(self, *args: Any, progress: bool = False, desc: str = "", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = progress
-        self.desc = desc
-        self.exit_codes: dict[int, int] = {}
-
-    def run(self) -> None:
-        ranks = self.get_incomplete_ranks(range(self.tasks))
-        if not ranks:
-            return
-        self.save_executor_as_json()
-        if self.workers == 1:
-            for rank in ranks:
-                self._run_for_rank(rank)
-            return
-        ctx = _fork_server(self.pipeline[0].stage)
-        pending = list(reversed(ranks))
-        running: dict[int, tuple[int, int, Any]] = {}
-        free = list(range(self.workers))
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=self.tasks,
-            initial=self.tasks - len(ranks),
-            desc=self.desc,
-            unit="task",
-            disable=not self.progress,
-        )
-        try:
-            while pending or running:
-                while pending and free:
-                    rank, slot = pending.pop(), free.pop(0)
-                    p = ctx.Process(
-                        target=_run_rank, args=(self, rank, slot), name=f"{self.desc}-task-{rank}"
-                    )
-                    p.start()
-                    running[p.sentinel] = (rank, slot, p)
-                for sentinel in mp.connection.wait(list(running), timeout=1.0):
-                    rank, slot, p = running.pop(sentinel)  # type: ignore[index]
-                    p.join()
-                    free.append(slot)
-                    if p.exitcode:
-                        self.exit_codes[rank] = p.exitcode
-                    bar.update()
-        except BaseException:
-            for _, _, p in running.values():
-                p.terminate()
-            for _, _, p in running.values():
-                p.join(5)
-            raise
-        finally:
-            bar.close()
-
-
-def _fork_server(stage: Stage) -> Any:
-    """The context local task processes start from: a server forked once per command (a clean process,
-    unlike this one, which may hold threads) that has imported the stage's module and ``TASK_PRELOAD``.
-    The server is started here and now, without waiting for its imports, so they overlap the caller's work."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([type(stage).__module__, *TASK_PRELOAD, *stage.preload])  # the first start's
-    multiprocessing.forkserver.ensure_running()
-    return ctx
 
 
 def _local(stage: Stage, step: Step, ex: ExecutorConfig, progress: bool) -> LocalExecutor:

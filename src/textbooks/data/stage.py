@@ -29,6 +29,7 @@ published manifest is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import json
@@ -262,7 +263,10 @@ class StageTask:
         running = step_dir / "running" / f"{rank:05d}"
         running.parent.mkdir(parents=True, exist_ok=True)
         running.write_text(str(os.getpid()))
-        forward = _forward_logs() if os.getpid() != self.launcher_pid else None
+        forward = None
+        if os.getpid() != self.launcher_pid:  # a worker process, which may have run other tasks before
+            forward = _forward_logs()
+            _reset_peak_memory()
         started = time.time()
         try:
             if self.step.name == PUBLISH:
@@ -290,12 +294,20 @@ class StageTask:
             {
                 "rank": rank,
                 "world_size": world_size,
+                "pid": os.getpid(),  # a local worker process runs several tasks
                 "seconds": round(time.time() - started, 3),
-                # peak resident memory of the process (the launcher's when tasks run in it)
+                # peak resident memory of the task's process since it started the task (of the launcher's
+                # whole run when tasks run in it)
                 "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "stats": result,
             },
         )
+
+
+def _reset_peak_memory() -> None:
+    """Linux: make the process's peak resident memory (``ru_maxrss``) count from now."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 class _ToLoguru(logging.Handler):
