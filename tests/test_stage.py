@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from textbooks.data.corpus import IngestConfig, ingest
+from textbooks.data.corpus import Ingest, IngestConfig, ingest
 from textbooks.data.executor import ExecutorConfig
 from textbooks.data.inputs import plan_shards, resolve
 from textbooks.data.manifest import read_manifest
 from textbooks.data.pack import PackConfig, pack
 from textbooks.data.reader import ReadStats, read_shard
-from textbooks.data.stage import balanced
+from textbooks.data.stage import Task, balanced
 from textbooks.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -299,3 +299,28 @@ def test_shards_are_shared_out_by_weight_and_every_shard_once():
         assert tasks == balanced(len(sizes), world, sizes)  # deterministic
     round_robin = [sum(sizes[r::4]) for r in range(4)]
     assert max(sum(sizes[i] for i in t) for t in balanced(len(sizes), 4, sizes)) < max(round_robin)
+
+
+def test_shards_are_shared_out_by_the_bytes_a_stage_reads(tmp_path: Path, stdlib_dir: Path) -> None:
+    """Ingest lists every file (``**/*``) but reads only wanted ones: a big binary, alone in its shard,
+    weighs nothing, so the Python files are shared out evenly instead of all to the other task."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.so").write_bytes(os.urandom(3_000_000))
+    text = (stdlib_dir / "json" / "decoder.py").read_text()
+    for i in range(6):
+        (src / f"m{i}.py").write_text(text)
+    cfg = IngestConfig(inputs=[str(src)], out_dir=str(tmp_path / "out"), shard_bytes=len(text) + 10)
+    shards = Ingest(cfg).plan()["shards"]
+    assert [(len(s["files"]), s["bytes"], s["read_bytes"]) for s in shards] == [
+        (1, 3_000_000, 0),
+        *[(1, len(text), len(text))] * 6,
+    ]
+    ranks = []
+    for rank in range(2):
+        task = Task(tmp_path / "out", "filter", rank, 2, {"shards": shards})
+        ranks.append(sorted(int(i) for i in task.each_shard(len(shards), lambda i: {})["shards"]))
+    assert sorted(i for r in ranks for i in r) == list(range(7))
+    assert [len([i for i in r if i > 0]) for r in ranks] == [3, 3]  # by all bytes: 0 and 6
+    by_bytes = balanced(len(shards), 2, [s["bytes"] for s in shards])
+    assert sorted(len([i for i in r if i > 0]) for r in by_bytes) == [0, 6]

@@ -126,6 +126,12 @@ class Filters:
                 return language
         return None
 
+    def reads(self, path: str, size: int) -> bool:
+        """Whether a source file is read at all: one in a wanted language, at most ``max_bytes``."""
+        return (
+            not self.languages or self.lang_of(path, None) in self.languages
+        ) and size <= self.cfg.max_bytes
+
     def reason(self, r: Record) -> str | None:
         c = self.cfg
         if self.languages and (r.lang or "") not in self.languages:
@@ -181,7 +187,10 @@ class Ingest(Stage):
         self.pattern = cfg.pattern
 
     def plan(self) -> dict[str, Any]:
-        shards = plan_shards(self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes)
+        cfg = self.config
+        shards = plan_shards(
+            self.sources, pattern=cfg.pattern, shard_bytes=cfg.shard_bytes, select=Filters(cfg).reads
+        )
         return {"shards": [s.to_dict() for s in shards], "labels": [s.label for s in self.sources]}
 
     def steps(self) -> list[Step]:
@@ -194,15 +203,11 @@ class Ingest(Stage):
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         bar = tqdm(desc="ingest", unit="doc", disable=not task.progress)
 
-        def wanted(rel: str, size: int) -> bool:
-            lang = filters.lang_of(rel, None)
-            return (not filters.languages or lang in filters.languages) and size <= cfg.max_bytes
-
         def one(i: int) -> dict[str, Any]:
             shard, stats, dropped = shards[i], ReadStats(), Counter()
             seen = kept = kept_bytes = 0
             with PartWriter(task.publish_path(f"part-{i:05d}.parquet"), SCHEMA, cfg.rows_per_group) as w:
-                for rec in read_shard(shard, stats, fields=fields, select=wanted, raw=True):
+                for rec in read_shard(shard, stats, fields=fields, select=filters.reads, raw=True):
                     r = _record(rec, shard, cfg, filters)
                     seen += 1
                     bar.update()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,13 @@ class Shard:
     root: str  # directory that ``files`` of kind "files" are relative to
     files: tuple[str, ...]
     bytes: int
+    # bytes of the files a stage reads (``plan_shards``' ``select``), which is what its tasks are shared out
+    # by; None: all of them
+    read_bytes: int | None = None
+
+    @property
+    def work(self) -> int:
+        return self.bytes if self.read_bytes is None else self.read_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,11 +154,11 @@ def stage_parts(path: Path, where: str) -> list[Path]:
     return sorted(path.glob("*.parquet"))  # an output written before manifests listed their parts
 
 
-def _files_of(src: Source, pattern: str) -> list[tuple[str, int]]:
-    """The files of an input in reading order, with their sizes."""
+def _files_of(src: Source, pattern: str) -> list[tuple[str, int, str]]:
+    """The files of an input in reading order, with their sizes and paths relative to the input."""
     p = Path(src.path)
     if src.kind == "files" and p.is_dir():
-        return [(f.path, f.size) for f in scan_source_files(p, pattern)]  # one stat per file
+        return [(f.path, f.size, f.rel) for f in scan_source_files(p, pattern)]  # one stat per file
     if src.kind == "stage":
         files = stage_parts(p, src.label)
     elif p.is_file():
@@ -159,36 +166,50 @@ def _files_of(src: Source, pattern: str) -> list[tuple[str, int]]:
     else:
         suffixes = JSONL_SUFFIXES if src.kind == "jsonl" else PARQUET_SUFFIXES
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(suffixes))
-    return [(str(f), f.stat().st_size) for f in files]
+    return [(str(f), f.stat().st_size, f.name) for f in files]
 
 
 def plan_shards(
-    sources: Sequence[Source], *, pattern: str = "**/*.py", shard_bytes: int = 8 << 20
+    sources: Sequence[Source],
+    *,
+    pattern: str = "**/*.py",
+    shard_bytes: int = 8 << 20,
+    select: Callable[[str, int], bool] | None = None,
 ) -> list[Shard]:
-    """The inputs' shards in input order: one per JSONL/Parquet file, runs of ~``shard_bytes`` of source files."""
+    """The inputs' shards in input order: one per JSONL/Parquet file, runs of ~``shard_bytes`` of source files.
+
+    ``select(path, size)``, the reader's own (``read_shard``), says which source files a stage will read:
+    the others stay in their shards (a stage may count them) but not in its ``read_bytes``. A directory
+    listed with ``**/*`` holds binaries too (site-packages: a 434 MB ``libtorch_cpu.so``), and tasks shared
+    out by all bytes were up to 1.3x the mean (one had no work at all); by the bytes read, within 0.1%."""
     shards: list[Shard] = []
 
-    def add(i: int, kind: str, src: Source, root: Path, files: list[str], size: int) -> None:
+    def add(i: int, kind: str, src: Source, root: Path, files: list[str], size: int, read: int) -> None:
         label = src.label if src.label.startswith("hf:") else str(root)
-        shards.append(Shard(len(shards), i, kind, label, str(root), tuple(files), size))
+        shards.append(
+            Shard(
+                len(shards), i, kind, label, str(root), tuple(files), size, None if select is None else read
+            )
+        )
 
     for i, src in enumerate(sources):
         root = Path(src.path)
         files = _files_of(src, pattern)
         if src.kind != "files":
             kind = "parquet" if src.kind == "stage" else src.kind
-            for f, n in files:
-                add(i, kind, src, root if root.is_dir() else root.parent, [f], n)
+            for f, n, _ in files:
+                add(i, kind, src, root if root.is_dir() else root.parent, [f], n, n)
             continue
         base = root if root.is_dir() else root.parent
         run: list[str] = []
-        size = 0
-        for f, n in files:
+        size = read = 0
+        for f, n, rel in files:
             if run and size + n > shard_bytes:
-                add(i, "files", src, base, run, size)
-                run, size = [], 0
+                add(i, "files", src, base, run, size, read)
+                run, size, read = [], 0, 0
             run.append(f)
             size += n
+            read += n if select is None or select(rel, n) else 0
         if run or not files:
-            add(i, "files", src, base, run, size)
+            add(i, "files", src, base, run, size, read)
     return shards

@@ -4,8 +4,8 @@ A ``Stage`` names the config that defines its output (``config``), its inputs (f
 input reruns it), a ``plan`` computed once by the launching process (typically the input shards, see
 ``textbooks.data.reader``) and its ``steps``. A step is a method ``fn(task) -> stats`` run as tasks ``rank`` of
 ``world_size`` (datatrove's ``PipelineStep.run(data, rank, world_size)`` model); a sharded step's task
-processes shards ``rank, rank + world_size, ...``, a single step (clustering, training a classifier, indexing
-benchmarks) runs as one task between sharded ones. A task writes its files atomically under the stage's work
+processes its share of the shards (``balanced``: by the bytes it reads), a single step (clustering, training a
+classifier, indexing benchmarks) runs as one task between sharded ones. A task writes its files atomically under the stage's work
 directory and returns its stats, which are saved with its completion marker; an executor
 (``textbooks.data.executor``: a local process pool, SLURM job arrays or Ray) runs the tasks and skips the
 ones already complete, so a killed run reruns only what did not finish.
@@ -144,15 +144,16 @@ class Task:
     ) -> dict[str, Any]:
         """``work(i)`` for each of this task's shards, returning ``{"shards": {i: stats}}``.
 
-        Shards are shared out by ``weights``, by default the bytes of the plan's shards when it iterates
-        over them (one stage's parts are the next one's shards, and their sizes vary a thousandfold).
+        Shards are shared out by ``weights``, by default the bytes the stage reads of the plan's shards when
+        it iterates over them (one stage's parts are the next one's shards, and their sizes vary a
+        thousandfold).
         ``work`` writes its outputs atomically; its stats are saved after them, so a shard finished by a
         killed run of the same build is not redone (its saved stats are reused)."""
         done_dir = self.work / self.step / "shards"
         out: dict[str, Any] = {}
         shards = self.plan.get("shards")
         if weights is None and isinstance(shards, list) and len(shards) == n:
-            weights = [int(s.get("bytes", 0)) if isinstance(s, dict) else 0 for s in shards]
+            weights = [_work(s) for s in shards]
         for i in self.mine(n, weights):
             f = done_dir / f"{i:05d}.json"
             if f.is_file():
@@ -179,6 +180,14 @@ class Task:
     def stats_of(self, step: str) -> list[dict[str, Any]]:
         """The stats the tasks of an earlier ``step`` returned, in rank order."""
         return task_stats(self.work / step)
+
+
+def _work(shard: Any) -> int:
+    """A planned shard's weight: the bytes its stage reads (``inputs.Shard.work``)."""
+    if not isinstance(shard, dict):
+        return 0
+    read = shard.get("read_bytes")
+    return int(shard.get("bytes", 0) if read is None else read)
 
 
 def task_stats(step_dir: Path) -> list[dict[str, Any]]:
