@@ -129,10 +129,6 @@ class Shard:
     # by; None: all of them
     read_bytes: int | None = None
 
-    @property
-    def work(self) -> int:
-        return self.bytes if self.read_bytes is None else self.read_bytes
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

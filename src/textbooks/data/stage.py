@@ -5,8 +5,8 @@ input reruns it), a ``plan`` computed once by the launching process (typically t
 ``textbooks.data.reader``) and its ``steps``. A step is a method ``fn(task) -> stats`` run as tasks ``rank`` of
 ``world_size`` (datatrove's ``PipelineStep.run(data, rank, world_size)`` model); a sharded step's task
 processes its share of the shards (``balanced``: by the bytes it reads), a single step (clustering, training a
-classifier, indexing benchmarks) runs as one task between sharded ones. A task writes its files atomically under the stage's work
-directory and returns its stats, which are saved with its completion marker; an executor
+classifier, indexing benchmarks) runs as one task between sharded ones. A task writes its files atomically
+under the stage's work directory and returns its stats, which are saved with its completion marker; an executor
 (``textbooks.data.executor``: a local process pool, SLURM job arrays or Ray) runs the tasks and skips the
 ones already complete, so a killed run reruns only what did not finish.
 
@@ -183,7 +183,7 @@ class Task:
 
 
 def _work(shard: Any) -> int:
-    """A planned shard's weight: the bytes its stage reads (``inputs.Shard.work``)."""
+    """A planned shard's weight: the bytes its stage reads (``inputs.Shard.read_bytes``), else all its bytes."""
     if not isinstance(shard, dict):
         return 0
     read = shard.get("read_bytes")
