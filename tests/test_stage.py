@@ -310,11 +310,12 @@ def test_shards_are_shared_out_by_the_bytes_a_stage_reads(tmp_path: Path, stdlib
     text = (stdlib_dir / "json" / "decoder.py").read_text()
     for i in range(6):
         (src / f"m{i}.py").write_text(text)
-    cfg = IngestConfig(inputs=[str(src)], out_dir=str(tmp_path / "out"), shard_bytes=len(text) + 10)
+    size = (src / "m0.py").stat().st_size
+    cfg = IngestConfig(inputs=[str(src)], out_dir=str(tmp_path / "out"), shard_bytes=size + 10)
     shards = Ingest(cfg).plan()["shards"]
     assert [(len(s["files"]), s["bytes"], s["read_bytes"]) for s in shards] == [
         (1, 3_000_000, 0),
-        *[(1, len(text), len(text))] * 6,
+        *[(1, size, size)] * 6,
     ]
     ranks = []
     for rank in range(2):
