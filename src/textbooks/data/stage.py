@@ -139,21 +139,17 @@ class Task:
         """Indices ``0..n-1`` this task processes, in order: ``balanced(n, world_size, weights)[rank]``."""
         return balanced(n, self.world_size, weights)[self.rank]
 
-    def each_shard(
-        self, n: int, work: Callable[[int], dict[str, Any]], weights: Sequence[int] | None = None
-    ) -> dict[str, Any]:
+    def each_shard(self, n: int, work: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
         """``work(i)`` for each of this task's shards, returning ``{"shards": {i: stats}}``.
 
-        Shards are shared out by ``weights``, by default the bytes the stage reads of the plan's shards when
-        it iterates over them (one stage's parts are the next one's shards, and their sizes vary a
-        thousandfold).
+        When the step iterates over the plan's shards, they are shared out by the bytes the stage reads of
+        each (one stage's parts are the next one's shards, and their sizes vary a thousandfold).
         ``work`` writes its outputs atomically; its stats are saved after them, so a shard finished by a
         killed run of the same build is not redone (its saved stats are reused)."""
         done_dir = self.work / self.step / "shards"
         out: dict[str, Any] = {}
         shards = self.plan.get("shards")
-        if weights is None and isinstance(shards, list) and len(shards) == n:
-            weights = [_work(s) for s in shards]
+        weights = [_work(s) for s in shards] if isinstance(shards, list) and len(shards) == n else None
         for i in self.mine(n, weights):
             f = done_dir / f"{i:05d}.json"
             if f.is_file():
