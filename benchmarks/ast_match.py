@@ -1,7 +1,7 @@
 """AST match rate throughput: (training function, HumanEval problem) pairs per second.
 
 Pairs: real functions of the standard library (a seeded sample of files, every function in them) × the
-164 HumanEval programs, both as ``textbooks.data.similarity.ast_sequence`` strings (names, comments,
+164 HumanEval programs, both as ``textbooks.data.text.similarity.ast_sequence`` strings (names, comments,
 docstrings, type annotations and imports removed).
 
 * ``difflib`` (baseline): ``difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()`` per pair, the
@@ -28,8 +28,8 @@ from collections.abc import Callable
 from rapidfuzz.distance import Levenshtein
 
 from textbooks.benchmarks import load_humaneval
-from textbooks.data.decontam import measured
-from textbooks.data.similarity import ast_match_matrix, ast_sequence
+from textbooks.data.stages.decontaminate import measured
+from textbooks.data.text.similarity import ast_match_matrix, ast_sequence
 from textbooks.io import list_source_files, stdlib_dir
 
 

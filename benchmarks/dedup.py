@@ -3,12 +3,12 @@
 Methods, all on the same documents and the same decisions (first of each cluster kept, threshold 0.7,
 128 permutations, 5-word shingles):
 
-* ``exact only``: ``textbooks.data.dedup`` with ``near=False`` (SHA-256 of the normalised text): the floor.
+* ``exact only``: ``textbooks.data.stages.dedup`` with ``near=False`` (SHA-256 of the normalised text): the floor.
 * ``datasketch update`` (the naive baseline): per document, the set of 5-word shingle strings, a
   ``MinHash(num_perm=128)`` updated shingle by shingle (``m.update``, SHA-1 each), ``MinHashLSH.query``,
   a Jaccard check of the candidates, then ``insert`` (kept documents only).
 * ``datasketch update_batch``: the same with ``m.update_batch(shingles)`` (datasketch's vectorised path).
-* ``ours``: ``textbooks.data.minhash``'s ``Sketcher`` and ``Deduplicator`` in one process (cached token
+* ``ours``: ``textbooks.data.text.minhash``'s ``Sketcher`` and ``Deduplicator`` in one process (cached token
   hashes, numpy n-gram hashes, one ``[shingles, num_perm]`` min-reduction per document). The sharded stage
   over many processes is measured by ``benchmarks/stage_scaling.py``.
 
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from datasketch import MinHash, MinHashLSH
 
-from textbooks.data.minhash import Deduplicator, Duplicates, Sketcher
+from textbooks.data.text.minhash import Deduplicator, Duplicates, Sketcher
 from textbooks.io import list_source_files, stdlib_dir
 
 

@@ -28,12 +28,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from textbooks.data.corpus import IngestConfig, ingest
-from textbooks.data.dedup import REMOVED_SCHEMA, DedupConfig, dedup
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.manifest import read_manifest
-from textbooks.data.minhash import Deduplicator, Sketcher
-from textbooks.data.parquet import PartWriter
+from textbooks.data.engine.executor import ExecutorConfig
+from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.engine.parquet import PartWriter
+from textbooks.data.stages.dedup import REMOVED_SCHEMA, DedupConfig, dedup
+from textbooks.data.stages.ingest import IngestConfig, ingest
+from textbooks.data.text.minhash import Deduplicator, Sketcher
 
 
 def streaming(corpus: Path, out: Path) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Exercises checked per second by the sandbox (``textbooks.data.checks.run_checks``): each solution runs
+"""Exercises checked per second by the sandbox (``textbooks.data.text.checks.run_checks``): each solution runs
 against its own doctests in a fresh sandboxed process, as the ``exercises`` stage checks every exercise.
 
 The exercises have the shape of a synthetic one (a signature, a docstring with ``>>>`` examples, a
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from textbooks.benchmarks import load_humaneval
-from textbooks.data.checks import doctest_examples, doctest_program, run_checks
+from textbooks.data.text.checks import doctest_examples, doctest_program, run_checks
 
 
 def exercises(workers: int) -> list[str]:

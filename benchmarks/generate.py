@@ -1,6 +1,6 @@
 """Decoding speed: KV-cache generation against recomputing the whole prefix at every step.
 
-Both sides run ``textbooks.eval.generate.TextbooksLM.generate`` on the same randomly initialised phi model,
+Both sides run ``textbooks.eval.models.decoding.TextbooksLM.generate`` on the same randomly initialised phi model,
 the same HumanEval prompt (tokenized with p50k_base) and greedy decoding for ``--new-tokens`` tokens with
 no stop sequence and no end-of-text stop, so both produce exactly the same tokens (checked):
 
@@ -23,8 +23,8 @@ import time
 import torch
 
 from textbooks.benchmarks import load_humaneval
-from textbooks.eval.completions import GenerationConfig
-from textbooks.eval.generate import TextbooksLM
+from textbooks.eval.models.completions import GenerationConfig
+from textbooks.eval.models.decoding import TextbooksLM
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer, padded_vocab_size
 

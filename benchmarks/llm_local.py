@@ -2,7 +2,7 @@
 same server answering one request at a time.
 
 One ``llama-server`` (SmolLM2-135M-Instruct Q4_1, ``--parallel 8``: eight slots decoded together by
-continuous batching) serves every level; the client is ``textbooks.data.llm.LLMClient`` with a fresh
+continuous batching) serves every level; the client is ``textbooks.llm.client.LLMClient`` with a fresh
 response cache per level (nothing is answered from the cache) and ``concurrency`` = 1 (**baseline**), 4 and
 8. Every request asks for exactly ``--max-tokens`` tokens (``ignore_eos``), so each level generates the same
 number of tokens; the server's own counter (``/metrics``) is checked against the client's. Rounds
@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from textbooks.data.llm import LLMClient
-from textbooks.data.llm_config import LLMConfig, LocalServerConfig
-from textbooks.data.llm_server import local_server
+from textbooks.llm.client import LLMClient
+from textbooks.llm.config import LLMConfig, LocalServerConfig
+from textbooks.llm.server import local_server
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 TOPICS = ("lists", "dicts", "sets", "tuples", "strings", "files", "classes", "generators")

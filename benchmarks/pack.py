@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import time
 
-from textbooks.data.pack import PackConfig, pack
-from textbooks.data.reader import read_texts
+from textbooks.data.engine.reader import read_texts
+from textbooks.data.stages.pack import PackConfig, pack
 from textbooks.io import stdlib_dir
 from textbooks.tokenizer import load_tokenizer
 

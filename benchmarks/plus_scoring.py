@@ -13,7 +13,7 @@ environment (``--evalplus-venv``, created on first use with the packages its eva
 at the same data files with ``HUMANEVAL_OVERRIDE_PATH`` / ``MBPP_OVERRIDE_PATH`` (it never downloads),
 with an empty cache directory (so it computes its ground truth, as ours computes its references),
 ``--parallel`` = our workers, ``--min-time-limit 4`` (its default is 1 s; the brief and its later
-releases use 4 s). Ours: ``textbooks.eval.score.score_samples`` with a fresh ``Sandbox``.
+releases use 4 s). Ours: ``textbooks.eval.verdicts.score.score_samples`` with a fresh ``Sandbox``.
 
 Prints the agreement on ``passed`` (base + extra inputs) and on the base verdict, every sample where the
 two differ, and the wall-time ratio. Not run by the test suite.
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from textbooks.benchmarks import DATA_DIR, FILENAMES, load_benchmark
-from textbooks.eval.plus_rules import reference_code
-from textbooks.eval.score import score_samples
+from textbooks.eval.verdicts.plus_rules import reference_code
+from textbooks.eval.verdicts.score import score_samples
 from textbooks.sandbox import Sandbox, default_workers
 
 REPO = Path(__file__).resolve().parents[1]

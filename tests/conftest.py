@@ -47,12 +47,12 @@ TINY_PACKAGES = ("json", "email", "collections", "logging", "urllib", "http")
 def tiny_data(tmp_path_factory, stdlib_dir):
     """A small real corpus (a few stdlib packages), a 512-token BPE trained on it and its packed shards,
     laid out as the configs expect under ``root`` (``paths.root=<root>``)."""
-    from textbooks.data.pack import PackConfig, pack
+    from textbooks.data.stages.pack import PackConfig, pack
     from textbooks.tokenizer import train_bpe
 
     root = tmp_path_factory.mktemp("tiny")
     inputs = [str(stdlib_dir / p) for p in TINY_PACKAGES]
-    from textbooks.data.reader import read_texts
+    from textbooks.data.engine.reader import read_texts
 
     tok = root / "data" / "tokenizer" / "bpe-512.tiktoken"
     train_bpe(read_texts(inputs), 512, tok, show_progress=False)

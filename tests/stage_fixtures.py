@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textbooks.data.stage import Stage, Step, Task, summed
+from textbooks.data.engine.stage import Stage, Step, Task, summed
 from textbooks.errors import DataError
 from textbooks.io import write_json_atomic
 

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from openai_server import OpenAIServer, closed_port, last_user_message
 
-from textbooks.data.annotate import AnnotateConfig, annotate, parse_score
 from textbooks.data.app import compose, run
-from textbooks.data.heuristic import SIGNALS, heuristic_score
-from textbooks.data.llm_config import Backoff, LLMConfig
-from textbooks.data.parquet import read_table
+from textbooks.data.engine.parquet import read_table
+from textbooks.data.stages.annotate import AnnotateConfig, annotate, parse_score
+from textbooks.data.stages.annotate_heuristic import SIGNALS, heuristic_score
 from textbooks.errors import DataError
+from textbooks.llm.config import Backoff, LLMConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

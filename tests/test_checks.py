@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-from textbooks.data.checks import check_section, code_blocks, doctest_examples, self_contained
+from textbooks.data.text.checks import check_section, code_blocks, doctest_examples, self_contained
 
 SECTION = textwrap.dedent(
     """

@@ -21,11 +21,11 @@ import pytest
 from models import saved_tiny_model
 
 from textbooks.data.app import compose, run
-from textbooks.data.embed import EmbedderError
-from textbooks.data.embed_cache import EmbeddingCache, text_key
-from textbooks.data.manifest import read_manifest
-from textbooks.data.parquet import read_table
-from textbooks.data.quality import positive_proba
+from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.engine.parquet import read_table
+from textbooks.data.stages.classify_embeddings import EmbeddingCache, text_key
+from textbooks.data.stages.classify_forest import positive_proba
+from textbooks.data.text.embeddings import EmbedderError
 from textbooks.errors import ConfigError, DataError
 
 # ~290 files, ~45% labelled educational by the heuristic (score >= 3): test files, 2to3 fixers, email, ...

@@ -4,7 +4,6 @@ command line composes to exactly their defaults (the YAML files only add paths a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from textbooks.config import CONF_DIR
-from textbooks.data.app import STAGES, compose
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.llm_config import LLMConfig
+from textbooks.data.app import compose, stage_module, stage_names
+from textbooks.data.engine.executor import ExecutorConfig
+from textbooks.llm.config import LLMConfig
 
 
 def defaults(cls: type) -> dict[str, Any]:
@@ -48,10 +47,9 @@ def check(yaml_file: Path, cls: type, composed: dict[str, Any], allowed: tuple[s
             )
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+@pytest.mark.parametrize("stage", stage_names())
 def test_stage_defaults_are_the_command_line_defaults(stage: str, tmp_path: Path) -> None:
-    module, name = STAGES[stage]
-    cls = getattr(importlib.import_module(module), name)
+    cls = stage_module(stage).CONFIG
     extra = ["tokenizer=bpe"] if stage == "tokenizer" else []
     cfg = compose([f"stage={stage}", f"paths.data={tmp_path}", *extra])
     node = OmegaConf.to_container(cfg.stage, resolve=True)

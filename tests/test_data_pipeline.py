@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from textbooks.data.parquet import read_table
+from textbooks.data.engine.parquet import read_table
 from textbooks.tokenizer import load_tokenizer
 
 PACKAGES = ("json", "email", "logging", "urllib", "http", "collections", "unittest")

@@ -17,12 +17,12 @@ from datasketch import MinHash
 
 from textbooks.config import dataclass_from
 from textbooks.data.app import compose
-from textbooks.data.corpus import IngestConfig, ingest
-from textbooks.data.dedup import DedupConfig, dedup
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.manifest import read_manifest
-from textbooks.data.minhash import MinHasher, deduplicate, exact_key
-from textbooks.data.parquet import read_table
+from textbooks.data.engine.executor import ExecutorConfig
+from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.engine.parquet import read_table
+from textbooks.data.stages.dedup import DedupConfig, dedup
+from textbooks.data.stages.ingest import IngestConfig, ingest
+from textbooks.data.text.minhash import MinHasher, deduplicate, exact_key
 from textbooks.errors import ConfigError, DataError
 from textbooks.io import list_source_files
 

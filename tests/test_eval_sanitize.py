@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from textbooks.benchmarks import load_humaneval
-from textbooks.eval.sanitize import (
+from textbooks.eval.verdicts.sanitize import (
     code_extract,
     defines,
     sanitize,

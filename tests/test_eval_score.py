@@ -11,12 +11,12 @@ import pytest
 
 from textbooks.benchmarks import ProblemSet, load_benchmark, load_humaneval, load_mbpp
 from textbooks.errors import TextbooksError
-from textbooks.eval.passk import aggregate_pass_at_k
-from textbooks.eval.plus import sample_program
-from textbooks.eval.plus_references import References
-from textbooks.eval.plus_rules import inputs
-from textbooks.eval.samples import SamplesError
-from textbooks.eval.score import TIMING_FIELDS, score_canonical, score_samples
+from textbooks.eval.verdicts.passk import aggregate_pass_at_k
+from textbooks.eval.verdicts.plus import sample_program
+from textbooks.eval.verdicts.plus_references import References
+from textbooks.eval.verdicts.plus_rules import inputs
+from textbooks.eval.verdicts.samples import SamplesError
+from textbooks.eval.verdicts.score import TIMING_FIELDS, score_canonical, score_samples
 from textbooks.sandbox import Limits, Sandbox
 
 

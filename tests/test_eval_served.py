@@ -13,10 +13,10 @@ from openai_server import OpenAIServer, closed_port, last_user_message
 
 from textbooks.benchmarks import load_humaneval
 from textbooks.config import CONF_DIR
-from textbooks.data.llm_config import LocalServerConfig
-from textbooks.data.llm_server import local_server
 from textbooks.errors import ConfigError
 from textbooks.eval.app import EvalError, run
+from textbooks.llm.config import LocalServerConfig
+from textbooks.llm.server import local_server
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 FAST = ["llm.backoff.base=0.02", "llm.backoff.max=0.05", "llm.max_attempts=2"]

@@ -14,11 +14,11 @@ import pytest
 import slurm_cluster
 from stage_fixtures import Squares, SquaresConfig
 
-from textbooks.data.corpus import IngestConfig, ingest
-from textbooks.data.dedup import DedupConfig, dedup
-from textbooks.data.executor import ExecutorConfig, run
-from textbooks.data.manifest import read_manifest
-from textbooks.data.pack import PackConfig, pack
+from textbooks.data.engine.executor import ExecutorConfig, run
+from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.stages.dedup import DedupConfig, dedup
+from textbooks.data.stages.ingest import IngestConfig, ingest
+from textbooks.data.stages.pack import PackConfig, pack
 from textbooks.errors import DataError
 
 TESTS = Path(__file__).resolve().parent
@@ -181,17 +181,17 @@ def test_slurm_llm_stage_with_a_server_per_task_shares_one_cache(
 ) -> None:
     """textbooks (LLM) on SLURM with llm=local: each task starts its own llama.cpp server on its node, writes
     a cache shard of its own; publishing folds the shards in, so the same stage elsewhere asks nothing."""
-    from textbooks.data.llm_cache import shard_dir
-    from textbooks.data.llm_config import LLMConfig, LocalServerConfig
-    from textbooks.data.synth import SynthConfig, synthesize
+    from textbooks.data.stages.textbooks import TextbooksConfig, synthesize
+    from textbooks.llm.cache import shard_dir
+    from textbooks.llm.config import LLMConfig, LocalServerConfig
 
     def llm() -> LLMConfig:
         local = LocalServerConfig(parallel=1, ctx_size=1024, log_dir=str(tmp_path / "logs"))
         return LLMConfig(base_url=None, local=local, model="smollm2", cache=str(tmp_path / "llm.sqlite"),
                          concurrency=1, max_tokens=24, progress=False)  # fmt: skip
 
-    def cfg(out: str) -> SynthConfig:
-        return SynthConfig(out_dir=str(tmp_path / out), topics=["loops", "lists"], audiences=["kids"], n=4,
+    def cfg(out: str) -> TextbooksConfig:
+        return TextbooksConfig(out_dir=str(tmp_path / out), topics=["loops", "lists"], audiences=["kids"], n=4,
                            requests_per_part=2, min_chars=5)  # fmt: skip
 
     m = synthesize(cfg("slurm"), llm(), on_slurm, progress=False)

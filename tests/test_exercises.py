@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from openai_server import OpenAIServer, last_user_message
 
-from textbooks.data.exercises import ExercisesConfig, build_exercises, plan_exercises
-from textbooks.data.functions import exercise_from_answer, free_names, signature
-from textbooks.data.llm_config import Backoff, LLMConfig, LLMUnreachableError
-from textbooks.data.parquet import part_files, read_table
+from textbooks.data.engine.parquet import part_files, read_table
+from textbooks.data.stages.exercises import ExercisesConfig, build_exercises, plan_exercises
+from textbooks.data.stages.exercises_functions import exercise_from_answer, free_names, signature
 from textbooks.errors import ConfigError, DataError
 from textbooks.io import stdlib_dir
+from textbooks.llm.config import Backoff, LLMConfig, LLMUnreachableError
 
 GEOMETRY = textwrap.dedent(
     '''

@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 from openai_server import CHAT_ONLY_ODD, ODD_REPLIES, OpenAIServer, closed_port
 
-from textbooks.data.llm import LLMClient, run_requests
-from textbooks.data.llm_config import Backoff, LLMConfig, LLMError, LLMUnreachableError
-from textbooks.data.llm_replies import (
+from textbooks.errors import ConfigError
+from textbooks.llm.client import LLMClient, run_requests
+from textbooks.llm.config import Backoff, LLMConfig, LLMError, LLMUnreachableError
+from textbooks.llm.replies import (
     MalformedResponse,
     parse_completion,
     parse_retry_after,
     parse_text_completion,
 )
-from textbooks.data.llm_requests import ChatRequest
-from textbooks.errors import ConfigError
+from textbooks.llm.requests import ChatRequest
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -195,8 +195,8 @@ def test_cancelled_run_keeps_what_it_received(tmp_path):
 CLIENT_SCRIPT = textwrap.dedent(
     """
     import sys
-    from textbooks.data.llm_config import Backoff, LLMConfig
-    from textbooks.data.llm import LLMClient
+    from textbooks.llm.config import Backoff, LLMConfig
+    from textbooks.llm.client import LLMClient
     url, cache = sys.argv[1], sys.argv[2]
     cfg = LLMConfig(base_url=url, model="fake-model", cache=cache, concurrency=2, progress=False,
                     backoff=Backoff(base=0.01))
@@ -455,12 +455,12 @@ def test_sharded_cache_tasks_on_several_machines_share_answers_after_the_merge(t
     import subprocess
     import sys
 
-    from textbooks.data.llm_cache import ResponseCache, merge_shards, shard_dir
-    from textbooks.data.llm_replies import Parsed
+    from textbooks.llm.cache import ResponseCache, merge_shards, shard_dir
+    from textbooks.llm.replies import Parsed
 
     main = tmp_path / "responses.sqlite"
     code = (
-        "import sys; from textbooks.data.llm_cache import ResponseCache; from textbooks.data.llm_replies import Parsed; "
+        "import sys; from textbooks.llm.cache import ResponseCache; from textbooks.llm.replies import Parsed; "
         f"c = ResponseCache({str(main)!r}, sharded=True); k = sys.argv[1]; "
         "seen = sorted(c.get_many(['a', 'b', 'c'])); "
         "c.put(k, 'm', {'k': k}, {'id': k}, Parsed('answer ' + k, 'stop', 'm', 1, 2)); c.close(); print(','.join(seen))"
@@ -486,7 +486,7 @@ def test_sharded_cache_tasks_on_several_machines_share_answers_after_the_merge(t
 
 
 def _open_cache_at(path: str, start: float) -> None:
-    from textbooks.data.llm_cache import ResponseCache
+    from textbooks.llm.cache import ResponseCache
 
     time.sleep(max(0.0, start - time.time()))  # every process opens the new file at the same moment
     ResponseCache(path)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from textbooks.data.llm import LLMClient
-from textbooks.data.llm_config import Backoff, LLMConfig, LocalServerConfig
-from textbooks.data.llm_server import LocalServerError, llm_endpoint, local_server, model_path
+from textbooks.llm.client import LLMClient
+from textbooks.llm.config import Backoff, LLMConfig, LocalServerConfig
+from textbooks.llm.server import LocalServerError, llm_endpoint, local_server, model_path
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -135,8 +135,8 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
     script = textwrap.dedent(
         f"""
         import time
-        from textbooks.data.llm_config import LocalServerConfig
-        from textbooks.data.llm_server import local_server
+        from textbooks.llm.config import LocalServerConfig
+        from textbooks.llm.server import local_server
         with local_server(LocalServerConfig(parallel=1, ctx_size=512, log_dir={str(tmp_path)!r})) as s:
             print(s.proc.pid, flush=True)
             time.sleep(600)
@@ -157,7 +157,7 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
 @pytest.mark.slow
 def test_the_command_line_server_stops_on_ctrl_c(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    cmd = [sys.executable, "-m", "textbooks.data.llm_server", "--parallel", "1", "--log-dir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "textbooks.llm.server", "--parallel", "1", "--log-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         info = json.loads(proc.stdout.readline())

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from textbooks.data.pack import PackConfig, pack
-from textbooks.data.reader import read_texts
+from textbooks.data.engine.reader import read_texts
+from textbooks.data.stages.pack import PackConfig, pack
 from textbooks.errors import DataError
 from textbooks.io import EXCLUDE_DIRS, list_source_files, one_scan_per_directory, scan_source_files
 from textbooks.tokenizer import load_tokenizer
@@ -122,7 +122,7 @@ def test_rerun_is_skipped_and_input_change_repacks(tmp_path, stdlib_dir, tiny_da
 def test_killed_pack_resumes_to_identical_output(tmp_path, tiny_data, stdlib_dir):
     def run(out, kill_after_shards=None):
         code = (
-            "import sys; from textbooks.data.pack import PackConfig, pack; "
+            "import sys; from textbooks.data.stages.pack import PackConfig, pack; "
             f"pack(PackConfig(inputs=[{str(stdlib_dir)!r}], out_dir={str(out)!r}, "
             f"tokenizer={str(tiny_data['tokenizer'])!r}, shard_bytes=1_000_000, batch_docs=16, num_threads=1), "
             "progress=False)"

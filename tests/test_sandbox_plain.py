@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from textbooks.sandbox import plain
+from textbooks.sandbox.server import plain
 
 
 @pytest.mark.parametrize(

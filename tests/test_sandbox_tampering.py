@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from textbooks.benchmarks import ProblemSet, load_benchmark, load_humaneval, shipped_file
-from textbooks.eval.score import score_samples
-from textbooks.sandbox import CallGroup, CallProgram, Limits, Program, Sandbox, plain
+from textbooks.eval.verdicts.score import score_samples
+from textbooks.sandbox import CallGroup, CallProgram, Limits, Program, Sandbox
+from textbooks.sandbox.server import plain
 
 WRONG = "    return True\n"  # HumanEval/0 (has_close_elements): wrong on half of the tests
 

@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from textbooks.data.corpus import Ingest, IngestConfig, ingest
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.inputs import plan_shards, resolve
-from textbooks.data.manifest import read_manifest
-from textbooks.data.pack import PackConfig, pack
-from textbooks.data.reader import ReadStats, read_shard
-from textbooks.data.stage import Task, balanced
+from textbooks.data.engine.executor import ExecutorConfig
+from textbooks.data.engine.inputs import plan_shards, resolve
+from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.engine.reader import ReadStats, read_shard
+from textbooks.data.engine.stage import Task, balanced
+from textbooks.data.stages.ingest import Ingest, IngestConfig, ingest
+from textbooks.data.stages.pack import PackConfig, pack
 from textbooks.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,12 +203,12 @@ def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path,
 
     from openai_server import OpenAIServer, last_user_message
 
-    from textbooks.data.annotate import AnnotateConfig, annotate
-    from textbooks.data.classify import ClassifyConfig, classify
-    from textbooks.data.decontam import DecontamConfig, decontaminate
-    from textbooks.data.exercises import ExercisesConfig, build_exercises
-    from textbooks.data.llm_config import Backoff, LLMConfig
-    from textbooks.data.synth import SynthConfig, synthesize
+    from textbooks.data.stages.annotate import AnnotateConfig, annotate
+    from textbooks.data.stages.classify import ClassifyConfig, classify
+    from textbooks.data.stages.decontaminate import DecontaminateConfig, decontaminate
+    from textbooks.data.stages.exercises import ExercisesConfig, build_exercises
+    from textbooks.data.stages.textbooks import TextbooksConfig, synthesize
+    from textbooks.llm.config import Backoff, LLMConfig
 
     src = tmp_path / "src"
     src.mkdir()
@@ -267,12 +267,12 @@ def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path,
                 llm, ex, progress=False,
             )  # fmt: skip
             synthesize(
-                SynthConfig(out_dir=str(root / "textbooks"), topics=["t1", "t2"], audiences=["a1"], n=10, requests_per_part=3, min_chars=10),
+                TextbooksConfig(out_dir=str(root / "textbooks"), topics=["t1", "t2"], audiences=["a1"], n=10, requests_per_part=3, min_chars=10),
                 llm, ex, progress=False,
             )  # fmt: skip
             assert server.received - received == 20  # each request asked once, whatever the tasks
             decontaminate(
-                DecontamConfig(inputs=[str(root / "mined")], out_dir=str(root / "decontaminated"), benchmarks=["humaneval"], embedder=None),
+                DecontaminateConfig(inputs=[str(root / "mined")], out_dir=str(root / "decontaminated"), benchmarks=["humaneval"], embedder=None),
                 ex, progress=False,
             )  # fmt: skip
             classify(

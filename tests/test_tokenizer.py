@@ -15,7 +15,7 @@ import pytest
 import requests
 import tiktoken
 
-from textbooks.data.reader import read_texts
+from textbooks.data.engine.reader import read_texts
 from textbooks.tokenizer import (
     ENDOFTEXT,
     P50K_SHA256,
@@ -140,7 +140,7 @@ def test_padded_vocab():
 
 
 def _train(path, stdlib_dir, package: str, vocab: int = 300):
-    from textbooks.data.reader import read_texts
+    from textbooks.data.engine.reader import read_texts
     from textbooks.tokenizer import train_bpe
 
     return train_bpe(read_texts([str(stdlib_dir / package)]), vocab, path, show_progress=False)

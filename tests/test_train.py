@@ -206,7 +206,7 @@ def test_refusals_before_training(tiny_data, tmp_path):
 
 
 def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
-    from textbooks.data.reader import read_texts
+    from textbooks.data.engine.reader import read_texts
     from textbooks.tokenizer import train_bpe
 
     root = tmp_path / "root"

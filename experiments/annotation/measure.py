@@ -30,8 +30,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
-from textbooks.data.manifest import read_manifest
-from textbooks.data.parquet import read_table
+from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.engine.parquet import read_table
 
 
 def data(work: Path, *args: str) -> dict:

@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from textbooks.data.annotate import AnnotateConfig, annotate
-from textbooks.data.corpus import IngestConfig, ingest
-from textbooks.data.decontam import DecontamConfig, decontaminate
-from textbooks.data.dedup import DedupConfig, dedup
-from textbooks.data.executor import ExecutorConfig
-from textbooks.data.exercises import ExercisesConfig, build_exercises
-from textbooks.data.pack import PackConfig, pack
+from textbooks.data.engine.executor import ExecutorConfig
+from textbooks.data.stages.annotate import AnnotateConfig, annotate
+from textbooks.data.stages.decontaminate import DecontaminateConfig, decontaminate
+from textbooks.data.stages.dedup import DedupConfig, dedup
+from textbooks.data.stages.exercises import ExercisesConfig, build_exercises
+from textbooks.data.stages.ingest import IngestConfig, ingest
+from textbooks.data.stages.pack import PackConfig, pack
 
 SAMPLE = 100_000  # documents the paper's annotators labelled
 
@@ -54,7 +54,7 @@ def main() -> None:
             ("dedup", lambda: dedup(DedupConfig(inputs=[str(d / "corpus")], out_dir=str(d / "dedup")), ex, progress=False)),
             ("annotate (heuristic, 100k docs)", lambda: annotate(AnnotateConfig(input=str(d / "dedup"), out_dir=str(d / "annotate"), annotator="heuristic", sample_size=SAMPLE), None, ex, progress=False)),
             ("exercises (mined)", lambda: build_exercises(ExercisesConfig(out_dir=str(d / "exercises"), source="mined", input=str(d / "dedup")), None, ex, progress=False)),
-            ("decontaminate (AST + 13-grams)", lambda: decontaminate(DecontamConfig(inputs=[str(d / "exercises")], out_dir=str(d / "decontaminated"), benchmarks=["humaneval"], embedder=None), ex, progress=False)),
+            ("decontaminate (AST + 13-grams)", lambda: decontaminate(DecontaminateConfig(inputs=[str(d / "exercises")], out_dir=str(d / "decontaminated"), benchmarks=["humaneval"], embedder=None), ex, progress=False)),
             ("pack (p50k)", lambda: pack(PackConfig(inputs=[str(d / "dedup")], out_dir=str(d / "tokens"), tokenizer=a.tokenizer, num_threads=1), ex, progress=False)),
         ):  # fmt: skip
             t = time.perf_counter()

@@ -7,28 +7,24 @@ A value of the wrong type in any config key stops an app with one line, ``error:
 * an app whose config has a structured schema (dataclasses in Hydra's ConfigStore: ``textbooks-train``)
   gets its values checked by OmegaConf while Hydra composes it; the refusal is turned into the same line,
   with the field's type;
-* ``hydra_app`` checks each ``key=value`` of the command line against the type of the key's default in
+* ``textbooks.cli.hydra_app`` checks each ``key=value`` of the command line against the type of the key's default in
   the configs themselves (an int default wants an int, a bool ``true``/``false``, a list a list), and
   against the types an app declares for keys whose default is null;
 * errors Hydra and OmegaConf raise while composing or resolving the config (a resolver such as
   ``${count:...}`` refusing a value, an unknown key, a bad interpolation) become one line naming the key,
   instead of Hydra's formatted traceback.
 
-The last two live in ``config_checks``.
+The last two live in ``config_checks``, which ``cli.hydra_app`` runs for every console script.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import math
-import os
 import re
-import sys
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -235,71 +231,3 @@ def dataclass_from(cls: type[T], node: Any, where: str, drop: tuple[str, ...] = 
     for k, v in d.items():
         d[k] = coerce(v, hints.get(k, Any), f"{prefix}.{k}" if prefix else k, where)
     return cls(**d)
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    before = os.environ.get(name)
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
-
-
-def hydra_app(
-    config_name: str, types: Mapping[str, Any] | None = None
-) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
-    """``@hydra.main`` for a console script: the config ``config_name`` of ``conf/``, the checks of the
-    module docstring (``types``: the types of keys whose default is null, e.g. ``{"limit": int | None}``),
-    and every config error or ``TextbooksError`` printed as ``error: <one line>`` with exit status 2
-    (as ``cli_errors`` does).
-
-    Hydra prints its own errors (a multi-line traceback) unless ``HYDRA_FULL_ERROR=1``; the app sets it
-    while Hydra composes the config, so the errors reach this wrapper, and restores it while the task runs.
-    ``TEXTBOOKS_TRACEBACK=1`` (or ``HYDRA_FULL_ERROR=1``) shows full tracebacks instead."""
-    import hydra
-
-    from textbooks.config_checks import check_overrides, config_error_line
-
-    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        user = os.environ.get("HYDRA_FULL_ERROR")
-
-        @functools.wraps(task)  # Hydra names the job after the task's module, as with @hydra.main on it
-        def checked(cfg: DictConfig) -> Any:
-            with _env("HYDRA_FULL_ERROR", user):
-                try:
-                    check_overrides(cfg, types)
-                    return task(cfg)
-                except Exception as e:
-                    line = None if os.environ.get("TEXTBOOKS_TRACEBACK") else config_error_line(e)
-                    if line is None:
-                        raise
-            print(f"error: {line}", file=sys.stderr)
-            sys.exit(2)
-
-        run = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(checked)
-
-        @functools.wraps(task)
-        def main() -> Any:
-            if os.environ.get("TEXTBOOKS_TRACEBACK") or os.environ.get("HYDRA_FULL_ERROR") == "1":
-                return run()
-            with _env("HYDRA_FULL_ERROR", "1"):
-                try:
-                    return run()
-                except Exception as e:
-                    line = config_error_line(e)
-                    if line is None:
-                        raise
-            print(f"error: {line}", file=sys.stderr)
-            sys.exit(2)
-
-        return main
-
-    return decorate

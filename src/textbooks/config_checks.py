@@ -1,4 +1,4 @@
-"""The checks behind ``config.hydra_app``: values set on the command line against the configs' own types,
+"""The checks behind ``cli.hydra_app``: values set on the command line against the configs' own types,
 and Hydra's and OmegaConf's errors as one line naming the key.
 
 * ``check_overrides``: each ``key=value`` of a Hydra job is checked against the type of the key's default

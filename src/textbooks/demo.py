@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from textbooks.config import Count, hydra_app
+from textbooks.cli import hydra_app
+from textbooks.config import Count
 from textbooks.errors import TextbooksError
 
 TABLE_COLUMNS = [
@@ -46,7 +47,7 @@ def sh(args: list[str]) -> None:
 
 def complete(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
     """Greedy completion of ``prompt`` by an exported model, cut at HumanEval's stop sequences."""
-    from textbooks.eval.generate import GenerationConfig, TextbooksLM
+    from textbooks.eval.models.decoding import GenerationConfig, TextbooksLM
     from textbooks.eval.prompts import stop_sequences
 
     lm = TextbooksLM.from_pretrained(model_dir)
@@ -129,7 +130,7 @@ def run_demo(cfg: DictConfig) -> dict:
 
 def documents(stage_dir: Path) -> int:
     """Documents a finished stage wrote (its manifest's count)."""
-    from textbooks.data.manifest import read_manifest
+    from textbooks.data.engine.manifest import read_manifest
 
     manifest = read_manifest(stage_dir)
     if manifest is None:
@@ -142,14 +143,14 @@ def documents(stage_dir: Path) -> int:
 def bar_labels(data: Path) -> dict[str, str]:
     """The demo's datasets named by what they hold: how many synthetic sections, mined and synthetic exercises
     survived their checks and decontamination (read from the stage outputs, so a rerun labels the same)."""
-    from textbooks.data.decontam import DecontamConfig
-    from textbooks.data.parquet import part_files, read_table
+    from textbooks.data.engine.parquet import part_files, read_table
+    from textbooks.data.stages.decontaminate import DecontaminateConfig
 
     labels = {}
     textbooks = data / "textbooks-decontaminated"
     if (textbooks / "manifest.json").is_file():
         labels["codetextbook"] = f"Filtered code + {documents(textbooks)} textbook sections"
-    exercises = data / f"decontaminated-tau{DecontamConfig.tau}"
+    exercises = data / f"decontaminated-tau{DecontaminateConfig.tau}"
     if part_files(exercises):
         n = read_table(exercises, columns=["source"]).column("source").to_pandas().value_counts()
         labels["codeexercises"] = f"{n.get('mined', 0)} mined + {n.get('synthetic', 0)} synthetic exercises"

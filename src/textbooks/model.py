@@ -7,7 +7,7 @@ Each block runs attention and the MLP in parallel off one shared LayerNorm (GPT-
 with rotary position embeddings on the first ``rotary_dim`` dimensions of each head, GELU (tanh
 approximation), a final LayerNorm and an untied LM head with bias. Attention goes through
 ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels on GPU). A pre-allocated ``KVCache``
-makes incremental decoding cost one token per step (the decoding loop is ``textbooks.eval.generate``).
+makes incremental decoding cost one token per step (the decoding loop is ``textbooks.eval.models.decoding``).
 
 Architectures are config values (``ModelConfig``, the schema of ``conf/model/*.yaml``), not subclasses.
 Weights convert to and from ``transformers``' ``PhiForCausalLM`` in ``textbooks.convert_hf``. Nothing here

@@ -1,8 +1,9 @@
 """``textbooks-data``: run one stage of the data pipeline (a Hydra app).
 
-Stages are modules of ``textbooks.data`` with a ``from_config(cfg) -> Stage`` function that builds the stage
-from ``cfg.stage`` (the stage's config group, and ``cfg.llm`` for the LLM stages); the executor of ``cfg.executor``
-runs it (``textbooks.data.executor``) and returns its manifest.
+A stage is found by its name: ``stage=<name>`` runs the module ``textbooks.data.stages.<name>``, which holds
+``CONFIG`` (its config dataclass) and ``from_config(cfg) -> Stage``, building the stage from ``cfg.stage`` (the
+stage's config group, and ``cfg.llm`` for the LLM stages); the executor of ``cfg.executor`` runs it
+(``textbooks.data.engine.executor``) and returns its manifest.
 
 Every default is written once, in the dataclasses: each stage's config class, ``ExecutorConfig`` and
 ``LLMConfig`` are registered in Hydra's ConfigStore as the schema of their group (``stage/<name>_schema``,
@@ -17,38 +18,50 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from collections.abc import Sequence
+from types import ModuleType
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from textbooks.config import CONF_DIR, hydra_app
+from textbooks.cli import hydra_app
+from textbooks.config import CONF_DIR
 
 log = logging.getLogger(__name__)
 
-# stage name -> (module holding its from_config(cfg), its config class)
-STAGES = {
-    "ingest": ("textbooks.data.corpus", "IngestConfig"),
-    "dedup": ("textbooks.data.dedup", "DedupConfig"),
-    "annotate": ("textbooks.data.annotate", "AnnotateConfig"),
-    "classify": ("textbooks.data.classify", "ClassifyConfig"),
-    "textbooks": ("textbooks.data.synth", "SynthConfig"),
-    "exercises": ("textbooks.data.exercises", "ExercisesConfig"),
-    "decontaminate": ("textbooks.data.decontam", "DecontamConfig"),
-    "pack": ("textbooks.data.pack", "PackConfig"),
-    "tokenizer": ("textbooks.data.bpe", "TokenizerConfig"),
-}
+STAGES_PACKAGE = "textbooks.data.stages"
+
+
+def stage_module(name: str) -> ModuleType | None:
+    """The module of stage ``name``, or None when no module of ``textbooks.data.stages`` is that stage."""
+    if not name.isidentifier():
+        return None
+    try:
+        module = importlib.import_module(f"{STAGES_PACKAGE}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{STAGES_PACKAGE}.{name}":
+            raise
+        return None
+    return module if hasattr(module, "from_config") and hasattr(module, "CONFIG") else None
+
+
+def stage_names() -> list[str]:
+    """Every stage: the modules of ``textbooks.data.stages`` that define ``CONFIG`` and ``from_config``
+    (the others are helpers of a stage)."""
+    package = importlib.import_module(STAGES_PACKAGE)
+    return [m.name for m in pkgutil.iter_modules(package.__path__) if stage_module(m.name) is not None]
 
 
 def register_schemas() -> None:
     """The dataclasses as the schemas of the data app's config groups (idempotent)."""
-    from textbooks.data.executor import ExecutorConfig
-    from textbooks.data.llm_config import register_schema
+    from textbooks.data.engine.executor import ExecutorConfig
+    from textbooks.llm.config import register_schema
 
     register_schema()
     cs = ConfigStore.instance()
-    for stage, (module, cls) in STAGES.items():
-        cs.store(group="stage", name=f"{stage}_schema", node=getattr(importlib.import_module(module), cls))
+    for stage in stage_names():
+        cs.store(group="stage", name=f"{stage}_schema", node=stage_module(stage).CONFIG)
     cs.store(group="executor", name="executor_schema", node=ExecutorConfig)
 
 
@@ -64,12 +77,13 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
 
 def run(cfg: DictConfig) -> dict:
     name = cfg.stage.name
-    if name not in STAGES:
-        raise SystemExit(f"textbooks-data: unknown stage {name!r}; stages are {', '.join(STAGES)}")
-    from textbooks.data.executor import ExecutorConfig
-    from textbooks.data.executor import run as run_on
+    module = stage_module(name)
+    if module is None:
+        raise SystemExit(f"textbooks-data: unknown stage {name!r}; stages are {', '.join(stage_names())}")
+    from textbooks.data.engine.executor import ExecutorConfig
+    from textbooks.data.engine.executor import run as run_on
 
-    stage = importlib.import_module(STAGES[name][0]).from_config(cfg)
+    stage = module.from_config(cfg)
     manifest = run_on(
         stage, ExecutorConfig.from_config(cfg.get("executor")), progress=bool(cfg.get("progress", True))
     )

@@ -20,7 +20,7 @@ in the same directory is an error naming the settings that differ. A killed gene
 problems whose samples are all in ``samples.jsonl`` are kept, the rest generated (per-sample seeds make
 the resumed samples the ones an uninterrupted run writes), and the file is finally put in task order.
 What defines an evaluation is in ``textbooks.eval.settings``, the resumable generation in
-``textbooks.eval.generation``.
+``textbooks.eval.models.generation_run``.
 """
 
 from __future__ import annotations
@@ -37,19 +37,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from textbooks.benchmarks import Problem, ProblemSet
-from textbooks.config import hydra_app
-from textbooks.data.llm_config import register_schema as register_llm_schema
+from textbooks.cli import hydra_app
 from textbooks.eval.bpb import gold_bpb
-from textbooks.eval.completions import GenerationConfig
-from textbooks.eval.endpoint import CHAT_INSTRUCTION, GenerationError, ServedLM
-from textbooks.eval.generation import SAMPLES, generate_samples
-from textbooks.eval.load import load_lm
-from textbooks.eval.plus_references import References
-from textbooks.eval.samples import write_records
-from textbooks.eval.sanitize import sanitize_samples
-from textbooks.eval.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
+from textbooks.eval.errors import EvalError
+from textbooks.eval.models.completions import GenerationConfig
+from textbooks.eval.models.generation_run import SAMPLES, generate_samples
+from textbooks.eval.models.load import load_lm
+from textbooks.eval.models.served import CHAT_INSTRUCTION, GenerationError, ServedLM
 from textbooks.eval.settings import (
-    EvalError,
     eval_mode,
     eval_settings,
     generation_config,
@@ -57,7 +52,12 @@ from textbooks.eval.settings import (
     previous_results,
     sanitizing,
 )
+from textbooks.eval.verdicts.plus_references import References
+from textbooks.eval.verdicts.samples import write_records
+from textbooks.eval.verdicts.sanitize import sanitize_samples
+from textbooks.eval.verdicts.score import RESULTS_SUFFIX, SUMMARY_NAME, score_canonical, score_samples
 from textbooks.io import write_json_atomic
+from textbooks.llm.config import register_schema as register_llm_schema
 from textbooks.sandbox import Limits
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _score(
 def _served_llm(cfg: DictConfig) -> Any:
     """The client settings for a served model: the ``llm`` preset, with ``endpoint=`` as its URL and the
     served model's name; ``base_url`` stays null for ``llm=local`` without an endpoint (started below)."""
-    from textbooks.data.llm_config import LLMConfig
+    from textbooks.llm.config import LLMConfig
 
     llm = LLMConfig.from_dict(cfg.llm)
     return dataclasses.replace(
@@ -173,8 +173,8 @@ def _generate_served(
     opts: dict[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Generate with a served model (the local server only for the generation, not the scoring)."""
-    from textbooks.data.llm_config import LLMError
-    from textbooks.data.llm_server import llm_endpoint
+    from textbooks.llm.config import LLMError
+    from textbooks.llm.server import llm_endpoint
 
     try:
         with llm_endpoint(_served_llm(cfg)) as llm:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from textbooks.benchmarks import Problem
 from textbooks.errors import ConfigError
-from textbooks.eval.generate import LM
+from textbooks.eval.models.decoding import LM
 from textbooks.eval.prompts import build_prompt, default_format
 
 LN2 = math.log(2.0)

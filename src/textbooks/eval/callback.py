@@ -33,9 +33,9 @@ from textbooks.benchmarks import Problem, ProblemSet, load_benchmark, load_human
 from textbooks.config import dataclass_from, parse_count
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb
-from textbooks.eval.codecs import TiktokenCodec
-from textbooks.eval.completions import GenerationConfig
-from textbooks.eval.generate import LM, TextbooksLM
+from textbooks.eval.models.codecs import TiktokenCodec
+from textbooks.eval.models.completions import GenerationConfig
+from textbooks.eval.models.decoding import LM, TextbooksLM
 from textbooks.eval.prompts import build_program, build_prompt, default_format, stop_sequences
 from textbooks.model import PhiForCausalLM
 from textbooks.sandbox import Limits, Sandbox

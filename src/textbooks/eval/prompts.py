@@ -24,7 +24,7 @@ and the trusted tests, run in its judge (see ``textbooks.sandbox.Program``):
 * sanitized MBPP: setup = code + its ``test_imports``; tests = ``test_list``.
 * MBPP+: setup = code; tests = the statements of its ``assertion`` block.
 
-HumanEval+ and MBPP+ are scored by ``textbooks.eval.plus`` instead (EvalPlus's inputs and rules).
+HumanEval+ and MBPP+ are scored by ``textbooks.eval.verdicts.plus`` instead (EvalPlus's inputs and rules).
 """
 
 from __future__ import annotations

@@ -13,17 +13,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
-from textbooks.errors import ConfigError, TextbooksError
-from textbooks.eval.completions import GenerationConfig
-from textbooks.eval.endpoint import CHAT_INSTRUCTION, SERVED_APIS
-from textbooks.eval.load import resolve_device, resolve_dtype
+from textbooks.errors import ConfigError
+from textbooks.eval.errors import mismatch
+from textbooks.eval.models.completions import GenerationConfig
+from textbooks.eval.models.load import resolve_device, resolve_dtype
+from textbooks.eval.models.served import CHAT_INSTRUCTION, SERVED_APIS
 from textbooks.eval.prompts import PROMPT_FORMATS, default_format, mbpp_fewshot_examples, stop_sequences
-from textbooks.eval.score import SUMMARY_NAME
+from textbooks.eval.verdicts.score import SUMMARY_NAME
 from textbooks.io import sha256_file
-
-
-class EvalError(TextbooksError):
-    """An evaluation cannot run as configured (conflicting modes, settings that differ on rerun)."""
 
 
 def eval_mode(cfg: DictConfig) -> str:
@@ -180,22 +177,3 @@ def model_fingerprint(checkpoint: str | None, hf_model: str | None) -> dict[str,
         "path": str(target.resolve()),
         "sha256": {f.name: sha256_file(f) for f in files},
     }
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}")
-    return out
-
-
-def mismatch(what: Path, old: dict[str, Any], new: dict[str, Any]) -> EvalError:
-    diff = ", ".join(_differences(old, new)[:8])
-    return EvalError(
-        f"{what} holds an evaluation with other settings (differs in: {diff}). Pass force=true to replace "
-        "it, or tag=<name> (or out_dir=<dir>) to keep both"
-    )

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from textbooks.config import hydra_app
+from textbooks.cli import hydra_app
 from textbooks.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ the *worker*, and everything that decides the program's verdict lives in another
   own uid that the worker can neither signal, trace, read nor write; the names the tests use are proxies
   that ask the worker, which answers with plain data only (``plain``);
 * a ``CallProgram``'s outputs come back to the harness as plain data and are compared there
-  (``textbooks.eval.plus``: EvalPlus's rules).
+  (``textbooks.eval.verdicts.plus``: EvalPlus's rules).
 
 What the sandbox guarantees (as root on Linux; ``Sandbox.isolation`` reports what was set up, and every
 results file records it):

@@ -23,7 +23,7 @@ from typing import Any
 
 from textbooks.errors import TextbooksError
 
-SERVER_SCRIPT = Path(__file__).with_name("_server.py")
+SERVER_SCRIPT = Path(__file__).with_name("server") / "_server.py"
 SANDBOX_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",

@@ -6,7 +6,7 @@
   verdict is the judge's (``Sandbox.run`` returns an ``ExecResult``);
 * ``CallProgram``: untrusted ``setup`` defines ``entry_point``, which the worker calls on each input;
   each output comes back to the harness as plain data (``plain``) as soon as it is produced, and
-  ``Sandbox.run_calls`` hands it to a callback that compares it (``textbooks.eval.plus`` does, with
+  ``Sandbox.run_calls`` hands it to a callback that compares it (``textbooks.eval.verdicts.plus`` does, with
   EvalPlus's rules) and may stop the program at the first wrong answer.
 
 Default limits (``Limits``) budget per test rather than per program (as EvalPlus does): each test (an

@@ -11,8 +11,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from textbooks.sandbox import plain
 from textbooks.sandbox.programs import Limits
+from textbooks.sandbox.server import plain
 
 
 def _clean(text: str) -> str:

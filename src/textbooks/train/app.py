@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
-from textbooks.config import Count, hydra_app
+from textbooks.cli import hydra_app
+from textbooks.config import Count
 from textbooks.eval.callback import EvalCallback
 from textbooks.io import write_json_atomic
 from textbooks.model import ModelConfig

@@ -1,4 +1,4 @@
-"""Read packed token shards (see ``textbooks.data.pack``) as one contiguous token stream."""
+"""Read packed token shards (see ``textbooks.data.stages.pack``) as one contiguous token stream."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textbooks.data.manifest import read_manifest
+from textbooks.data.engine.manifest import read_manifest
 from textbooks.errors import DataError
 
 

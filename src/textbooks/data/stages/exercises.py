@@ -1,0 +1,409 @@
+"""Stage ``exercises``: HumanEval-shaped exercises (a function signature + docstring to complete, and the
+completion), phi-1's "CodeExercises".
+
+``source=synthetic`` (the paper's method): an OpenAI-compatible model (``textbooks.llm.client``) writes each
+exercise. Diversity comes from constraining the function name: request ``i`` draws a topic and a name
+``<verb>_<noun>`` from the lists in ``conf/stage/exercises.yaml`` with ``random.Random`` seeded by the
+stage seed and ``i``, and carries its own sampling seed. The answer's code block must define a function
+with exactly that name and a docstring.
+
+``source=mined`` works offline and is a documented PROXY for the synthetic exercises, not the paper's
+method: functions with docstrings are mined from a corpus (by default the Python standard library, or any
+``input``) with ``ast``. A candidate must be public, undecorated, have a docstring of at least
+``min_docstring_chars`` and a body of ``min_body_lines``..``max_body_lines`` lines; with ``self_contained``
+it may only use its parameters, its locals, builtins and the module's plain imports (the import lines it
+uses are put on top of the prompt). ``include_methods`` adds methods that never touch ``self``/``cls``
+(static methods and the like), rewritten as plain functions without that parameter.
+
+Either way an exercise is split the same way: ``prompt`` = the imports it needs, the signature (normalised
+by ``ast.unparse``) and the docstring as written; ``solution`` = the body after the docstring, as written;
+``text = prompt + solution`` (what gets packed) must ``ast.parse``, or the exercise is dropped and counted.
+Exact duplicates (the same text up to trailing whitespace and blank lines, as the ``dedup`` stage defines
+them) are dropped too. Rows are written in a deterministic order (input order, then source order; or request
+order) with stable ids.
+
+Every exercise is then checked (``run_tests``, ``textbooks.data.text.checks``): its solution runs against its own
+doctests in the sandbox; failing and timing-out ones are dropped and counted, and so are an LLM's exercises
+without doctests (mined functions without doctests are kept, counted as unchecked).
+
+Steps: ``mine`` (per input shard) or ``generate`` (the requests in parts of ``requests_per_part``), split
+across tasks, each checking its exercises, then ``select`` (one task: duplicates dropped in order,
+``max_exercises``), then publish.
+
+Output (``out_dir``): ``part-*.parquet`` with ``id, text, source, prompt, solution, entry_point, model,
+params, topic, origin`` and ``manifest.json`` with every count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from textbooks.config import dataclass_from
+from textbooks.data.engine.executor import ExecutorConfig
+from textbooks.data.engine.executor import run as run_on
+from textbooks.data.engine.inputs import Shard, Source, plan_shards, resolve
+from textbooks.data.engine.llm_cache import SharedCache
+from textbooks.data.engine.parquet import PartWriter, write_table
+from textbooks.data.engine.reader import Fields, ReadStats, read_shard
+from textbooks.data.engine.stage import Stage, Step, Task, execution_only, summed
+from textbooks.data.stages.exercises_functions import Rejected, exercise_from_answer, mined_rows
+from textbooks.data.stages.prompts import (
+    EXERCISE_PROMPT,
+    EXERCISE_SYSTEM,
+    EXERCISE_TOPICS,
+    NAME_NOUNS,
+    NAME_VERBS,
+)
+from textbooks.data.text.checks import CHECK_CPU_S, doctest_examples, doctest_program, run_checks
+from textbooks.data.text.diversity import diversity
+from textbooks.data.text.minhash import exact_key
+from textbooks.errors import ConfigError, TextbooksError
+from textbooks.io import stdlib_dir
+from textbooks.llm.client import LLMClient
+from textbooks.llm.config import LLMConfig, LLMUnreachableError
+from textbooks.llm.requests import fill_template, prompt_hash
+from textbooks.llm.server import llm_endpoint
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("prompt", pa.string()),
+        ("solution", pa.string()),
+        ("entry_point", pa.string()),
+        ("model", pa.string()),
+        ("params", pa.string()),
+        ("topic", pa.string()),
+        ("origin", pa.string()),
+    ]
+)
+
+
+@dataclass
+class ExercisesConfig:
+    """``conf/stage/exercises.yaml``."""
+
+    out_dir: str
+    source: str = "synthetic"  # synthetic (LLM, the paper's method) | mined (offline proxy)
+    seed: int = 0
+    # -- mined
+    input: Any = None  # corpus to mine (one path or a list); null = the Python standard library
+    pattern: str = "**/*.py"
+    text_field: str = "text"
+    id_field: str = "id"
+    max_file_bytes: int | None = 1_000_000
+    shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)
+    max_bad_fraction: float = execution_only(0.01)
+    include_methods: bool = False
+    min_docstring_chars: int = 30
+    min_body_lines: int = 2
+    max_body_lines: int = 40
+    self_contained: bool = True
+    max_exercises: int | None = None  # stop after this many (null: all)
+    # -- synthetic
+    n: int = 1000
+    topics: list[str] = field(default_factory=lambda: list(EXERCISE_TOPICS))
+    name_verbs: list[str] = field(default_factory=lambda: list(NAME_VERBS))  # names are <verb>_<noun>
+    name_nouns: list[str] = field(default_factory=lambda: list(NAME_NOUNS))
+    system_prompt: str = EXERCISE_SYSTEM
+    prompt: str = EXERCISE_PROMPT  # {name} (the function-name constraint) and {topic}
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 1024})
+    requests_per_part: int = 1000  # requests per part (the unit tasks share out)
+    # run each solution against its own doctests in the sandbox: failing or timing-out ones are dropped, so are
+    # LLM exercises without doctests (mined ones without doctests are kept, counted as unchecked)
+    run_tests: bool = True
+    check_cpu_s: float = (
+        CHECK_CPU_S  # CPU seconds a solution's doctests may take (longer: dropped as timeout)
+    )
+    max_failed_fraction: float = execution_only(0.1)
+    name: str = "exercises"  # the stage (conf/stage/exercises.yaml)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("synthetic", "mined"):
+            raise ConfigError(f"stage.source={self.source!r}: use synthetic or mined")
+        if self.source == "synthetic":
+            if not (self.topics and self.name_verbs and self.name_nouns):
+                raise ConfigError(
+                    "stage.source=synthetic needs non-empty stage.topics, name_verbs, name_nouns"
+                )
+            if "{name}" not in self.prompt:
+                raise ConfigError("stage.prompt must contain {name} (the function-name constraint)")
+            if self.n < 1:
+                raise ConfigError(f"stage.n must be >= 1 (got {self.n})")
+        if self.min_body_lines > self.max_body_lines:
+            raise ConfigError("stage.min_body_lines must be <= stage.max_body_lines")
+
+    @property
+    def inputs(self) -> list[str]:
+        if self.input is None:
+            return [str(stdlib_dir())]
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+# -- synthetic -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExercisePlan:
+    index: int
+    topic: str
+    name: str  # the function-name constraint
+    seed: int  # the request's sampling seed
+    prompt: str
+
+
+def plan_exercises(cfg: ExercisesConfig) -> list[ExercisePlan]:
+    """Topic, function name and sampling seed of every request (deterministic per index)."""
+    plans = []
+    for i in range(cfg.n):
+        rng = random.Random(f"exercises:{cfg.seed}:{i}")
+        topic = rng.choice(cfg.topics)
+        name = f"{rng.choice(cfg.name_verbs)}_{rng.choice(cfg.name_nouns)}"
+        seed = int(hashlib.sha256(f"exercises:{cfg.seed}:{i}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+        plans.append(ExercisePlan(i, topic, name, seed, fill_template(cfg.prompt, name=name, topic=topic)))
+    return plans
+
+
+def synthetic_rows(
+    plans: list[ExercisePlan], cfg: ExercisesConfig, client: LLMClient, reasons: Counter, template: str
+) -> Iterator[dict[str, Any]]:
+    requests = [
+        client.request(p.prompt, system=cfg.system_prompt or None, **{**cfg.sampling, "seed": p.seed})
+        for p in plans
+    ]
+    try:
+        for plan, res in zip(plans, client.iter_results(requests, desc="exercises (llm)")):
+            reasons["requested"] += 1
+            if not res.ok:
+                reasons["failed"] += 1
+                continue
+            try:
+                ex = exercise_from_answer(res.text or "", plan.name)
+            except Rejected as why:
+                reasons[str(why)] += 1
+                continue
+            yield {
+                "id": f"exercise-{plan.index:08d}",
+                "prompt": ex.prompt,
+                "solution": ex.solution,
+                "text": ex.text,
+                "entry_point": ex.entry_point,
+                "source": "synthetic",
+                "model": res.response_model or res.request.model,
+                "params": json.dumps(res.request.params, sort_keys=True),
+                "topic": plan.topic,
+                "origin": f"request {plan.index} (prompt {template})",
+            }
+    except LLMUnreachableError as e:
+        raise LLMUnreachableError(
+            f"{e} Offline, mine exercises from code instead: stage.source=mined"
+        ) from None
+
+
+# -- the stage -------------------------------------------------------------------------------------------
+
+
+MINED_KEYS = ("input", "pattern", "text_field", "id_field", "max_file_bytes", "shard_bytes", "include_methods",
+              "min_docstring_chars", "min_body_lines", "max_body_lines", "self_contained", "max_exercises")  # fmt: skip
+SYNTHETIC_KEYS = ("n", "topics", "name_verbs", "name_nouns", "system_prompt", "prompt", "sampling",
+                  "requests_per_part")  # fmt: skip
+
+
+class Exercises(SharedCache, Stage):
+    name = "exercises"
+
+    def __init__(self, cfg: ExercisesConfig, llm: LLMConfig | None) -> None:
+        if cfg.source == "synthetic" and llm is None:
+            raise ConfigError("stage.source=synthetic needs an llm config (llm=openai|vllm|llamacpp|ollama)")
+        self.config = cfg
+        self.llm = llm if cfg.source == "synthetic" else None
+        fix = "set stage.input to a corpus (or null: stdlib)"
+        self.sources: list[Source] = (
+            [resolve(s, where="exercises", fix=fix) for s in cfg.inputs] if cfg.source == "mined" else []
+        )
+        self.inputs = [s.path for s in self.sources]
+        self.pattern = cfg.pattern
+        self.template = prompt_hash(cfg.system_prompt, cfg.prompt)
+
+    def key_config(self) -> dict[str, Any]:
+        """The keys that define the output (those of the other source are left out)."""
+        d = super().key_config()
+        for k in SYNTHETIC_KEYS if self.config.source == "mined" else MINED_KEYS:
+            d.pop(k, None)
+        if self.llm is not None:
+            d["llm"] = {"model": self.llm.model, "params": self.llm.params(**self.config.sampling),
+                        "prompt_hash": self.template}  # fmt: skip
+        return d
+
+    def plan(self) -> dict[str, Any]:
+        if self.config.source == "mined":
+            shards = plan_shards(
+                self.sources, pattern=self.config.pattern, shard_bytes=self.config.shard_bytes
+            )
+            return {"shards": [s.to_dict() for s in shards], "parts": len(shards)}
+        per = max(1, self.config.requests_per_part)
+        return {"parts": -(-self.config.n // per), "per_part": per}
+
+    def steps(self) -> list[Step]:
+        first = Step("mine", "mine") if self.config.source == "mined" else Step("generate", "generate")
+        return [first, Step("select", "select", sharded=False)]
+
+    def _candidates(self, task: Task, part: int, rows: Iterator[dict[str, Any]], reasons: Counter) -> None:
+        """The part's exercises that pass their checks: a solution must pass its own doctests in the sandbox
+        (``run_tests``); an LLM's exercise without doctests is dropped, a mined one kept as unchecked."""
+        rows = list(rows)
+        if self.config.run_tests:
+            tested = [r for r in rows if doctest_examples(r["text"], r["entry_point"])]
+            untested = {id(r) for r in rows} - {id(r) for r in tested}
+            verdicts = dict(
+                zip(
+                    map(id, tested),
+                    run_checks(
+                        [doctest_program(r["text"], r["entry_point"]) for r in tested],
+                        cpu_s=self.config.check_cpu_s,
+                    ),
+                )
+            )
+            kept = []
+            for r in rows:
+                why = (
+                    ("unchecked" if self.config.source == "mined" else "no_tests")
+                    if id(r) in untested
+                    else verdicts[id(r)]
+                )
+                reasons[why] += 1
+                if why in ("passed", "unchecked"):
+                    kept.append(r)
+            rows = kept
+        write_table(task.data_dir() / f"{part:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
+
+    def mine(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        fields = Fields((cfg.text_field,), cfg.id_field)
+        bar = tqdm(desc="exercises (mined)", unit="file", disable=not task.progress)
+
+        def one(i: int) -> dict[str, Any]:
+            stats, reasons = ReadStats(), Counter()
+
+            def rows() -> Iterator[dict[str, Any]]:
+                for doc in read_shard(
+                    shards[i], stats, fields=fields, columns=(), max_bytes=cfg.max_file_bytes
+                ):
+                    bar.update()
+                    yield from mined_rows(doc, cfg, reasons)
+
+            self._candidates(task, i, rows(), reasons)
+            return {"reasons": dict(reasons), "read": stats.to_dict()}
+
+        try:
+            return task.each_shard(len(shards), one)
+        finally:
+            bar.close()
+
+    def generate(self, task: Task) -> dict[str, Any]:
+        cfg, llm = self.config, self.llm
+        assert llm is not None
+        plans = plan_exercises(cfg)
+        per = task.plan["per_part"]
+        llm.progress = llm.progress and task.progress
+        with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
+
+            def one(part: int) -> dict[str, Any]:
+                reasons: Counter = Counter()
+                mine = plans[part * per : (part + 1) * per]
+                self._candidates(
+                    task, part, synthetic_rows(mine, cfg, client, reasons, self.template), reasons
+                )
+                return {"reasons": dict(reasons)}
+
+            return task.each_shard(task.plan["parts"], one) | {"llm": client.stats.to_dict()}
+
+    def select(self, task: Task) -> dict[str, Any]:
+        """Exact duplicates (the same normalised text, ``textbooks.data.text.minhash.exact_key``) after the first are
+        dropped, in order."""
+        import pyarrow.parquet as pq
+
+        first = "mine" if self.config.source == "mined" else "generate"
+        seen: set[bytes] = set()
+        reasons: Counter = Counter()
+        kept, limit = 0, self.config.max_exercises if self.config.source == "mined" else None
+        parts = []
+        candidates: list[dict[str, Any]] = []
+        for part in range(task.plan["parts"]):
+            rows = pq.read_table(task.data_dir(first) / f"{part:05d}.parquet").to_pylist()
+            candidates += [{"text": r["text"], "topic": r["topic"], "name": r["entry_point"]} for r in rows]
+            with PartWriter(task.publish_path(f"part-{part:05d}.parquet"), SCHEMA, keep_empty=False) as w:
+                for row in rows:
+                    if limit is not None and kept >= limit:
+                        break
+                    digest = exact_key(row["text"])
+                    if digest in seen:
+                        reasons["duplicates"] += 1
+                        continue
+                    seen.add(digest)
+                    w.add(row)
+                    kept += 1
+            if w.count:
+                parts.append(w.path.name)
+        div = diversity(candidates, ["topic", "name"] if self.config.source == "synthetic" else [])
+        return {"documents": kept, "reasons": dict(reasons), "parts": parts, "diversity": div}
+
+    def summarize(self, task: Task) -> dict[str, Any]:
+        cfg = self.config
+        first = "mine" if cfg.source == "mined" else "generate"
+        sel = task.stats_of("select")[0]
+        reasons = summed([s["reasons"] for s in task.shard_stats(first)] + [sel["reasons"]])
+        extra: dict[str, Any] = {}
+        if cfg.source == "mined":
+            read = task.reads(first, cfg.max_bad_fraction, f"exercises input {cfg.inputs}")
+            extra["read"] = read.to_dict()
+        else:
+            extra["llm"] = summed([t["llm"] for t in task.stats_of(first)])
+            if reasons.get("failed", 0) / max(reasons.get("requested", 0), 1) > cfg.max_failed_fraction:
+                raise TextbooksError(
+                    f"exercises: {reasons.get('failed', 0)} of {reasons.get('requested', 0)} requests failed, more "
+                    f"than max_failed_fraction={cfg.max_failed_fraction}. Answers already received are cached in "
+                    f"{self.llm.cache if self.llm else None}: fix the endpoint and rerun (only the rest is asked)"
+                )
+        return {
+            "documents": sel["documents"],
+            "source": cfg.source,
+            "counts": dict(sorted(reasons.items())),
+            "diversity": sel["diversity"],  # of every parsed exercise, per topic and function-name constraint
+            **extra,
+            "parts": sel["parts"],
+        }
+
+
+CONFIG = ExercisesConfig  # the schema of conf/stage/exercises.yaml (registered as stage/exercises_schema)
+
+
+def from_config(cfg: Any) -> Exercises:
+    """The stage ``textbooks-data stage=exercises`` runs: synthetic or mined exercises."""
+    ecfg = dataclass_from(ExercisesConfig, cfg.stage, "stage (exercises)")
+    return Exercises(ecfg, LLMConfig.from_dict(cfg.llm) if ecfg.source == "synthetic" else None)
+
+
+def build_exercises(
+    cfg: ExercisesConfig,
+    llm: LLMConfig | None = None,
+    executor: ExecutorConfig | None = None,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Run the stage (skipped when its manifest is current); returns the manifest."""
+    return run_on(Exercises(cfg, llm), executor, progress=progress)
