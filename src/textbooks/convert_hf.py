@@ -3,7 +3,8 @@
 A declarative state-dict adapter, as torchtitan keeps one beside each model: ``FROM_HF`` maps every
 Hugging Face parameter name (``{}`` standing for the layer index) to ours, and ``FUSED`` lists the HF
 tensors that are one tensor here (q, k and v projections: our ``attn.qkv``, concatenated in that order).
-Both directions read the same two tables, so a name cannot be renamed one way and not the other.
+Both directions read the same two tables, so a name cannot be renamed one way and not the other; likewise
+``CONFIG_FIELDS`` maps the config's fields both ways.
 ``transformers`` is imported only to build its model or config (the ``hf`` extra).
 """
 
@@ -43,6 +44,21 @@ FROM_HF: dict[str, str] = {
 FUSED: dict[str, tuple[str, ...]] = {
     f"blocks.{{}}.attn.qkv.{p}": tuple(f"model.layers.{{}}.self_attn.{n}_proj.{p}" for n in "qkv")
     for p in ("weight", "bias")
+}
+
+# our ModelConfig field -> PhiConfig's (the rest: rotary, activation, key-value heads, tied embeddings)
+CONFIG_FIELDS: dict[str, str] = {
+    "vocab_size": "vocab_size",
+    "n_layer": "num_hidden_layers",
+    "d_model": "hidden_size",
+    "n_head": "num_attention_heads",
+    "d_mlp": "intermediate_size",
+    "max_seq_len": "max_position_embeddings",
+    "ln_eps": "layer_norm_eps",
+    "embd_dropout": "embd_pdrop",
+    "attn_dropout": "attention_dropout",
+    "resid_dropout": "resid_pdrop",
+    "init_std": "initializer_range",
 }
 
 
@@ -120,19 +136,9 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
         raise ConfigError(f"from_hf: activation {hf_config.hidden_act!r} is not phi-1's gelu_new")
     return ModelConfig(
         name=getattr(hf_config, "name_or_path", "") or "hf_phi",
-        vocab_size=hf_config.vocab_size,
-        n_layer=hf_config.num_hidden_layers,
-        d_model=hf_config.hidden_size,
-        n_head=hf_config.num_attention_heads,
-        d_mlp=hf_config.intermediate_size,
         rotary_dim=int(head_dim * factor),
         rope_theta=theta,
-        max_seq_len=hf_config.max_position_embeddings,
-        ln_eps=hf_config.layer_norm_eps,
-        embd_dropout=hf_config.embd_pdrop,
-        attn_dropout=hf_config.attention_dropout,
-        resid_dropout=hf_config.resid_pdrop,
-        init_std=hf_config.initializer_range,
+        **{ours: getattr(hf_config, hf) for ours, hf in CONFIG_FIELDS.items()},
     )
 
 
@@ -142,19 +148,9 @@ def hf_config(config: ModelConfig) -> transformers.PhiConfig:
 
     c = config
     return PhiConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.d_model,
-        intermediate_size=c.d_mlp,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
+        **{hf: getattr(c, ours) for ours, hf in CONFIG_FIELDS.items()},
         num_key_value_heads=c.n_head,
-        resid_pdrop=c.resid_dropout,
-        embd_pdrop=c.embd_dropout,
-        attention_dropout=c.attn_dropout,
         hidden_act="gelu_new",
-        max_position_embeddings=c.max_seq_len,
-        initializer_range=c.init_std,
-        layer_norm_eps=c.ln_eps,
         rope_parameters={
             "rope_type": "default",
             "rope_theta": c.rope_theta,
