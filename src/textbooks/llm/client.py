@@ -66,10 +66,10 @@ class LLMClient:
                 "code, use `with llm_endpoint(cfg) as cfg:`, or set llm.base_url=http://HOST:PORT/v1"
             )
         self.config = config
+        self._transport: Transport = transport_for(config)  # the API it speaks (an unknown one stops here)
         self.cache = cache if cache is not None else ResponseCache(config.cache, sharded=config.cache_shards)
         self.stats = LLMStats()
         self._rng = random.Random(seed)  # jitter only
-        self._transport: Transport = transport_for(config)  # the API it speaks (an unknown one stops here)
         self._open = False
         self._depth = 0  # nesting of `async with client`
         self._semaphore: asyncio.Semaphore | None = None
