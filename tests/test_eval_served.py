@@ -18,6 +18,8 @@ from textbooks.eval.app import EvalError, run
 from textbooks.llm.config import LocalServerConfig
 from textbooks.llm.server import local_server
 
+TINY = "smollm2-135m-instruct-q4_1"  # the server's mechanics: the fastest model to start and answer
+
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 FAST = ["llm.backoff.base=0.02", "llm.backoff.max=0.05", "llm.max_attempts=2"]
 
@@ -43,7 +45,9 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("llama-server")
-    with local_server(LocalServerConfig(parallel=2, ctx_size=4096, log_dir=str(log_dir)), alias=MODEL) as s:
+    with local_server(
+        LocalServerConfig(model=TINY, parallel=2, ctx_size=4096, log_dir=str(log_dir)), alias=MODEL
+    ) as s:
         yield s
 
 

