@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -268,3 +269,25 @@ def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_pa
     assert resume_checkpoint(ckpts) == ckpts / "step0000020.ckpt"
     (ckpts / "last.ckpt").write_bytes(good)
     assert resume_checkpoint(ckpts) == ckpts / "last.ckpt"
+
+
+def test_a_training_run_prints_nothing_the_user_cannot_act_on(tmp_path, caplog) -> None:
+    """Lightning's litlogger advertisement and the LeafSpec deprecation are dropped; other lines stay."""
+    import warnings
+
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from textbooks.train.logging import quiet_third_party
+
+    quiet_third_party()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/)")
+        rank_zero_info("GPU available: False")
+    assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        quiet_third_party()  # catch_warnings reset the filters: the run's own set-up sets them again
+        from torch.utils._pytree import LeafSpec
+
+        LeafSpec()  # what Lightning's _tree_flatten does on every batch transfer
+    assert not [w for w in seen if "LeafSpec" in str(w.message)]

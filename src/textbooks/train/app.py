@@ -30,7 +30,13 @@ from textbooks.model import ModelConfig
 from textbooks.tokenizer import TokenizerError, fingerprint, load_tokenizer
 from textbooks.train.config import CheckpointConfig, TrainAppConfig, load
 from textbooks.train.datamodule import TokenDataModule
-from textbooks.train.logging import ResumeLogs, RunCSVLogger, define_wandb_metrics, wandb_logger
+from textbooks.train.logging import (
+    ResumeLogs,
+    RunCSVLogger,
+    define_wandb_metrics,
+    quiet_third_party,
+    wandb_logger,
+)
 from textbooks.train.module import CausalLMModule
 from textbooks.train.rundir import RESULTS, RUN, export, read_results, resume_checkpoint, run_keys
 from textbooks.train.throughput import ThroughputMonitor
@@ -80,6 +86,7 @@ def make_trainer(
     """The ``lightning.Trainer`` of ``cfg.trainer``; accumulation, validation and checkpoint intervals,
     logging and clipping follow from the world size it resolves."""
     hw = cfg.trainer
+    quiet_third_party()
     trainer = L.Trainer(
         accelerator=hw.accelerator,
         devices=hw.devices,

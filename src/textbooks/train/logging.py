@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,9 @@ def wandb_logger(
         config=config,
         **kwargs,
     )
+    # Lightning passes anonymous=None to wandb.init, which W&B answers with a deprecation warning on every run
+    # ("The anonymous setting has no effect"): a line the user can do nothing about
+    logger._wandb_init.pop("anonymous", None)
     return logger
 
 
@@ -140,3 +145,23 @@ class ResumeLogs(L.Callback):
         for lg in trainer.loggers:
             if isinstance(lg, RunCSVLogger) and trainer.is_global_zero:
                 lg.experiment.truncate(trainer.global_step)
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, *needles: str) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.needles)
+
+
+def quiet_third_party() -> None:
+    """Silence what Lightning and torch print on every run that a user cannot act on (idempotent): Lightning's
+    advertisement for its cloud logger, and the ``LeafSpec`` deprecation that Lightning's own pytree code
+    triggers with this torch (a warning per run, fixed upstream, not in the user's code)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        lg = logging.getLogger(name)  # where rank_zero_info logs (whichever of the two imported last)
+        if not any(isinstance(f, _DropRecords) for f in lg.filters):
+            lg.addFilter(_DropRecords("litlogger"))
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
