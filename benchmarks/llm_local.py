@@ -1,20 +1,29 @@
-"""Generated tokens/s of the local LLM server (``llm=local``) with 4 and 8 requests in flight, against the
-same server answering one request at a time.
+"""Generated tokens/s of the local LLM server (``llm=local``) against slots and threads, and how close the LLM
+stages come to the server's peak, measured in the same run.
 
-One ``llama-server`` (SmolLM2-135M-Instruct Q4_1, ``--parallel 8``: eight slots decoded together by
-continuous batching) serves every level; the client is ``textbooks.llm.client.LLMClient`` with a fresh
-response cache per level (nothing is answered from the cache) and ``concurrency`` = 1 (**baseline**), 4 and
-8. Every request asks for exactly ``--max-tokens`` tokens (``ignore_eos``), so each level generates the same
-number of tokens; the server's own counter (``/metrics``) is checked against the client's. Rounds
-alternate the levels so that a busy machine slows them alike; medians are reported.
-Usage: ``python benchmarks/llm_local.py [--rounds 2] [--requests 16] [--max-tokens 64] [--threads 1]``
+Part 1, the server: for each ``--threads`` value one ``llama-server`` with the default local model and
+``--parallel`` = the largest slot count; ``LLMClient`` runs with 1 (**baseline**: one request at a time), 2, 4
+and 8 requests in flight, each level with a fresh response cache and every request generating exactly
+``--max-tokens`` tokens (``ignore_eos``), checked against the server's ``/metrics`` counter. Rounds alternate
+the levels so that a busy machine slows them alike; medians are reported.
+
+Part 2, the stages: ``textbooks-data stage=exercises`` and ``stage=textbooks`` (synthetic, the default
+prompts and sampling) against a server with the default settings (``llm.local``); their generated tokens per
+second of generation wall time (the stage's ``llm.seconds``) against the peak of part 1 at the same threads
+and slots. Goal: >= 0.9. Kept exercises per hour are printed too.
+
+Usage: ``python benchmarks/llm_local.py [--rounds 2] [--requests 16] [--max-tokens 64] [--threads 1,2]
+[--stage-requests 16]``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +32,15 @@ from textbooks.llm.client import LLMClient
 from textbooks.llm.config import LLMConfig, LocalServerConfig
 from textbooks.llm.server import local_server
 
-MODEL = "SmolLM2-135M-Instruct-Q4_1"
 TOPICS = ("lists", "dicts", "sets", "tuples", "strings", "files", "classes", "generators")
+ALIAS = "bench"
 
 
 def level(url: str, cache: Path, concurrency: int, n: int, max_tokens: int, seed: int) -> tuple[float, int]:
     """Seconds and generated tokens for ``n`` new requests with ``concurrency`` in flight."""
     cfg = LLMConfig(
         base_url=url,
-        model=MODEL,
+        model=ALIAS,
         cache=str(cache),
         concurrency=concurrency,
         max_tokens=max_tokens,
@@ -49,39 +58,77 @@ def level(url: str, cache: Path, concurrency: int, n: int, max_tokens: int, seed
     return wall, sum(r.completion_tokens for r in results)
 
 
+def server_sweep(threads: int, levels: list[int], args: argparse.Namespace, tmp: str) -> dict[int, float]:
+    speeds: dict[int, list[float]] = {c: [] for c in levels}
+    cfg = LocalServerConfig(parallel=max(levels), ctx_size=1024 * max(levels), threads=threads, log_dir=tmp)
+    t0 = time.perf_counter()
+    with local_server(cfg, alias=ALIAS) as server:
+        print(f"threads {threads}: server ready in {time.perf_counter() - t0:.1f}s")
+        for r in range(args.rounds):
+            for c in levels:
+                before = server.metrics()["llamacpp:tokens_predicted_total"]
+                cache = Path(tmp) / f"cache-{threads}-{r}-{c}.sqlite"
+                wall, tokens = level(server.base_url, cache, c, args.requests, args.max_tokens, r)
+                assert server.metrics()["llamacpp:tokens_predicted_total"] - before == tokens
+                speeds[c].append(tokens / wall)
+                print(
+                    f"  round {r}, {c} in flight: {tokens} tokens in {wall:.1f}s = {tokens / wall:.1f} tok/s"
+                )
+    return {c: statistics.median(v) for c, v in speeds.items()}
+
+
+def stage_speed(stage: str, n: int, tmp: str) -> dict[str, float]:
+    """Generated tokens/s of one LLM stage (its own llm=local server, default settings)."""
+    root = Path(tmp) / f"stage-{stage}"
+    script = Path(sys.executable).with_name("textbooks-data")
+    cmd = [str(script), f"stage={stage}", "llm=local", f"stage.n={n}", f"paths.root={root}", "progress=false"]
+    cmd += [f"paths.data={root}/data", f"paths.cache={root}/cache"]
+    cmd += ["stage.source=synthetic"] if stage == "exercises" else []
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    manifest = json.loads((root / "data" / stage / "manifest.json").read_text())
+    llm = manifest["llm"]
+    return {
+        "tokens_per_s": llm["completion_tokens"] / llm["seconds"],
+        "seconds": llm["seconds"],
+        "kept": manifest["documents"],
+        "requests": llm["requests"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--levels", default="1,4,8")
-    ap.add_argument("--threads", type=int, default=LocalServerConfig.threads, help="server threads (0: all)")
+    ap.add_argument("--levels", default="1,2,4,8")
+    ap.add_argument("--threads", default="1,2", help="server threads to compare")
+    ap.add_argument("--stage-requests", type=int, default=16, help="0: skip the stages")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
-    speeds: dict[int, list[float]] = {c: [] for c in levels}
+    default = LocalServerConfig()
+    print(f"model {default.model}; load average at start {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
-        server_cfg = LocalServerConfig(
-            parallel=max(levels), ctx_size=512 * max(levels), threads=args.threads or None, log_dir=tmp
+        table = {int(t): server_sweep(int(t), levels, args, tmp) for t in args.threads.split(",")}
+        stages = {s: stage_speed(s, args.stage_requests, tmp) for s in ("exercises", "textbooks")}
+        stages = stages if args.stage_requests else {}
+    base = table[min(table)][levels[0]]
+    print("\ngenerated tok/s (medians; in brackets: against 1 in flight with the fewest threads)")
+    print(f"{'threads':>7}" + "".join(f"{f'{c} in flight':>20}" for c in levels))
+    for t, row in table.items():
+        print(f"{t:>7}" + "".join(f"{f'{row[c]:.1f} ({row[c] / base:.2f}x)':>20}" for c in levels))
+    peak = table.get(default.threads or 0, {}).get(default.parallel)
+    for s, m in stages.items():
+        ratio = (
+            f"{m['tokens_per_s'] / peak:.2f} of the server's peak"
+            if peak
+            else "no peak measured at the default"
         )
-        t0 = time.perf_counter()
-        with local_server(server_cfg, alias=MODEL) as server:
-            print(f"server ready in {time.perf_counter() - t0:.2f}s: {server.describe()}")
-            for r in range(args.rounds):
-                for c in levels:
-                    before = server.metrics()["llamacpp:tokens_predicted_total"]
-                    cache = Path(tmp) / f"cache-{r}-{c}.sqlite"
-                    wall, tokens = level(server.base_url, cache, c, args.requests, args.max_tokens, r)
-                    assert server.metrics()["llamacpp:tokens_predicted_total"] - before == tokens
-                    speeds[c].append(tokens / wall)
-                    print(
-                        f"round {r} concurrency {c}: {tokens} tokens in {wall:.2f}s = {tokens / wall:.1f} tok/s"
-                    )
-    base = statistics.median(speeds[levels[0]])
-    print(f"\n{'concurrency':>11} {'tok/s (median)':>15} {'vs 1 at a time':>15}")
-    for c in levels:
-        med = statistics.median(speeds[c])
-        print(f"{c:>11} {med:>15.1f} {med / base:>14.2f}x")
+        per_hour = 3600 * m["kept"] / m["seconds"]
+        print(
+            f"stage {s}: {m['tokens_per_s']:.1f} tok/s = {ratio}; kept {m['kept']} of {m['requests']} ",
+            end="",
+        )
+        print(f"({per_hour:.0f} kept per hour of generation)")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 
