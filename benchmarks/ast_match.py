@@ -28,7 +28,7 @@ from collections.abc import Callable
 from rapidfuzz.distance import Levenshtein
 
 from textbooks.benchmarks import load_humaneval
-from textbooks.data.stages.decontaminate import measured
+from textbooks.data.text.contamination import measured
 from textbooks.data.text.similarity import ast_match_matrix, ast_sequence
 from textbooks.io import list_source_files, stdlib_dir
 

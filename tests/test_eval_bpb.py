@@ -9,11 +9,10 @@ import pytest
 import torch
 from models import memorize, tiny_model
 
-from textbooks.benchmarks import load_humaneval, load_mbpp
+from textbooks.benchmarks import build_prompt, load_humaneval, load_mbpp, mbpp_fewshot_examples
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb, gold_pair, gold_solution, move_whitespace, sequence_nats
 from textbooks.eval.models.decoding import TextbooksLM
-from textbooks.eval.prompts import build_prompt, mbpp_fewshot_examples
 from textbooks.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: no OpenMP hand-offs

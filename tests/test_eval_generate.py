@@ -10,14 +10,13 @@ import pytest
 import torch
 from models import memorized_humaneval_model, tiny_model
 
-from textbooks.benchmarks import Problem, load_humaneval
+from textbooks.benchmarks import HUMANEVAL_STOP, Problem, load_humaneval, truncate
 from textbooks.convert_hf import from_hf
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.eval.models.codecs import HFCodec, TiktokenCodec
 from textbooks.eval.models.completions import GenerationConfig
 from textbooks.eval.models.decoding import TextbooksLM
 from textbooks.eval.models.load import load_lm
-from textbooks.eval.prompts import HUMANEVAL_STOP, truncate
 from textbooks.model import PhiForCausalLM
 from textbooks.tokenizer import load_tokenizer
 

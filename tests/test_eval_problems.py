@@ -14,26 +14,24 @@ import pytest
 import textbooks.benchmarks as benchmarks
 import textbooks.benchmarks.files
 from textbooks.benchmarks import (
+    HUMANEVAL_STOP,
+    MBPP_STOP,
     SHIPPED_SHA256,
     BenchmarkError,
+    build_program,
+    build_prompt,
     load_benchmark,
     load_humaneval,
     load_mbpp,
     load_mbpp_plus,
     load_mbpp_sanitized,
-    shipped_file,
-)
-from textbooks.errors import TextbooksError
-from textbooks.eval.prompts import (
-    HUMANEVAL_STOP,
-    MBPP_STOP,
-    build_program,
-    build_prompt,
     mbpp_fewshot_examples,
     reference_program,
+    shipped_file,
     stop_sequences,
     truncate,
 )
+from textbooks.errors import TextbooksError
 from textbooks.io import sha256_file
 
 
@@ -164,7 +162,7 @@ def test_an_installed_wheel_ships_the_benchmark_files(repo_root: Path, tmp_path:
     )
     # -S: without site-packages, where the editable install of this checkout lives
     r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.strip() == "[164, 974, 427, 378]", r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.strip() == "[974, 427, 164, 378]", r.stderr[-2000:]
 
 
 def test_task_ids_resolve_from_numbers_for_mbpp() -> None:

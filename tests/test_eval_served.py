@@ -122,7 +122,7 @@ def test_a_served_base_model_through_the_completions_api(served, tmp_path):
 
 def test_llm_local_starts_the_server_for_the_generation_only(tmp_path):
     res = run(config(tmp_path, "llm=local", "limit=1", "generation.max_new_tokens=8", "llm.local.parallel=1"))
-    assert res["status"] == "complete" and res["model"]["name"] == MODEL
+    assert res["status"] == "complete" and res["model"]["name"] == LocalServerConfig().model  # the default
     port = int(re.search(r":(\d+)/v1", res["model"]["endpoint"]).group(1))
     [log] = (tmp_path / "cache" / "llm").glob("llama-server-*.log")
     assert log.name == f"llama-server-{port}.log"

@@ -2,7 +2,7 @@
 from its own layer or those below it, and no modules import each other in a circle, within a layer or across.
 
     io, errors → config → config_checks → cli → sandbox (server side → harness) → benchmarks → llm → model
-    (+ convert_hf) → tokenizer → checkpoint → data (engine → text tools → stages) → eval (prompts → verdicts →
+    (+ convert_hf) → tokenizer → checkpoint → data (engine → text tools → stages) → eval (errors → verdicts →
     models → the rest) → train → report → apps
 
 The README's layout section lists the package in the same order (checked here too).
@@ -31,7 +31,7 @@ LAYERS = [
     ("textbooks.data", "textbooks.data.engine"),
     ("textbooks.data.text",),
     ("textbooks.data.stages",),
-    ("textbooks.eval.errors", "textbooks.eval.prompts"),
+    ("textbooks.eval.errors",),
     ("textbooks.eval.verdicts",),
     ("textbooks.eval.models",),
     ("textbooks.eval",),

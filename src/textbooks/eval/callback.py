@@ -29,14 +29,21 @@ from typing import Any
 import lightning as L
 import torch
 
-from textbooks.benchmarks import Problem, ProblemSet, load_benchmark, load_humaneval
+from textbooks.benchmarks import (
+    Problem,
+    ProblemSet,
+    build_program,
+    build_prompt,
+    default_format,
+    load_benchmark,
+    stop_sequences,
+)
 from textbooks.config import dataclass_from, parse_count
 from textbooks.errors import ConfigError
 from textbooks.eval.bpb import gold_bpb
 from textbooks.eval.models.codecs import TiktokenCodec
 from textbooks.eval.models.completions import GenerationConfig
 from textbooks.eval.models.decoding import LM, TextbooksLM
-from textbooks.eval.prompts import build_program, build_prompt, default_format, stop_sequences
 from textbooks.model import PhiForCausalLM
 from textbooks.sandbox import Limits, Sandbox
 
@@ -108,13 +115,12 @@ def spread(items: list[Problem], n: int) -> list[Problem]:
 
 def load_suites(cfg: InTrainingEvalConfig) -> list[Suite]:
     """The benchmarks ``cfg`` asks for, loaded (errors name the missing file)."""
-    suites = []
-    if cfg.humaneval:
-        suites.append(Suite("humaneval", load_humaneval(), "humaneval"))
-    if cfg.mbpp:
-        mbpp = load_benchmark("mbpp", split=cfg.mbpp_split, data_dir=cfg.benchmarks_dir)
-        suites.append(Suite("mbpp", mbpp, default_format("mbpp")))
-    return suites
+    wanted = {"humaneval": (cfg.humaneval, None), "mbpp": (cfg.mbpp, cfg.mbpp_split)}  # the config's keys
+    return [
+        Suite(name, load_benchmark(name, split=split, data_dir=cfg.benchmarks_dir), default_format(name))
+        for name, (on, split) in wanted.items()
+        if on
+    ]
 
 
 def evaluate(

@@ -12,13 +12,20 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from textbooks.benchmarks import Problem, ProblemSet, load_benchmark
+from textbooks.benchmarks import (
+    Problem,
+    ProblemSet,
+    default_format,
+    few_shot_examples,
+    load_benchmark,
+    prompt_formats,
+    stop_sequences,
+)
 from textbooks.errors import ConfigError
 from textbooks.eval.errors import mismatch
 from textbooks.eval.models.completions import GenerationConfig
 from textbooks.eval.models.load import resolve_device, resolve_dtype
 from textbooks.eval.models.served import CHAT_INSTRUCTION, SERVED_APIS
-from textbooks.eval.prompts import PROMPT_FORMATS, default_format, mbpp_fewshot_examples, stop_sequences
 from textbooks.eval.verdicts.score import SUMMARY_NAME
 from textbooks.io import sha256_file
 
@@ -72,17 +79,15 @@ def load_problems(cfg: DictConfig) -> tuple[ProblemSet, str, tuple[Problem, ...]
     b, data_dir = cfg.benchmark, cfg.paths.get("benchmarks")
     problems = load_benchmark(b.name, b.path, b.split, data_dir=data_dir, hub=bool(b.get("hub", False)))
     fmt = b.prompt_format or default_format(b.name)
-    if fmt not in PROMPT_FORMATS:
-        raise ConfigError(f"benchmark.prompt_format={fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
-    examples: tuple[Problem, ...] = ()
-    if fmt == "mbpp-3shot":
-        prompt_split = load_benchmark(b.name, b.path, "prompt", data_dir=data_dir, hub=bool(b.get("hub")))
-        examples = mbpp_fewshot_examples(prompt_split)
+    if fmt not in prompt_formats():
+        raise ConfigError(f"benchmark.prompt_format={fmt!r}; use one of {', '.join(prompt_formats())}")
+    examples = few_shot_examples(b.name, fmt, b.path, data_dir=data_dir, hub=bool(b.get("hub")))
     if cfg.limit is not None:
         if int(cfg.limit) < 1:
             raise ConfigError(f"limit={cfg.limit}: give a positive number of problems, or null for all")
         kept = dict(list(problems.problems.items())[: int(cfg.limit)])
-        problems = ProblemSet(dataclasses.replace(problems.info, n_problems=len(kept)), kept)
+        info = dataclasses.replace(problems.info, n_problems=len(kept))
+        problems = dataclasses.replace(problems, info=info, problems=kept)
     return problems, fmt, examples
 
 

@@ -45,7 +45,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from textbooks.benchmarks import load_humaneval
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
 from textbooks.data.engine.executor import run as run_on
@@ -67,9 +66,8 @@ from textbooks.data.text.contamination import (
     Problem,
     Scorer,
     Scores,
+    benchmark_problems,
     closest_rows,
-    mbpp_range,
-    measured,
     merge_tops,
 )
 from textbooks.errors import ConfigError, DataError
@@ -115,6 +113,14 @@ class DecontaminateConfig:
     max_bad_fraction: float = execution_only(0.01)
     name: str = "decontaminate"  # the stage (conf/stage/decontaminate.yaml)
 
+    def files(self) -> dict[str, str | None]:
+        """Each benchmark's file, by the benchmark's name (its key here)."""
+        return {"humaneval": self.humaneval, "mbpp": self.mbpp}
+
+    def task_ids(self) -> dict[str, list[int] | None]:
+        """Each benchmark's task-number range (``<name>_task_ids``; none = all)."""
+        return {"mbpp": self.mbpp_task_ids}
+
 
 def item_text(rec: dict[str, Any]) -> str:
     """An item's program: ``prompt + solution`` when both exist (mined exercises), else ``text``."""
@@ -131,10 +137,9 @@ def load_problems(cfg: DecontaminateConfig) -> tuple[list[Problem], list[str]]:
         raise ConfigError(f"decontaminate: benchmarks={cfg.benchmarks}; choose from {list(BENCHMARKS)}")
     problems: list[Problem] = []
     notes: list[str] = []
-    if "humaneval" in cfg.benchmarks:
-        problems += measured(load_humaneval(cfg.humaneval))
-    if "mbpp" in cfg.benchmarks:
-        problems += mbpp_range(cfg.mbpp, cfg.mbpp_task_ids, cfg.benchmarks_dir)
+    files, task_ids = cfg.files(), cfg.task_ids()
+    for name in (b for b in BENCHMARKS if b in cfg.benchmarks):
+        problems += benchmark_problems(name, files[name], task_ids.get(name), cfg.benchmarks_dir)
     if not problems:
         raise DataError("decontaminate: no benchmark problems loaded")
     return problems, notes
@@ -187,11 +192,7 @@ class Decontaminate(Stage):
         self.config = cfg
         self.sources: list[Source] = [resolve(s, where="decontaminate") for s in inputs]
         self.problems, self.notes = load_problems(cfg)
-        bench_files = [
-            f
-            for f in (cfg.humaneval, cfg.mbpp if "mbpp" in cfg.benchmarks else None)
-            if f and Path(f).is_file()
-        ]
+        bench_files = [f for b, f in cfg.files().items() if b in cfg.benchmarks and f and Path(f).is_file()]
         self.inputs = [s.path for s in self.sources] + bench_files
         self.pattern = cfg.pattern
 

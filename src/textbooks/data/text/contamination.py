@@ -1,7 +1,8 @@
 """How close a training item is to a benchmark problem: the paper's three measures, per (item, problem) pair.
 
-* **13-gram overlap**: word n-grams (``\\w+`` tokens, lower-cased) of the problem's docstring (HumanEval:
-  the entry point's docstring; MBPP: its text) and, separately, of its code, found in the item's text.
+* **13-gram overlap**: word n-grams (``\\w+`` tokens, lower-cased) of the problem's docstring (its family's
+  ``statement``: HumanEval's entry-point docstring, MBPP's text) and, separately, of its code, found in the
+  item's text.
   Reported as counts of distinct shared n-grams and as fractions of the problem's n-grams.
 * **embedding distance**: L2 distance between normalised embeddings (``textbooks.data.text.embeddings``), in [0, 2].
 * **AST match rate** τ = 1 − normalised edit distance between the two programs' syntax trees with names,
@@ -14,7 +15,6 @@ merge across batches and across shards (``merge_tops``, ``closest_rows``) into t
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,72 +24,49 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from textbooks.benchmarks import Problem as BenchmarkProblem
-from textbooks.benchmarks import load_benchmark
+from textbooks.benchmarks import family_of, load_benchmark
 from textbooks.data.engine.reader import batched
-from textbooks.data.text.similarity import NgramIndex, ast_match_matrix, ast_units, parse_python
+from textbooks.data.text.similarity import NgramIndex, ast_match_matrix, ast_units
 from textbooks.errors import ConfigError
 
 MEASURES = ("ast", "embedding", "ngram")
 PAPER_TAUS = (0.95, 0.9, 0.85, 0.8)
-BENCHMARKS = ("humaneval", "mbpp")
+BENCHMARKS = ("humaneval", "mbpp")  # what decontamination measures against (the families' ``base``)
 
 
 # -- benchmark problems ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Problem:
-    """One benchmark problem as the measures see it."""
+    """One benchmark problem as the measures see it (its family says what each field holds)."""
 
-    benchmark: str  # "humaneval" or "mbpp"
+    benchmark: str  # the original benchmark: humaneval, mbpp
     task_id: str
     docstring: str  # natural-language statement: HumanEval's docstring, MBPP's text
     code: str  # the whole reference program (HumanEval: prompt + canonical solution)
-
-    @property
-    def text(self) -> str:
-        """What gets embedded: the program (HumanEval, whose prompt holds the docstring), or text + code."""
-        return self.code if self.benchmark == "humaneval" else f"{self.docstring}\n{self.code}"
-
-
-def _docstring(prompt: str, entry_point: str | None) -> str:
-    """The entry point's docstring (else the first one) in a HumanEval prompt; the prompt if none."""
-    try:
-        tree = parse_python(prompt)
-    except SyntaxError:
-        return prompt
-    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    for f in sorted(funcs, key=lambda f: f.name != entry_point):
-        doc = ast.get_docstring(f)
-        if doc:
-            return doc
-    return prompt
+    text: str  # what gets embedded: the program (HumanEval, whose prompt holds the docstring), or text + code
 
 
 def measured(problems: Iterable[BenchmarkProblem]) -> list[Problem]:
     """Benchmark problems (``textbooks.benchmarks``) as the measures see them."""
     out = []
     for p in problems:
-        if p.benchmark.startswith("humaneval"):
-            out.append(
-                Problem(
-                    "humaneval",
-                    p.task_id,
-                    _docstring(p.prompt, p.entry_point),
-                    p.prompt + p.canonical_solution,
-                )
-            )
-        else:
-            out.append(Problem("mbpp", p.task_id, p.text, p.canonical_solution.replace("\r\n", "\n")))
+        family = family_of(p.benchmark)
+        code = family.reference_code(p).replace("\r\n", "\n")
+        out.append(Problem(family.base, p.task_id, family.statement(p), code, family.contamination_text(p)))
     return out
 
 
-def mbpp_range(
-    path: str | Path | None, task_ids: list[int] | None = None, data_dir: str | Path | None = None
+def benchmark_problems(
+    name: str,
+    path: str | Path | None = None,
+    task_ids: list[int] | None = None,
+    data_dir: str | Path | None = None,
 ) -> list[Problem]:
-    """MBPP problems whose task id is in ``task_ids``, an inclusive [first, last] (all if null), from
-    ``path``, else ``data_dir``/mbpp.jsonl, else the copy shipped in ``textbooks.benchmarks``."""
+    """Benchmark ``name``'s problems whose task number is in ``task_ids``, an inclusive [first, last] (all
+    if null), from ``path``, else ``data_dir``'s file, else the copy shipped in ``textbooks.benchmarks``."""
     if task_ids and len(task_ids) != 2:
-        raise ConfigError(f"mbpp_task_ids={task_ids}: give an inclusive range [first, last] or null")
-    problems = load_benchmark("mbpp", path, "all", data_dir=data_dir)
+        raise ConfigError(f"{name}_task_ids={task_ids}: give an inclusive range [first, last] or null")
+    problems = list(load_benchmark(name, path, "all", data_dir=data_dir))
     if task_ids:
         problems = [p for p in problems if task_ids[0] <= p.number <= task_ids[1]]
     return measured(problems)

@@ -114,4 +114,3 @@ class TextModel(Protocol):
     ) -> Iterator[Completion]:
         """Every ``Completion`` (``config.n`` per prompt); ``keys`` name the prompts for the per-sample seeds."""
         ...
-

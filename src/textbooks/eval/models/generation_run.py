@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import Problem, ProblemSet
+from textbooks.benchmarks import Problem, ProblemSet, build_prompt
 from textbooks.eval.errors import mismatch
 from textbooks.eval.models.completions import Completion, GenerationConfig, GenerationStats, TextModel
-from textbooks.eval.prompts import build_prompt
 from textbooks.eval.verdicts.sanitize import solution_code
 from textbooks.io import atomic_path, write_json_atomic
 

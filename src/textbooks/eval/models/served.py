@@ -97,7 +97,7 @@ class ServedLM(TextModel):
     def _completion(self, i: int, j: int, res: Any, config: GenerationConfig) -> Completion:
         """An answer as a ``Completion``: "length" when cut at max_tokens, "stop" when cut here at a stop
         sequence, else "eos" (a stop sequence the server applied counts here: servers do not say which)."""
-        from textbooks.eval.prompts import truncate
+        from textbooks.benchmarks import truncate
 
         text, reason = res.text, "length" if res.finish_reason == "length" else "eos"
         if self.api == "completions" and config.stop:

@@ -19,10 +19,11 @@ the base inputs alone. As in EvalPlus:
   (base, plus) at most ``min(60 s, the sum of its limits) + 2 s``; the first wrong output, exception or
   timeout ends the group (EvalPlus's ``fast_check``); a sample that failed its base inputs fails, so its
   plus inputs are not run; one that passed them keeps that verdict whatever its plus inputs do;
-* MBPP+ inputs are stored as JSON: ``mbpp_deserialize_inputs`` (EvalPlus's own table) gives them their
-  tuples, sets and complex numbers back; the program runs without ``__name__ == "__main__"``, without
-  what EvalPlus's ``reliability_guard`` takes away (``open``, ``os.remove``, ``exit`` ... are None), and
-  with as much room below the function for recursion as EvalPlus leaves (``SAMPLE_RECURSION_ROOM``).
+* MBPP+ inputs are stored as JSON: ``mbpp_deserialize_inputs`` (EvalPlus's own table, in
+  ``textbooks.benchmarks.evalplus``) gives them their tuples, sets and complex numbers back; the program
+  runs without ``__name__ == "__main__"``, without what EvalPlus's ``reliability_guard`` takes away
+  (``open``, ``os.remove``, ``exit`` ... are None), and with as much room below the function for
+  recursion as EvalPlus leaves (``SAMPLE_RECURSION_ROOM``).
 
 Only plain data crosses from the sample's program to this comparison (``textbooks.sandbox.server.plain``): an
 object that "equals everything" arrives as an opaque stand-in that equals nothing.
@@ -49,10 +50,10 @@ from textbooks.eval.verdicts.plus_rules import (
     MIN_TIME_LIMIT_S,
     SAMPLE_RECURSION_ROOM,
     TIME_LIMIT_FACTOR,
-    USES_ARGUMENTS,
     Comparison,
     group_wall,
     time_limits,
+    uses_arguments,
 )
 from textbooks.sandbox import CallGroup, CallProgram, CallsResult, ExecResult, Sandbox
 
@@ -79,7 +80,7 @@ def sample_program(
         entry_point=problem.entry_point,
         inputs=encoded if encoded is not None else encoded_inputs(problem, which),
         groups=(CallGroup(len(limits), limits, group_wall(limits)),),
-        return_args=problem.entry_point in USES_ARGUMENTS,
+        return_args=uses_arguments(problem),
         evalplus_guard=True,
         recursion_room=SAMPLE_RECURSION_ROOM,
     )
@@ -134,14 +135,11 @@ def run_group(
             return False
         where = f"{which} input {i}"
         if rec[0] == "ok" and len(rec) >= 3:
-            inp = rec[3] if len(rec) > 3 and isinstance(rec[3], list) else ()  # USES_ARGUMENTS only
+            inp = rec[3] if len(rec) > 3 and isinstance(rec[3], list) else ()  # uses_arguments only
             if compare(rec[1], expected[i], inp):
                 seen.passed_calls = i + 1
                 return True
-            if compare.dataset == "humaneval" and compare.entry == "find_zero":
-                why = f"|poly(xs, x)| > {compare.atol:g} at x = {_short(rec[1])}"
-            else:
-                why = f"expected {_short(expected[i])}, got {_short(rec[1])}"
+            why = compare.why(_short(rec[1]), _short(expected[i]))
             seen.failure = (offset + i, "failed", "AssertionError", f"{where}: {why}")
         elif rec[0] == "raised" and len(rec) == 3:
             seen.failure = (offset + i, "error", str(rec[1]), f"{where}: {rec[2]}")

@@ -12,13 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import Problem
-from textbooks.eval.verdicts.plus_rules import (
-    MBPP_OUTPUT_NOT_NONE_TASKS,
-    REFERENCE_RECURSION_ROOM,
-    inputs,
-    reference_code,
-)
+from textbooks.benchmarks import Problem, reference_code
+from textbooks.eval.verdicts.plus_rules import REFERENCE_RECURSION_ROOM, inputs, plus_family
 from textbooks.io import write_json_atomic
 from textbooks.sandbox import CallGroup, CallProgram, Limits, Sandbox
 from textbooks.sandbox.server import plain
@@ -164,8 +159,7 @@ def compute_reference(sandbox: Sandbox, problem: Problem) -> Reference:
         )
         ref.error = f"the reference solution failed ({why}) {r.stderr[-300:]}".strip()
         return ref
-    if problem.benchmark == "mbpp+" and problem.entry_point in MBPP_OUTPUT_NOT_NONE_TASKS:
-        outs = [o is not None for o in outs]
+    outs = plus_family(problem).reference_outputs(problem, outs)
     ref.base, ref.plus = outs[:n_base], outs[n_base:]
     ref.base_time, ref.plus_time = times[:n_base], times[n_base:]
     return ref

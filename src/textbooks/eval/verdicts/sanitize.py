@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import Problem, ProblemSet
-from textbooks.eval.prompts import completion_code
+from textbooks.benchmarks import Problem, ProblemSet, completion_code
 from textbooks.io import atomic_path
 
 SANITIZED_SUFFIX = "-sanitized"

