@@ -475,3 +475,17 @@ def test_bad_lines_are_counted_with_their_line_numbers(
     assert "over the limit" in bad[8]
     assert report.summary["n_samples"] == 6 and report.summary["n_passed"] == 6
     os.remove(report.results_path)
+
+
+def test_the_new_root_holds_only_the_server_side_modules(sandbox: Sandbox) -> None:
+    """What the program sees of the sandbox's own code (``/.sandbox``) is the standard-library server side,
+    not the harness (pool, client, results) nor the rest of the package."""
+    if not sandbox.isolation.filesystem:
+        pytest.skip("no new root filesystem here (needs root for a mount namespace)")
+    import textbooks.sandbox.server as server
+
+    here = sorted(p.name for p in Path(server.__file__).parent.glob("*.py"))
+    probe = f"import os\nseen = sorted(n for n in os.listdir('/.sandbox') if n.endswith('.py'))\nassert seen == {here!r}, seen\n"
+    r = sandbox.run(Program(probe, ("assert True",)))
+    assert r.passed, r.message
+    assert "pool.py" not in here and "_server.py" in here and "plain.py" in here
