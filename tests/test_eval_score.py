@@ -296,3 +296,24 @@ def test_missing_or_empty_samples_file(tmp_path: Path) -> None:
         score_samples(tmp_path / "nothing.jsonl", load_humaneval())
     with pytest.raises(SamplesError, match="no valid samples"):
         score_samples(write_jsonl(tmp_path / "empty.jsonl", []), load_humaneval())
+
+
+def test_a_sanitized_whole_program_is_never_cut_and_the_records_format_is_kept(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A served chat model's answer made a whole solution starts with its imports (``from typing import
+    List\\ndef ...``): cutting it at HumanEval's stop sequence ``\\ndef`` would leave the import alone."""
+    problems = load_humaneval()
+    p = problems["HumanEval/0"]
+    whole = p.prompt + p.canonical_solution
+    assert whole.startswith("from typing import List\n\n\ndef ")
+    rows = [
+        {"task_id": p.task_id, "completion": whole, "sanitized": True, "prompt_format": "humaneval"},
+        {"task_id": p.task_id, "completion": whole, "prompt_format": "humaneval"},  # not marked: cut
+    ]
+    samples = write_jsonl(tmp_path / "samples.jsonl", rows)
+    report = score_samples(samples, problems, sandbox=sandbox, write=False, truncate_at_stop=True)
+    assert [r["passed"] for r in report.records] == [True, False]
+    assert report.records[1]["completion"] == "from typing import List\n\n"  # what the cut would do to both
+    with pytest.raises(SamplesError, match="generated with prompt format humaneval, not mbpp-0shot"):
+        score_samples(samples, problems, sandbox=sandbox, write=False, prompt_format="mbpp-0shot")

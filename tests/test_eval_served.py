@@ -213,3 +213,23 @@ def test_served_and_local_models_do_not_mix(tmp_path):
         run(config(tmp_path, "endpoint=http://127.0.0.1:1/v1", "llm.model=m", "api=chatty"))
     with pytest.raises(ConfigError, match="bpb"):
         run(config(tmp_path, "endpoint=http://127.0.0.1:1/v1", "llm.model=m", "bpb=true"))
+
+
+@pytest.mark.slow
+def test_a_served_models_samples_score_the_same_when_scored_again(tmp_path):
+    """The default local code model's chat answers, sanitized into whole programs (most start with ``from
+    typing import List``), then the samples file alone: the same verdict for every sample, the default
+    ``sandbox.truncate=true`` notwithstanding, and the file says how it was made."""
+    first = run(
+        config(tmp_path, "llm=local", "limit=6", "generation.max_new_tokens=320", "llm.local.parallel=2")
+    )
+    samples = Path(first["out_dir"]) / "samples.jsonl"
+    records = read_jsonl(samples)
+    assert all(r["sanitized"] is True and r["prompt_format"] == "humaneval" for r in records)
+    assert all(r["model"] == LocalServerConfig().model for r in records)
+    assert any("\ndef " in r["completion"] and not r["completion"].startswith("def ") for r in records)
+    again = run(config(tmp_path, f"samples={samples}", f"out_dir={tmp_path / 'again'}"))
+    before = read_jsonl(Path(first["results_file"]))
+    after = read_jsonl(Path(again["results_file"]))
+    assert [(r["task_id"], r["passed"]) for r in after] == [(r["task_id"], r["passed"]) for r in before]
+    assert again["pass@k"]["pass@1"] == first["pass@k"]["pass@1"] > 0  # a code model solves some of these

@@ -121,8 +121,8 @@ if not OmegaConf.has_resolver("served_model"):
 def _score(
     cfg: DictConfig, mode: str, problems: ProblemSet, fmt: str, samples_path: Path, out: Path
 ) -> dict[str, Any]:
-    # (a sanitized completion is a whole solution: cutting it at a stop sequence would break it)
-    """Execute the samples (or the reference solutions) and write the per-sample results file."""
+    """Execute the samples (or the reference solutions) and write the per-sample results file (a sanitized
+    completion is a whole solution: it is never cut at a stop sequence)."""
     limits = Limits(test_cpu_s=float(cfg.sandbox.test_cpu_s))
     common = {
         "limits": limits,

@@ -29,14 +29,20 @@ SAMPLES = "samples.jsonl"
 GENERATION_STATE = "generation.json"
 
 
-def _sample_record(task_id: str, c: Completion, sanitized: str | None = None) -> dict[str, Any]:
-    """A samples-file line; with ``sanitized`` (a chat model's answer made a solution) the answer is kept
-    as ``raw_completion``."""
-    extra = {"raw_completion": c.text, "sanitized": True} if sanitized is not None else {}
+def _sample_record(
+    task_id: str, c: Completion, prompt_format: str, model: str | None, sanitized: str | None = None
+) -> dict[str, Any]:
+    """A samples-file line that says how it was made, so that scoring the file again gives the same verdicts:
+    the prompt format, the model, and ``sanitized`` (a chat model's answer made a whole solution, never cut
+    at a stop sequence; the answer is kept as ``raw_completion``)."""
+    extra = {"raw_completion": c.text} if sanitized is not None else {}
     return {
         "task_id": task_id,
         "completion": c.text if sanitized is None else sanitized,
         **extra,
+        "sanitized": sanitized is not None,
+        "prompt_format": prompt_format,
+        "model": model,
         "sample": c.sample,
         "finish_reason": c.finish_reason,
         "n_tokens": c.n_tokens,
@@ -105,6 +111,7 @@ def generate_samples(
     if resumed:
         log.info("resuming generation: %d problems done, %d to go", resumed, len(todo))
     prompts = [build_prompt(p, prompt_format, examples) for p in todo]
+    model = lm.describe().get("name")
     stats = GenerationStats()
     pending: dict[int, dict[int, Completion]] = collections.defaultdict(dict)
     bar = None
@@ -125,6 +132,8 @@ def generate_samples(
                     _sample_record(
                         task,
                         finished[j],
+                        prompt_format,
+                        model,
                         solution_code(problem, finished[j].text, prompt_format) if sanitize else None,
                     )
                     for j in range(gen.n)

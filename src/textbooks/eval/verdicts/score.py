@@ -292,15 +292,14 @@ def score_samples(
 ) -> ScoreReport:
     """Execute every sample and write ``<samples>_results.jsonl`` and ``results.json``.
 
-    ``prompt_format`` says how completions were prompted (default: the benchmark's ``default_format``);
-    ``truncate_at_stop`` cuts completions at that format's stop sequences first. ``sandbox`` reuses an
+    ``prompt_format`` says how completions were prompted (default: the one the samples file's records name,
+    else the benchmark's ``default_format``; a record of another format is refused); ``truncate_at_stop`` cuts
+    completions at that format's stop sequences first, except those the records mark ``sanitized`` (whole
+    solutions made from a chat model's answer, which a stop sequence such as ``\ndef`` would cut short). ``sandbox`` reuses an
     open one; otherwise one with ``workers`` is started and closed. ``plus=False`` scores HumanEval+/MBPP+
     on their base inputs only; ``references`` shares (or caches on disk) their reference outputs.
     ``write=False`` only returns.
     """
-    fmt = prompt_format or default_format(problems.info.name)
-    if fmt not in prompt_formats():
-        raise SamplesError(f"unknown prompt format {fmt!r}; use one of {', '.join(prompt_formats())}")
     limits = limits or (sandbox.limits if sandbox is not None else Limits())
     sf = read_samples(
         samples_path,
@@ -308,8 +307,23 @@ def score_samples(
         max_malformed_fraction=max_malformed_fraction,
         max_completion_bytes=max_completion_bytes,
     )
+    written = {
+        s.record["prompt_format"] for s in sf.samples if isinstance(s.record.get("prompt_format"), str)
+    }
+    fmt = prompt_format or (next(iter(written)) if len(written) == 1 else default_format(problems.info.name))
+    if fmt not in prompt_formats():
+        raise SamplesError(f"unknown prompt format {fmt!r}; use one of {', '.join(prompt_formats())}")
+    if written - {fmt}:
+        raise SamplesError(
+            f"{sf.path} was generated with prompt format {', '.join(sorted(written))}, not {fmt}: score it with "
+            f"that format (benchmark.prompt_format={sorted(written)[0]}), since the format says how a "
+            "completion becomes code"
+        )
     stops = stop_sequences(fmt) if truncate_at_stop else ()
-    completions = [truncate(s.completion, stops) if stops else s.completion for s in sf.samples]
+    completions = [
+        truncate(s.completion, stops) if stops and s.record.get("sanitized") is not True else s.completion
+        for s in sf.samples
+    ]
     codes = [
         (s.task_id, completion_code(problems[s.task_id], c, fmt)) for s, c in zip(sf.samples, completions)
     ]
