@@ -29,6 +29,7 @@ class Exercise:
     prompt: str  # imports + signature + docstring
     solution: str  # the body after the docstring
     entry_point: str
+    tests: str = ""  # ``assert`` lines that call the entry point (an LLM's answer may test it that way)
 
     @property
     def text(self) -> str:
@@ -253,6 +254,7 @@ def mined_rows(doc: dict[str, Any], cfg: Any, reasons: Counter) -> Iterator[dict
 
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_NOT_TASKS = re.compile(r"^(_|test|check|main$|run_tests$)", re.IGNORECASE)  # names that are not the exercise
 
 
 def extract_code(answer: str) -> str:
@@ -261,17 +263,69 @@ def extract_code(answer: str) -> str:
     return m.group(1) if m else answer
 
 
-def exercise_from_answer(answer: str, name: str) -> Exercise:
-    """The exercise in an LLM answer: its top-level imports + the function ``name``; ``Rejected`` if the
-    code does not parse, has no such function, or the function has no docstring or body."""
-    code = extract_code(answer)
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError) as e:
-        raise Rejected("syntax") from e
-    funcs = [s for s in tree.body if isinstance(s, _FUNCS) and s.name == name]
+def _calls(node: ast.AST, name: str) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node))
+
+
+def assert_lines(trees: list[ast.Module], name: str) -> list[str]:
+    """The ``assert`` statements that call ``name``, as source lines: at the top level of the answer's code
+    blocks, under ``if __name__ == "__main__":`` and in top-level test functions (``test_*``, ``check*``,
+    ``main``) without parameters; each once, in order."""
+    found: list[str] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for stmt in body:
+            if isinstance(stmt, ast.Assert) and _calls(stmt, name):
+                line = ast.unparse(stmt)
+                if line not in found:
+                    found.append(line)
+            elif isinstance(stmt, ast.If) and "__name__" in ast.unparse(stmt.test):
+                visit(stmt.body)
+            elif (
+                isinstance(stmt, _FUNCS)
+                and stmt.name != name
+                and _NOT_TASKS.match(stmt.name)
+                and not (stmt.args.args or stmt.args.posonlyargs)
+            ):
+                visit(stmt.body)
+
+    for tree in trees:
+        visit(tree.body)
+    return found
+
+
+def _blocks(answer: str) -> list[str]:
+    return [m.group(1) for m in _FENCE.finditer(answer)] or [answer]
+
+
+def exercise_from_answer(answer: str, name: str | None) -> Exercise:
+    """The exercise in an LLM answer: its top-level imports + the function ``name`` (``None``: the function
+    the model named itself, the first top-level one with a docstring that is not a test or ``main``), with
+    the ``assert`` lines of the answer that call it as ``tests``; ``Rejected`` if the code does not parse,
+    has no such function, or the function has no docstring or body."""
+    blocks = _blocks(answer)
+    trees: list[ast.Module] = []
+    code, tree = None, None
+    for block in blocks:
+        try:
+            t = ast.parse(block)
+        except (SyntaxError, ValueError):
+            if code is None and block is blocks[0]:
+                raise Rejected("syntax") from None
+            continue
+        if code is None:
+            code, tree = block, t
+        trees.append(t)
+    assert code is not None and tree is not None
+    funcs = [s for s in tree.body if isinstance(s, _FUNCS)]
+    if name is None:
+        funcs = [f for f in funcs if not _NOT_TASKS.match(f.name) and docstring_node(f) is not None] or [
+            f for f in funcs if not _NOT_TASKS.match(f.name)
+        ]
+    else:
+        funcs = [f for f in funcs if f.name == name]
     if not funcs:
-        raise Rejected("wrong_name")
+        raise Rejected("wrong_name" if name is not None else "no_function")
     node = funcs[0]
     if node.decorator_list:
         raise Rejected("decorated")
@@ -281,4 +335,6 @@ def exercise_from_answer(answer: str, name: str) -> Exercise:
         for s in tree.body
         if isinstance(s, (ast.Import, ast.ImportFrom))
     ]
-    return split_function(lines, node, imports)  # type: ignore[arg-type]
+    ex = split_function(lines, node, imports)  # type: ignore[arg-type]
+    tests = assert_lines(trees, node.name)
+    return Exercise(ex.prompt, ex.solution, ex.entry_point, "".join(t + "\n" for t in tests))
