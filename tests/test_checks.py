@@ -92,3 +92,39 @@ def test_examples_doctest_cannot_read_count_as_none() -> None:
     # an example whose continuation line is not indented like it (as in HumanEval/10's prompt)
     broken = 'def f(s):\n    """Join.\n\n    >>> f("abc"\n  "def")\n    \'abcdef\'\n    """\n    return s\n'
     assert doctest_examples(broken, "f") == 0
+
+
+def test_assert_lines_count_as_tests_and_degenerate_tests_are_named() -> None:
+    from textbooks.data.checks import constant_program, degenerate_tests, exercise_program, run_checks
+    from textbooks.data.functions import exercise_from_answer
+
+    def ex(answer: str):
+        e = exercise_from_answer(answer, None)
+        return e.text, e.entry_point, e.tests
+
+    good = ex(
+        '```python\ndef add_two(x: int) -> int:\n    """Add two."""\n    return x + 2\n\n\n'
+        "assert add_two(1) == 3\nassert add_two(5) == 7\n```"
+    )
+    assert good[1] == "add_two" and good[2].count("assert") == 2 and degenerate_tests(*good) is None
+    same = ex('```python\ndef pos(x):\n    """Positive?"""\n    return True\n\nassert pos(1)\nassert pos(2) == True\n```')
+    assert degenerate_tests(*same) == "same_expected"
+    one = ex('```python\ndef f(x):\n    """Id.\n\n    >>> f(1)\n    1\n    """\n    return x\n```')
+    assert degenerate_tests(*one) == "one_test"
+    none = ex('```python\ndef f(x):\n    """Id."""\n    return x\n```')
+    assert degenerate_tests(*none) == "no_tests"
+    prose = ex(
+        '```python\ndef hi(n):\n    """Prints: Hello there my friend\n\n    >>> hi(1)\n    Hello there my friend\n'
+        '    >>> hi(2)\n    2\n    """\n    print("Hello there my friend")\n```'
+    )
+    assert degenerate_tests(*prose) == "prose_tests"
+    # a test a constant passes: the second assert expects no particular value
+    weak = ex(
+        '```python\ndef sq(x: int) -> int:\n    """Square."""\n    return x * x\n\n\n'
+        "assert sq(2) == 4\nassert sq(3) >= 0\n```"
+    )
+    assert degenerate_tests(*weak) is None
+    verdicts = run_checks(
+        [exercise_program(*good), constant_program(*good), exercise_program(*weak), constant_program(*weak)]
+    )
+    assert verdicts == ["passed", "fails", "passed", "passed"]

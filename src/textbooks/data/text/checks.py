@@ -154,6 +154,190 @@ def doctest_program(code: str, entry_point: str) -> str:
     return code.rstrip() + "\n" + _DOCTEST_RUNNER.format(entry=entry_point)
 
 
+# -- exercises: what their tests are, and whether they test anything ------------------------------------------
+EXERCISE_DROPS = ("no_tests", "one_test", "same_expected", "prose_tests", "constant_passes")  # degenerate tests
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One example an exercise is checked with: a call of its entry point and the value it must give."""
+
+    kind: str  # "doctest" (a ``>>>`` example of the docstring) or "assert" (an ``assert`` line)
+    call: str  # the source that calls the entry point
+    expected: str  # the expected value's source (an ``assert``) or output (a doctest)
+    value: str  # ``expected`` normalised (``repr`` of a literal), to compare the expected values
+    literal: bool  # ``expected`` is a Python expression (not printed text)
+
+
+def _calls(node: ast.AST, name: str) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node)
+    )
+
+
+def _normal(expr: str) -> tuple[str, bool]:
+    """(a comparable form of ``expr``, whether it is a Python expression)."""
+    try:
+        node = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError):
+        return " ".join(expr.split()), False
+    try:
+        return repr(ast.literal_eval(node)), True
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return ast.unparse(node), True
+
+
+def _function(code: str, entry_point: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point:
+            return node
+    return None
+
+
+def _assert_case(stmt: ast.Assert, entry_point: str) -> TestCase | None:
+    test = stmt.test
+    if not _calls(test, entry_point):
+        return None
+    if isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Eq, ast.Is)):
+        left, right = test.left, test.comparators[0]
+        call, want = (left, right) if _calls(left, entry_point) else (right, left)
+        if not _calls(want, entry_point):
+            value, literal = _normal(ast.unparse(want))
+            return TestCase("assert", ast.unparse(call), ast.unparse(want), value, literal)
+    if isinstance(test, ast.Call):  # assert f(x): expects a true value
+        return TestCase("assert", ast.unparse(test), "True", "True", True)
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and isinstance(test.operand, ast.Call):
+        return TestCase("assert", ast.unparse(test.operand), "False", "False", True)
+    src = ast.unparse(test)  # another condition (a tolerance, a membership): its own expectation
+    return TestCase("assert", src, src, src, False)
+
+
+def exercise_tests(code: str, entry_point: str, tests: str = "") -> list[TestCase]:
+    """The examples that test ``entry_point``: its docstring's ``>>>`` examples that call it and show a result,
+    then the ``assert`` lines of ``tests`` that call it; the same call with the same expected value once."""
+    cases: list[TestCase] = []
+    node = _function(code, entry_point)
+    doc = docstring_node(node) if node is not None else None
+    if doc is not None:
+        try:
+            examples = doctest.DocTestParser().get_examples(doc.value.value)  # type: ignore[attr-defined]
+        except ValueError:
+            examples = []
+        for ex in examples:
+            try:
+                calls = _calls(ast.parse(ex.source), entry_point)
+            except (SyntaxError, ValueError):
+                calls = False
+            if calls and ex.want.strip():
+                value, literal = _normal(ex.want)
+                cases.append(TestCase("doctest", ex.source.strip(), ex.want.strip(), value, literal))
+    if tests.strip():
+        try:
+            stmts = ast.parse(tests).body
+        except (SyntaxError, ValueError):
+            stmts = []
+        for stmt in stmts:
+            if isinstance(stmt, ast.Assert) and (case := _assert_case(stmt, entry_point)) is not None:
+                cases.append(case)
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for c in cases:
+        key = (" ".join(c.call.replace('"', "'").split()), c.value)
+        if key not in seen:
+            seen.add(key)
+            unique.append(c)
+    return unique
+
+
+def _prose(code: str, entry_point: str) -> str:
+    """The entry point's docstring without its ``>>>`` examples and their output."""
+    node = _function(code, entry_point)
+    doc = docstring_node(node) if node is not None else None
+    if doc is None:
+        return ""
+    parts = doctest.DocTestParser().parse(str(doc.value.value))  # type: ignore[attr-defined]
+    return " ".join(" ".join(p.split()) for p in parts if isinstance(p, str))
+
+
+def degenerate_tests(code: str, entry_point: str, tests: str = "") -> str | None:
+    """Why an exercise's tests check nothing real (``None``: they may): ``no_tests`` (no example calls the
+    entry point and shows a result), ``one_test``, ``same_expected`` (every example expects the same value:
+    a constant passes), ``prose_tests`` (an expected "value" is a sentence of the docstring's prose, not a
+    result). Whether a constant solution passes is ``constant_program``'s run."""
+    cases = exercise_tests(code, entry_point, tests)
+    if not cases:
+        return "no_tests"
+    if len(cases) < 2:
+        return "one_test"
+    if len({c.value for c in cases}) < 2:
+        return "same_expected"
+    prose = _prose(code, entry_point)
+    for c in cases:
+        text = " ".join(c.expected.split())
+        if not c.literal and len(re.findall(r"[A-Za-z]{2,}", text)) >= 3 and text in prose:
+            return "prose_tests"
+    return None
+
+
+_EXERCISE_RUNNER = """
+
+def __check_doctests():
+    import doctest
+
+    class Runner(doctest.DocTestRunner):
+        def report_unexpected_exception(self, out, test, example, exc_info):
+            if not isinstance(exc_info[1], Exception):  # the sandbox's CPU budget, an exit: not a failure
+                raise exc_info[1]
+            super().report_unexpected_exception(out, test, example, exc_info)
+
+    runner = Runner(verbose=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder(recurse=False).find({entry}, {entry!r}, globs=dict(globals())):
+        runner.run(test, out=lambda text: None)
+    if runner.failures:
+        raise AssertionError(f"{{runner.failures}} of {{runner.tries}} doctest examples failed")
+
+
+__check_doctests()
+"""
+
+
+def exercise_program(code: str, entry_point: str, tests: str = "") -> str:
+    """``code``, then its ``assert`` lines, then the runner of ``entry_point``'s doctests: the program fails
+    when one of them fails."""
+    asserts = ("\n\n" + tests.rstrip() + "\n") if tests.strip() else "\n"
+    return code.rstrip() + "\n" + asserts + _EXERCISE_RUNNER.format(entry=entry_point)
+
+
+def constant_program(code: str, entry_point: str, tests: str = "") -> str | None:
+    """The exercise with its entry point's body replaced by a constant: ``return`` the first expected value
+    (``print`` it when a doctest expects printed text). A solution this dumb must fail the tests; ``None``
+    when there is no test to take a value from."""
+    cases = exercise_tests(code, entry_point, tests)
+    node = _function(code, entry_point)
+    if not cases or node is None:
+        return None
+    first = next((c for c in cases if c.literal), cases[0])
+    doc = docstring_node(node)
+    body: list[ast.stmt] = [doc] if doc is not None else []
+    stmt = (
+        f"return {first.expected}" if first.literal else f"print({first.expected!r})"
+    )
+    try:
+        body.append(ast.parse(stmt).body[0])
+    except (SyntaxError, ValueError):
+        return None
+    tree = ast.parse(code)
+    for i, top in enumerate(tree.body):
+        if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)) and top.name == entry_point:
+            top.body = body
+            tree.body[i] = top
+    return exercise_program(ast.unparse(ast.fix_missing_locations(tree)), entry_point, tests)
+
+
 def run_checks(
     programs: Sequence[str], *, cpu_s: float = CHECK_CPU_S, workers: int | None = None
 ) -> list[str]:
