@@ -274,9 +274,9 @@ def canned_exercise(messages: list[dict], body: dict) -> str:
         return f"```python\ndef {name}(x):\n    return x\n```"
     if kind in ("fails", "no_tests", "timeout"):
         example = {
-            "fails": f">>> {name}(2)\n    5",
+            "fails": f">>> {name}(2)\n    5\n    >>> {name}(0)\n    1",
             "no_tests": "Add one.",
-            "timeout": f">>> {name}(2)\n    3",
+            "timeout": f">>> {name}(2)\n    3\n    >>> {name}(0)\n    1",
         }
         body = "while True:\n        pass" if kind == "timeout" else "return x + 1"
         return f'```python\ndef {name}(x):\n    """Add one.\n\n    {example[kind]}\n    """\n    {body}\n```'
@@ -326,6 +326,7 @@ def synthetic(tmp_path: Path, out: str = "exercises", **kw) -> ExercisesConfig:
         name_verbs=["count", "find", "sum", "merge"],
         name_nouns=["digits", "words", "pairs", "primes", "gaps"],
         prompt=PROMPT,
+        near_dup_threshold=kw.pop("near_dup_threshold", None),  # the canned bodies differ only in the name
         **kw,
     )
 

@@ -58,15 +58,24 @@ from textbooks.data.engine.reader import Fields, ReadStats, read_shard
 from textbooks.data.engine.stage import Stage, Step, Task, execution_only, summed
 from textbooks.data.stages.exercises_functions import Rejected, exercise_from_answer, mined_rows
 from textbooks.data.stages.prompts import (
+    EXERCISE_CONTEXTS,
+    EXERCISE_EXAMPLES,
     EXERCISE_PROMPT,
     EXERCISE_SYSTEM,
     EXERCISE_TOPICS,
     NAME_NOUNS,
     NAME_VERBS,
 )
-from textbooks.data.text.checks import CHECK_CPU_S, doctest_examples, doctest_program, run_checks
+from textbooks.data.text.checks import (
+    CHECK_CPU_S,
+    constant_program,
+    degenerate_tests,
+    doctest_examples,
+    exercise_program,
+    run_checks,
+)
 from textbooks.data.text.diversity import diversity
-from textbooks.data.text.minhash import exact_key
+from textbooks.data.text.minhash import Deduplicator, Duplicates, Sketcher, exact_key
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.io import stdlib_dir
 from textbooks.llm.client import LLMClient
@@ -88,6 +97,7 @@ SCHEMA = pa.schema(
         ("params", pa.string()),
         ("topic", pa.string()),
         ("origin", pa.string()),
+        ("tests", pa.string()),  # assert lines that test the entry point (besides its doctests)
     ]
 )
 
@@ -116,11 +126,19 @@ class ExercisesConfig:
     # -- synthetic
     n: int = 1000
     topics: list[str] = field(default_factory=lambda: list(EXERCISE_TOPICS))
-    name_verbs: list[str] = field(default_factory=lambda: list(NAME_VERBS))  # names are <verb>_<noun>
+    contexts: list[str] = field(default_factory=lambda: list(EXERCISE_CONTEXTS))  # {context}
+    examples: list[str] = field(default_factory=lambda: list(EXERCISE_EXAMPLES))  # {example}: one per request
+    # a prompt with {name} constrains the function's name to <verb>_<noun>; without, the model names it
+    name_verbs: list[str] = field(default_factory=lambda: list(NAME_VERBS))
     name_nouns: list[str] = field(default_factory=lambda: list(NAME_NOUNS))
     system_prompt: str = EXERCISE_SYSTEM
-    prompt: str = EXERCISE_PROMPT  # {name} (the function-name constraint) and {topic}
-    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 1024})
+    prompt: str = EXERCISE_PROMPT  # {topic}, {context}, {example} (and optionally {name})
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.5, "max_tokens": 512})
+    near_dup_threshold: float | None = 0.8  # MinHash Jaccard of near-duplicate exercises; null = exact only
+    # drop exercises that share a word n-gram of this length with a HumanEval/MBPP problem's docstring or code,
+    # or whose syntax tree matches one's at >= contamination_tau (null: that test off)
+    contamination_ngram: int | None = 13
+    contamination_tau: float | None = 0.95
     requests_per_part: int = 1000  # requests per part (the unit tasks share out)
     # run each solution against its own doctests in the sandbox: failing or timing-out ones are dropped, so are
     # LLM exercises without doctests (mined ones without doctests are kept, counted as unchecked)
@@ -135,12 +153,12 @@ class ExercisesConfig:
         if self.source not in ("synthetic", "mined"):
             raise ConfigError(f"stage.source={self.source!r}: use synthetic or mined")
         if self.source == "synthetic":
-            if not (self.topics and self.name_verbs and self.name_nouns):
-                raise ConfigError(
-                    "stage.source=synthetic needs non-empty stage.topics, name_verbs, name_nouns"
-                )
-            if "{name}" not in self.prompt:
-                raise ConfigError("stage.prompt must contain {name} (the function-name constraint)")
+            if not self.topics or "{topic}" not in self.prompt:
+                raise ConfigError("stage.source=synthetic needs non-empty stage.topics and {topic} in stage.prompt")
+            for key, lists in (("{name}", ("name_verbs", "name_nouns")), ("{context}", ("contexts",)),
+                               ("{example}", ("examples",))):  # fmt: skip
+                if key in self.prompt and not all(getattr(self, k) for k in lists):
+                    raise ConfigError(f"stage.prompt has {key}: stage.{' and '.join(lists)} must be non-empty")
             if self.n < 1:
                 raise ConfigError(f"stage.n must be >= 1 (got {self.n})")
         if self.min_body_lines > self.max_body_lines:
@@ -160,20 +178,41 @@ class ExercisesConfig:
 class ExercisePlan:
     index: int
     topic: str
-    name: str  # the function-name constraint
+    name: str | None  # the function-name constraint (None: the model names the function)
     seed: int  # the request's sampling seed
     prompt: str
+    context: str | None = None
+    example: str | None = None  # the function name of the example shown (an answer that reuses it copied it)
+
+
+def _example_name(example: str) -> str | None:
+    import ast
+
+    try:
+        return next(
+            (s.name for s in ast.parse(example).body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))),
+            None,
+        )
+    except SyntaxError:
+        return None
 
 
 def plan_exercises(cfg: ExercisesConfig) -> list[ExercisePlan]:
-    """Topic, function name and sampling seed of every request (deterministic per index)."""
+    """Topic, context, example shown, function name (when constrained) and sampling seed of every request
+    (deterministic per index)."""
     plans = []
     for i in range(cfg.n):
         rng = random.Random(f"exercises:{cfg.seed}:{i}")
         topic = rng.choice(cfg.topics)
-        name = f"{rng.choice(cfg.name_verbs)}_{rng.choice(cfg.name_nouns)}"
+        name = f"{rng.choice(cfg.name_verbs)}_{rng.choice(cfg.name_nouns)}" if "{name}" in cfg.prompt else None
+        context = rng.choice(cfg.contexts) if "{context}" in cfg.prompt else None
+        example = rng.choice(cfg.examples) if "{example}" in cfg.prompt else None
         seed = int(hashlib.sha256(f"exercises:{cfg.seed}:{i}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-        plans.append(ExercisePlan(i, topic, name, seed, fill_template(cfg.prompt, name=name, topic=topic)))
+        fill = {"name": name, "topic": topic, "context": context, "example": example}
+        prompt = fill_template(cfg.prompt, **{k: v for k, v in fill.items() if v is not None})
+        plans.append(
+            ExercisePlan(i, topic, name, seed, prompt, context, _example_name(example) if example else None)
+        )
     return plans
 
 
@@ -195,6 +234,9 @@ def synthetic_rows(
             except Rejected as why:
                 reasons[str(why)] += 1
                 continue
+            if plan.example is not None and ex.entry_point == plan.example:
+                reasons["copied_example"] += 1  # the example shown, written again
+                continue
             yield {
                 "id": f"exercise-{plan.index:08d}",
                 "prompt": ex.prompt,
@@ -206,6 +248,7 @@ def synthetic_rows(
                 "params": json.dumps(res.request.params, sort_keys=True),
                 "topic": plan.topic,
                 "origin": f"request {plan.index} (prompt {template})",
+                "tests": ex.tests,
             }
     except LLMUnreachableError as e:
         raise LLMUnreachableError(
@@ -218,8 +261,8 @@ def synthetic_rows(
 
 MINED_KEYS = ("input", "pattern", "text_field", "id_field", "max_file_bytes", "shard_bytes", "include_methods",
               "min_docstring_chars", "min_body_lines", "max_body_lines", "self_contained", "max_exercises")  # fmt: skip
-SYNTHETIC_KEYS = ("n", "topics", "name_verbs", "name_nouns", "system_prompt", "prompt", "sampling",
-                  "requests_per_part")  # fmt: skip
+SYNTHETIC_KEYS = ("n", "topics", "contexts", "examples", "name_verbs", "name_nouns", "system_prompt", "prompt",
+                  "sampling", "requests_per_part")  # fmt: skip
 
 
 class Exercises(SharedCache, Stage):
@@ -262,30 +305,44 @@ class Exercises(SharedCache, Stage):
         return [first, Step("select", "select", sharded=False)]
 
     def _candidates(self, task: Task, part: int, rows: Iterator[dict[str, Any]], reasons: Counter) -> None:
-        """The part's exercises that pass their checks: a solution must pass its own doctests in the sandbox
-        (``run_tests``); an LLM's exercise without doctests is dropped, a mined one kept as unchecked."""
+        """The part's exercises that pass their checks (``run_tests``). An LLM's exercise must have real tests
+        (``checks.degenerate_tests``: two examples or more that call it, not all expecting the same value, no
+        prose as a value), pass them (its assert lines and doctests, in the sandbox) and fail them with its
+        body replaced by a constant (``checks.constant_program``); each drop is counted by reason. A mined
+        function runs against its doctests; one without is kept, counted as unchecked."""
         rows = list(rows)
+        for r in rows:
+            r.setdefault("tests", "")
         if self.config.run_tests:
-            tested = [r for r in rows if doctest_examples(r["text"], r["entry_point"])]
-            untested = {id(r) for r in rows} - {id(r) for r in tested}
-            verdicts = dict(
-                zip(
-                    map(id, tested),
-                    run_checks(
-                        [doctest_program(r["text"], r["entry_point"]) for r in tested],
-                        cpu_s=self.config.check_cpu_s,
-                    ),
-                )
+            synthetic = self.config.source == "synthetic"
+            why: dict[int, str] = {}
+            programs: list[str] = []
+            owners: list[tuple[int, str]] = []  # (row, "solution" | "constant") per program
+            for r in rows:
+                if synthetic:
+                    bad = degenerate_tests(r["text"], r["entry_point"], r["tests"])
+                    if bad is not None:
+                        why[id(r)] = bad
+                        continue
+                elif not doctest_examples(r["text"], r["entry_point"]):
+                    why[id(r)] = "unchecked"
+                    continue
+                programs.append(exercise_program(r["text"], r["entry_point"], r["tests"]))
+                owners.append((id(r), "solution"))
+                constant = constant_program(r["text"], r["entry_point"], r["tests"]) if synthetic else None
+                if constant is not None:
+                    programs.append(constant)
+                    owners.append((id(r), "constant"))
+            verdicts: dict[tuple[int, str], str] = dict(
+                zip(owners, run_checks(programs, cpu_s=self.config.check_cpu_s))
             )
             kept = []
             for r in rows:
-                why = (
-                    ("unchecked" if self.config.source == "mined" else "no_tests")
-                    if id(r) in untested
-                    else verdicts[id(r)]
-                )
-                reasons[why] += 1
-                if why in ("passed", "unchecked"):
+                verdict = why.get(id(r)) or verdicts[(id(r), "solution")]
+                if verdict == "passed" and verdicts.get((id(r), "constant")) == "passed":
+                    verdict = "constant_passes"  # a constant passes the tests: they test nothing
+                reasons[verdict] += 1
+                if verdict in ("passed", "unchecked"):
                     kept.append(r)
             rows = kept
         write_table(task.data_dir() / f"{part:05d}.parquet", pa.Table.from_pylist(rows, schema=SCHEMA))
@@ -340,6 +397,11 @@ class Exercises(SharedCache, Stage):
         first = "mine" if self.config.source == "mined" else "generate"
         seen: set[bytes] = set()
         reasons: Counter = Counter()
+        synthetic = self.config.source == "synthetic"
+        t = self.config.near_dup_threshold
+        near = Duplicates(threshold=t) if synthetic and t is not None else None
+        dedup, sketch = (Deduplicator(near), Sketcher(near)) if near is not None else (None, None)
+        contaminated = _Contamination(self.config) if synthetic else None
         kept, limit = 0, self.config.max_exercises if self.config.source == "mined" else None
         parts = []
         candidates: list[dict[str, Any]] = []
@@ -353,6 +415,13 @@ class Exercises(SharedCache, Stage):
                     digest = exact_key(row["text"])
                     if digest in seen:
                         reasons["duplicates"] += 1
+                        continue
+                    if dedup is not None and sketch is not None:
+                        if dedup.add(sketch([row["text"]])[0]).reason is not None:
+                            reasons["near_duplicates"] += 1
+                            continue
+                    if contaminated is not None and (bad := contaminated(row["text"] + "\n" + (row["tests"] or ""))):
+                        reasons[bad] += 1
                         continue
                     seen.add(digest)
                     w.add(row)
@@ -387,6 +456,40 @@ class Exercises(SharedCache, Stage):
             **extra,
             "parts": sel["parts"],
         }
+
+
+class _Contamination:
+    """``__call__(text)``: ``contaminated_ngram`` when ``text`` shares a ``contamination_ngram``-word n-gram
+    with a HumanEval or MBPP problem's docstring or code, ``contaminated_ast`` when its syntax tree matches a
+    problem's at ``>= contamination_tau`` (``textbooks.data.contamination``'s measures), else ``None``."""
+
+    def __init__(self, cfg: ExercisesConfig) -> None:
+        self.n, self.tau = cfg.contamination_ngram, cfg.contamination_tau
+        self.index = None
+        self.codes: list[str] = []
+        if self.n is None and self.tau is None:
+            return
+        from textbooks.benchmarks import load_humaneval
+        from textbooks.data.text.contamination import mbpp_range, measured
+        from textbooks.data.text.similarity import NgramIndex, ast_units
+
+        problems = measured(load_humaneval(None)) + mbpp_range(None, None)
+        if self.n is not None:
+            self.index = NgramIndex([p.docstring for p in problems], [p.code for p in problems], self.n)
+        self.codes = [u[0] for p in problems if (u := ast_units(p.code, "document"))]
+
+    def __call__(self, text: str) -> str | None:
+        if self.index is not None:
+            doc, code = self.index.overlap(text)
+            if doc.any() or code.any():
+                return "contaminated_ngram"
+        if self.tau is not None and self.codes:
+            from textbooks.data.text.similarity import ast_match_matrix, ast_units
+
+            units = ast_units(text, "document")
+            if units and ast_match_matrix(units[:1], self.codes, min_match=self.tau).max() >= self.tau:
+                return "contaminated_ast"
+        return None
 
 
 CONFIG = ExercisesConfig  # the schema of conf/stage/exercises.yaml (registered as stage/exercises_schema)

@@ -4,8 +4,9 @@
   as FineWeb-Edu's additive 0-5 rubric adapted to code; the answer ends with ``Educational score: N``.
 * textbooks: a section on a random topic for a random audience (phi-1's diversity), optionally built on a
   snippet of real code; ``{topic}``, ``{audience}`` and ``{snippet}`` are filled in per request.
-* exercises: one function whose name is constrained per request (``<verb>_<noun>``: phi-1's diversity for
-  CodeExercises), with doctests the stage runs; ``{name}`` and ``{topic}`` are filled in.
+* exercises: one function on a topic in an everyday context (``{topic}``, ``{context}``), named by the model to
+  fit it, with assert lines (or doctests) the stage runs; the format is shown by an example drawn per request
+  (``{example}``). A prompt with ``{name}`` constrains the name instead (``<verb>_<noun>``, phi-1's diversity).
 """
 
 from __future__ import annotations
@@ -120,13 +121,141 @@ EXERCISE_SYSTEM = (
     "You are an experienced Python teacher who writes precise, self-contained programming exercises."
 )
 
+# Topic-led: the model names the function to fit the topic (a random name paired with an unrelated topic is
+# a task a small model cannot satisfy); the format is shown by one example per request, drawn from
+# EXERCISE_EXAMPLES (a fixed one-shot example is copied verbatim by a 0.5B model); tests are assert lines.
 EXERCISE_PROMPT = (
-    'Write one Python exercise of the kind found in a programming textbook, on the topic "{topic}".\n'
+    'Write a new, small Python exercise on the topic "{topic}", set in the context of {context}.\n'
     "\n"
-    "The exercise is a single function named `{name}`: a signature with type hints, then a docstring that states the task precisely and shows one or two examples in doctest format (>>>), then a correct, simple and readable implementation that uses only the Python standard library. The function name must be exactly `{name}`: choose a task that fits both the name and the topic.\n"
+    "Write one function with a descriptive snake_case name of your choice that fits the task, with type hints and a docstring that states the task precisely. After the function, write three assert lines that call it on different inputs and check the exact results; the three expected results must differ from each other. Make sure the function passes its own asserts. Use only the Python standard library.\n"
     "\n"
-    "Answer with one ```python code block that contains the imports the function needs and the function, and nothing else."
+    "Answer with one ```python code block in the same format as the example below (which is on another topic), and nothing else.\n"
+    "\n"
+    "Example:\n"
+    "```python\n"
+    "{example}\n"
+    "```"
 )
+
+# Shown one per request (drawn with the request's topic): the format, on topics of their own.
+EXERCISE_EXAMPLES = [
+    '''def count_vowels(text: str) -> int:
+    """Return how many vowels (a, e, i, o, u, in upper or lower case) the string contains."""
+    return sum(1 for ch in text.lower() if ch in "aeiou")
+
+
+assert count_vowels("hello") == 2
+assert count_vowels("SKY") == 0
+assert count_vowels("Education") == 5''',
+    '''def running_totals(numbers: list[int]) -> list[int]:
+    """Return a list whose i-th item is the sum of the first i + 1 numbers."""
+    totals = []
+    total = 0
+    for n in numbers:
+        total += n
+        totals.append(total)
+    return totals
+
+
+assert running_totals([1, 2, 3]) == [1, 3, 6]
+assert running_totals([]) == []
+assert running_totals([5, -5, 2]) == [5, 0, 2]''',
+    '''def group_by_length(words: list[str]) -> dict[int, list[str]]:
+    """Group words by their length, keeping the words of each length in their original order."""
+    groups: dict[int, list[str]] = {}
+    for word in words:
+        groups.setdefault(len(word), []).append(word)
+    return groups
+
+
+assert group_by_length(["hi", "cat", "to", "dog"]) == {2: ["hi", "to"], 3: ["cat", "dog"]}
+assert group_by_length([]) == {}
+assert group_by_length(["sun"]) == {3: ["sun"]}''',
+    '''def digit_sum(n: int) -> int:
+    """Return the sum of the decimal digits of a non-negative integer n."""
+    total = 0
+    while n > 0:
+        total += n % 10
+        n //= 10
+    return total
+
+
+assert digit_sum(0) == 0
+assert digit_sum(7) == 7
+assert digit_sum(1234) == 10''',
+    '''import math
+
+
+def distance(p: tuple[float, float], q: tuple[float, float]) -> float:
+    """Return the straight-line (Euclidean) distance between two points of the plane."""
+    return math.hypot(q[0] - p[0], q[1] - p[1])
+
+
+assert distance((0, 0), (3, 4)) == 5.0
+assert distance((1, 1), (1, 1)) == 0.0
+assert distance((-1, 0), (5, 8)) == 10.0''',
+    '''def is_strong_password(password: str) -> bool:
+    """Return True when the password has at least 8 characters, at least one digit and at least one letter."""
+    has_digit = any(ch.isdigit() for ch in password)
+    has_letter = any(ch.isalpha() for ch in password)
+    return len(password) >= 8 and has_digit and has_letter
+
+
+assert is_strong_password("abc12345") is True
+assert is_strong_password("abcdefgh") is False
+assert is_strong_password("a1") is False''',
+    '''def flatten(items: list) -> list:
+    """Return the values of a nested list in order, with every inner list flattened out."""
+    flat = []
+    for item in items:
+        if isinstance(item, list):
+            flat.extend(flatten(item))
+        else:
+            flat.append(item)
+    return flat
+
+
+assert flatten([1, [2, 3], [[4]]]) == [1, 2, 3, 4]
+assert flatten([]) == []
+assert flatten([[], ["a", ["b"]]]) == ["a", "b"]''',
+    '''def longest_run(values: list[int]) -> int:
+    """Return the length of the longest run of equal neighbouring values (0 for an empty list)."""
+    best = 0
+    run = 0
+    for i, value in enumerate(values):
+        run = run + 1 if i > 0 and value == values[i - 1] else 1
+        best = max(best, run)
+    return best
+
+
+assert longest_run([1, 1, 2, 2, 2, 3]) == 3
+assert longest_run([]) == 0
+assert longest_run([4, 5, 4]) == 1''',
+]
+
+# Everyday settings an exercise is framed in (with the topic: a few thousand distinct requests).
+EXERCISE_CONTEXTS = [
+    "a school",
+    "a small shop",
+    "a library",
+    "weather records",
+    "sports scores",
+    "a to-do list",
+    "a music playlist",
+    "travel planning",
+    "cooking recipes",
+    "a bank account",
+    "a video game",
+    "a garden",
+    "a parking lot",
+    "a train timetable",
+    "student grades",
+    "an online store",
+    "a text message",
+    "a board game",
+    "a movie collection",
+    "a fitness tracker",
+]
 
 EXERCISE_TOPICS = [
     "arithmetic and number properties",
