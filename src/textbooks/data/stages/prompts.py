@@ -35,9 +35,13 @@ ANNOTATE_PROMPT = (
 TEXTBOOK_SYSTEM = "You are an expert computer science teacher who writes clear, engaging Python textbooks."
 
 TEXTBOOK_PROMPT = (
-    'Write a section of a Python programming textbook on the topic "{topic}", written for {audience}.\n'
+    'Write a short section of a Python textbook on "{topic}" for {audience}.\n'
     "\n"
-    "The section must be of textbook quality: explain each idea in clear, concise natural language and interleave the explanations with short, complete, runnable Python code examples in ```python blocks. Start from a short motivation, build up from simple to less simple examples, explain what every example prints or returns, point out a common mistake, and end with a small exercise followed by its solution. Use only the Python standard library. Do not mention that you are an AI, and do not add any text before or after the section.{snippet}"
+    "1. Start with one paragraph that explains the idea in plain words.\n"
+    "2. Then give two or three small examples. Each example is a complete ```python block that runs on its own without errors, uses only the Python standard library and prints its results with print(). Right after each code block, show exactly what it prints in a ```text block, then explain the example in one or two sentences.\n"
+    "3. End with a short summary paragraph.\n"
+    "\n"
+    "Do not use input(), files or the network, and do not show code that raises an error: describe common mistakes in words. Write about 300 to 400 words.{snippet}"
 )
 
 SNIPPET_TEMPLATE = (
