@@ -2,10 +2,11 @@
 completion), phi-1's "CodeExercises".
 
 ``source=synthetic`` (the paper's method): an OpenAI-compatible model (``textbooks.llm.client``) writes each
-exercise. Diversity comes from constraining the function name: request ``i`` draws a topic and a name
-``<verb>_<noun>`` from the lists in ``conf/stage/exercises.yaml`` with ``random.Random`` seeded by the
-stage seed and ``i``, and carries its own sampling seed. The answer's code block must define a function
-with exactly that name and a docstring.
+exercise. Diversity comes from the request: request ``i`` draws a topic, an everyday context and the example
+that shows the format (``{topic}``, ``{context}``, ``{example}``; the lists are in ``textbooks.data.stages.prompts``)
+with ``random.Random`` seeded by the stage seed and ``i``, and carries its own sampling seed. The model names
+the function to fit the task (a prompt with ``{name}`` constrains it to ``<verb>_<noun>`` instead); an answer
+that reuses the example's function name copied the example and is dropped (``copied_example``).
 
 ``source=mined`` works offline and is a documented PROXY for the synthetic exercises, not the paper's
 method: functions with docstrings are mined from a corpus (by default the Python standard library, or any
@@ -22,9 +23,15 @@ Exact duplicates (the same text up to trailing whitespace and blank lines, as th
 them) are dropped too. Rows are written in a deterministic order (input order, then source order; or request
 order) with stable ids.
 
-Every exercise is then checked (``run_tests``, ``textbooks.data.text.checks``): its solution runs against its own
-doctests in the sandbox; failing and timing-out ones are dropped and counted, and so are an LLM's exercises
-without doctests (mined functions without doctests are kept, counted as unchecked).
+Every exercise is then checked (``run_tests``, ``textbooks.data.text.checks``). An LLM's exercise is tested by its
+docstring's ``>>>`` examples and the ``assert`` lines of its answer that call it (kept in ``tests``); it is
+dropped, and counted by reason, when the tests are degenerate (``no_tests``, ``one_test``, ``same_expected``:
+every example expects the same value, ``prose_tests``: an expected "value" is a sentence of the docstring), when
+the solution fails or times out on them, or when a constant solution (``return`` the first expected value)
+passes them too (``constant_passes``). Mined functions run against their doctests; those without are kept,
+counted as unchecked. ``select`` drops exact duplicates, near duplicates (MinHash Jaccard >=
+``near_dup_threshold``, synthetic only) and exercises close to a HumanEval/MBPP problem (a shared
+``contamination_ngram``-word n-gram with its docstring or code, or an AST match >= ``contamination_tau``).
 
 Steps: ``mine`` (per input shard) or ``generate`` (the requests in parts of ``requests_per_part``), split
 across tasks, each checking its exercises, then ``select`` (one task: duplicates dropped in order,
