@@ -78,10 +78,23 @@ class LLMClient:
         self._connection_streak = 0  # requests given up for connection failures since the last success
 
     # -- requests ----------------------------------------------------------------------------------------
-    def request(self, prompt: str, *, system: str | None = None, **params: Any) -> ChatRequest:
+    def request(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        history: list[tuple[str, str]] | None = None,
+        **params: Any,
+    ) -> ChatRequest:
         """A request for ``prompt`` with the config's model and sampling, ``params`` overriding them
-        (``None`` removes one)."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [
+        (``None`` removes one); ``history``: earlier (user, assistant) turns of the conversation, e.g. an
+        example request and its answer (a few-shot example a small model follows without copying it)."""
+        turns = [
+            {"role": role, "content": text}
+            for user, assistant in history or []
+            for role, text in (("user", user), ("assistant", assistant))
+        ]
+        messages = ([{"role": "system", "content": system}] if system else []) + turns + [
             {"role": "user", "content": prompt}
         ]
         return ChatRequest(messages, self.config.model, self.config.params(**params))
