@@ -294,8 +294,32 @@ def assert_lines(trees: list[ast.Module], name: str) -> list[str]:
     return found
 
 
+_OPEN = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n", re.IGNORECASE)
+
+
+def _complete_lines(code: str) -> str:
+    """The longest run of ``code``'s first lines that parses (an answer cut at ``max_tokens``, typically
+    in a runaway list of asserts): the statements it finished."""
+    lines = code.splitlines()
+    for end in range(len(lines), 0, -1):
+        head = "\n".join(lines[:end])
+        try:
+            ast.parse(head)
+        except (SyntaxError, ValueError):
+            continue
+        return head + "\n"
+    return code
+
+
 def _blocks(answer: str) -> list[str]:
-    return [m.group(1) for m in _FENCE.finditer(answer)] or [answer]
+    """The answer's fenced code blocks; a last block left open (the answer was cut) up to its last complete
+    statement; the whole answer when it has no fence."""
+    blocks = [m.group(1) for m in _FENCE.finditer(answer)]
+    closed_end = max((m.end() for m in _FENCE.finditer(answer)), default=0)
+    opened = _OPEN.search(answer, closed_end)
+    if opened is not None and "```" not in answer[opened.end() :]:
+        blocks.append(_complete_lines(answer[opened.end() :]))
+    return blocks or [answer]
 
 
 def exercise_from_answer(answer: str, name: str | None) -> Exercise:
