@@ -404,3 +404,15 @@ def test_synthetic_without_an_endpoint_points_to_mining(tmp_path):
     s.close()
     with pytest.raises(LLMUnreachableError, match=r"stage\.source=mined"):
         build_exercises(synthetic(tmp_path, n=3), llm_config(url, tmp_path / "c.sqlite", max_attempts=1))
+
+
+def test_examples_are_earlier_turns_on_other_topics_and_cut_answers_keep_their_complete_lines():
+    cfg = ExercisesConfig(out_dir="x", n=30)  # the default prompt: the model names the function
+    plans = plan_exercises(cfg)
+    for p in plans:
+        assert p.name is None and len(p.history) == 1 and f'"{p.topic}"' in p.prompt
+        example = next(e for e in cfg.examples if e["answer"] == p.history[0][1])
+        assert example["topic"] != p.topic and f'"{example["topic"]}"' in p.history[0][0]
+    cut = '```python\ndef f(x: int) -> int:\n    """Double."""\n    return 2 * x\n\n\nassert f(1) == 2\nassert f(2) == 4\nassert f(3'
+    ex = exercise_from_answer(cut, None)
+    assert ex.entry_point == "f" and ex.tests == "assert f(1) == 2\nassert f(2) == 4\n"

@@ -134,12 +134,14 @@ class ExercisesConfig:
     n: int = 1000
     topics: list[str] = field(default_factory=lambda: list(EXERCISE_TOPICS))
     contexts: list[str] = field(default_factory=lambda: list(EXERCISE_CONTEXTS))  # {context}
-    examples: list[str] = field(default_factory=lambda: list(EXERCISE_EXAMPLES))  # {example}: one per request
+    # example exercises ({topic, answer}), shown as earlier turns of the conversation: few_shot per request
+    examples: list[dict[str, str]] = field(default_factory=lambda: [dict(e) for e in EXERCISE_EXAMPLES])
+    few_shot: int = 1
     # a prompt with {name} constrains the function's name to <verb>_<noun>; without, the model names it
     name_verbs: list[str] = field(default_factory=lambda: list(NAME_VERBS))
     name_nouns: list[str] = field(default_factory=lambda: list(NAME_NOUNS))
     system_prompt: str = EXERCISE_SYSTEM
-    prompt: str = EXERCISE_PROMPT  # {topic}, {context}, {example} (and optionally {name})
+    prompt: str = EXERCISE_PROMPT  # {topic} (and optionally {context}, {name})
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.5, "max_tokens": 512})
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard of near-duplicate exercises; null = exact only
     # drop exercises that share a word n-gram of this length with a HumanEval/MBPP problem's docstring or code,
@@ -162,12 +164,15 @@ class ExercisesConfig:
         if self.source == "synthetic":
             if not self.topics or "{topic}" not in self.prompt:
                 raise ConfigError("stage.source=synthetic needs non-empty stage.topics and {topic} in stage.prompt")
-            for key, lists in (("{name}", ("name_verbs", "name_nouns")), ("{context}", ("contexts",)),
-                               ("{example}", ("examples",))):  # fmt: skip
+            for key, lists in (("{name}", ("name_verbs", "name_nouns")), ("{context}", ("contexts",))):
                 if key in self.prompt and not all(getattr(self, k) for k in lists):
                     raise ConfigError(f"stage.prompt has {key}: stage.{' and '.join(lists)} must be non-empty")
             if self.n < 1:
                 raise ConfigError(f"stage.n must be >= 1 (got {self.n})")
+            if not 0 <= self.few_shot <= len(self.examples):
+                raise ConfigError(f"stage.few_shot={self.few_shot}: between 0 and the {len(self.examples)} examples")
+            if any(set(e) != {"topic", "answer"} for e in self.examples):
+                raise ConfigError("stage.examples: each is {topic: ..., answer: ...}")
         if self.min_body_lines > self.max_body_lines:
             raise ConfigError("stage.min_body_lines must be <= stage.max_body_lines")
 
@@ -189,37 +194,45 @@ class ExercisePlan:
     seed: int  # the request's sampling seed
     prompt: str
     context: str | None = None
-    example: str | None = None  # the function name of the example shown (an answer that reuses it copied it)
+    history: tuple[tuple[str, str], ...] = ()  # example turns: (request, answer)
+    example_names: tuple[str, ...] = ()  # the examples' function names (an answer that reuses one copied it)
 
 
-def _example_name(example: str) -> str | None:
+def _example_name(answer: str) -> str:
     import ast
 
+    from textbooks.data.functions import extract_code
+
     try:
-        return next(
-            (s.name for s in ast.parse(example).body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))),
-            None,
-        )
+        tree = ast.parse(extract_code(answer))
     except SyntaxError:
-        return None
+        return ""
+    return next((s.name for s in tree.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))), "")
 
 
 def plan_exercises(cfg: ExercisesConfig) -> list[ExercisePlan]:
-    """Topic, context, example shown, function name (when constrained) and sampling seed of every request
-    (deterministic per index)."""
+    """Topic, context, function name (when constrained), example turns and sampling seed of every request
+    (deterministic per index). The examples shown are on other topics than the request's."""
     plans = []
     for i in range(cfg.n):
         rng = random.Random(f"exercises:{cfg.seed}:{i}")
         topic = rng.choice(cfg.topics)
         name = f"{rng.choice(cfg.name_verbs)}_{rng.choice(cfg.name_nouns)}" if "{name}" in cfg.prompt else None
         context = rng.choice(cfg.contexts) if "{context}" in cfg.prompt else None
-        example = rng.choice(cfg.examples) if "{example}" in cfg.prompt else None
+        others = [e for e in cfg.examples if e["topic"] != topic] or list(cfg.examples)
+        shown = rng.sample(others, min(cfg.few_shot, len(others))) if cfg.few_shot else []
         seed = int(hashlib.sha256(f"exercises:{cfg.seed}:{i}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-        fill = {"name": name, "topic": topic, "context": context, "example": example}
-        prompt = fill_template(cfg.prompt, **{k: v for k, v in fill.items() if v is not None})
-        plans.append(
-            ExercisePlan(i, topic, name, seed, prompt, context, _example_name(example) if example else None)
+
+        def fill(t: str, n: str | None, c: str | None) -> str:
+            values = {"topic": t, "name": n, "context": c}
+            return fill_template(cfg.prompt, **{k: v for k, v in values.items() if v is not None})
+
+        names = tuple(_example_name(e["answer"]) for e in shown)
+        history = tuple(
+            (fill(e["topic"], n if name else None, rng.choice(cfg.contexts) if context else None), e["answer"])
+            for e, n in zip(shown, names)
         )
+        plans.append(ExercisePlan(i, topic, name, seed, fill(topic, name, context), context, history, names))
     return plans
 
 
@@ -227,7 +240,9 @@ def synthetic_rows(
     plans: list[ExercisePlan], cfg: ExercisesConfig, client: LLMClient, reasons: Counter, template: str
 ) -> Iterator[dict[str, Any]]:
     requests = [
-        client.request(p.prompt, system=cfg.system_prompt or None, **{**cfg.sampling, "seed": p.seed})
+        client.request(
+            p.prompt, system=cfg.system_prompt or None, history=list(p.history), **{**cfg.sampling, "seed": p.seed}
+        )
         for p in plans
     ]
     try:
@@ -241,7 +256,7 @@ def synthetic_rows(
             except Rejected as why:
                 reasons[str(why)] += 1
                 continue
-            if plan.example is not None and ex.entry_point == plan.example:
+            if ex.entry_point in plan.example_names:
                 reasons["copied_example"] += 1  # the example shown, written again
                 continue
             yield {
@@ -268,7 +283,7 @@ def synthetic_rows(
 
 MINED_KEYS = ("input", "pattern", "text_field", "id_field", "max_file_bytes", "shard_bytes", "include_methods",
               "min_docstring_chars", "min_body_lines", "max_body_lines", "self_contained", "max_exercises")  # fmt: skip
-SYNTHETIC_KEYS = ("n", "topics", "contexts", "examples", "name_verbs", "name_nouns", "system_prompt", "prompt",
+SYNTHETIC_KEYS = ("n", "topics", "contexts", "examples", "few_shot", "name_verbs", "name_nouns", "system_prompt", "prompt",
                   "sampling", "requests_per_part")  # fmt: skip
 
 
@@ -286,7 +301,9 @@ class Exercises(SharedCache, Stage):
         )
         self.inputs = [s.path for s in self.sources]
         self.pattern = cfg.pattern
-        self.template = prompt_hash(cfg.system_prompt, cfg.prompt)
+        self.template = prompt_hash(
+            cfg.system_prompt, cfg.prompt, *(e["answer"] for e in cfg.examples), str(cfg.few_shot)
+        )
 
     def key_config(self) -> dict[str, Any]:
         """The keys that define the output (those of the other source are left out)."""

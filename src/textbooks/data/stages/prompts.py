@@ -126,32 +126,48 @@ EXERCISE_SYSTEM = (
 )
 
 # Topic-led: the model names the function to fit the topic (a random name paired with an unrelated topic is
-# a task a small model cannot satisfy); the format is shown by one example per request, drawn from
-# EXERCISE_EXAMPLES (a fixed one-shot example is copied verbatim by a 0.5B model); tests are assert lines.
+# a task a small model cannot satisfy); the format is shown twice: as a skeleton in the prompt, and by an example
+# exercise on another topic given as an earlier turn of the conversation (EXERCISE_EXAMPLES, one drawn per
+# request: a 0.5B model copies an example that is part of the prompt itself, 12 of 12 times); tests are assert
+# lines. ``{context}`` (an everyday setting, EXERCISE_CONTEXTS) may be added to the first line.
 EXERCISE_PROMPT = (
-    'Write a new, small Python exercise on the topic "{topic}", set in the context of {context}.\n'
+    'Write a new, small Python exercise on the topic "{topic}".\n'
     "\n"
-    "Write one function with a descriptive snake_case name of your choice that fits the task, with type hints and a docstring that states the task precisely. After the function, write three assert lines that call it on different inputs and check the exact results; the three expected results must differ from each other. Make sure the function passes its own asserts. Use only the Python standard library.\n"
+    "Write one function with a descriptive snake_case name of your choice that fits the task, with type hints and a docstring that states the task precisely. After the function, write exactly three assert lines that call it on different inputs and check the exact results; the three expected results must differ from each other. Make sure the function passes its own asserts. Use only the Python standard library.\n"
     "\n"
-    "Answer with one ```python code block in the same format as the example below (which is on another topic), and nothing else.\n"
+    "Answer with one ```python code block in this format, and nothing else:\n"
     "\n"
-    "Example:\n"
     "```python\n"
-    "{example}\n"
+    "def function_name(parameter: type) -> return_type:\n"
+    '    """What the function does, precisely."""\n'
+    "    ...\n"
+    "\n"
+    "\n"
+    "assert function_name(...) == ...\n"
+    "assert function_name(...) == ...\n"
+    "assert function_name(...) == ...\n"
     "```"
 )
 
-# Shown one per request (drawn with the request's topic): the format, on topics of their own.
+# Example exercises shown as an earlier turn (the request for their topic, then the answer), one per request.
 EXERCISE_EXAMPLES = [
-    '''def count_vowels(text: str) -> int:
+    {
+        "topic": "string manipulation",
+        "answer": '''```python
+def count_vowels(text: str) -> int:
     """Return how many vowels (a, e, i, o, u, in upper or lower case) the string contains."""
     return sum(1 for ch in text.lower() if ch in "aeiou")
 
 
 assert count_vowels("hello") == 2
 assert count_vowels("SKY") == 0
-assert count_vowels("Education") == 5''',
-    '''def running_totals(numbers: list[int]) -> list[int]:
+assert count_vowels("Education") == 5
+```''',
+    },
+    {
+        "topic": "loops and accumulation",
+        "answer": '''```python
+def running_totals(numbers: list[int]) -> list[int]:
     """Return a list whose i-th item is the sum of the first i + 1 numbers."""
     totals = []
     total = 0
@@ -163,8 +179,13 @@ assert count_vowels("Education") == 5''',
 
 assert running_totals([1, 2, 3]) == [1, 3, 6]
 assert running_totals([]) == []
-assert running_totals([5, -5, 2]) == [5, 0, 2]''',
-    '''def group_by_length(words: list[str]) -> dict[int, list[str]]:
+assert running_totals([5, -5, 2]) == [5, 0, 2]
+```''',
+    },
+    {
+        "topic": "dictionaries and counting",
+        "answer": '''```python
+def group_by_length(words: list[str]) -> dict[int, list[str]]:
     """Group words by their length, keeping the words of each length in their original order."""
     groups: dict[int, list[str]] = {}
     for word in words:
@@ -174,8 +195,13 @@ assert running_totals([5, -5, 2]) == [5, 0, 2]''',
 
 assert group_by_length(["hi", "cat", "to", "dog"]) == {2: ["hi", "to"], 3: ["cat", "dog"]}
 assert group_by_length([]) == {}
-assert group_by_length(["sun"]) == {3: ["sun"]}''',
-    '''def digit_sum(n: int) -> int:
+assert group_by_length(["sun"]) == {3: ["sun"]}
+```''',
+    },
+    {
+        "topic": "digits of numbers",
+        "answer": '''```python
+def digit_sum(n: int) -> int:
     """Return the sum of the decimal digits of a non-negative integer n."""
     total = 0
     while n > 0:
@@ -186,8 +212,13 @@ assert group_by_length(["sun"]) == {3: ["sun"]}''',
 
 assert digit_sum(0) == 0
 assert digit_sum(7) == 7
-assert digit_sum(1234) == 10''',
-    '''import math
+assert digit_sum(1234) == 10
+```''',
+    },
+    {
+        "topic": "geometry and coordinates",
+        "answer": '''```python
+import math
 
 
 def distance(p: tuple[float, float], q: tuple[float, float]) -> float:
@@ -197,8 +228,13 @@ def distance(p: tuple[float, float], q: tuple[float, float]) -> float:
 
 assert distance((0, 0), (3, 4)) == 5.0
 assert distance((1, 1), (1, 1)) == 0.0
-assert distance((-1, 0), (5, 8)) == 10.0''',
-    '''def is_strong_password(password: str) -> bool:
+assert distance((-1, 0), (5, 8)) == 10.0
+```''',
+    },
+    {
+        "topic": "validation of input strings",
+        "answer": '''```python
+def is_strong_password(password: str) -> bool:
     """Return True when the password has at least 8 characters, at least one digit and at least one letter."""
     has_digit = any(ch.isdigit() for ch in password)
     has_letter = any(ch.isalpha() for ch in password)
@@ -207,8 +243,13 @@ assert distance((-1, 0), (5, 8)) == 10.0''',
 
 assert is_strong_password("abc12345") is True
 assert is_strong_password("abcdefgh") is False
-assert is_strong_password("a1") is False''',
-    '''def flatten(items: list) -> list:
+assert is_strong_password("a1") is False
+```''',
+    },
+    {
+        "topic": "recursion",
+        "answer": '''```python
+def flatten(items: list) -> list:
     """Return the values of a nested list in order, with every inner list flattened out."""
     flat = []
     for item in items:
@@ -221,8 +262,13 @@ assert is_strong_password("a1") is False''',
 
 assert flatten([1, [2, 3], [[4]]]) == [1, 2, 3, 4]
 assert flatten([]) == []
-assert flatten([[], ["a", ["b"]]]) == ["a", "b"]''',
-    '''def longest_run(values: list[int]) -> int:
+assert flatten([[], ["a", ["b"]]]) == ["a", "b"]
+```''',
+    },
+    {
+        "topic": "lists and list operations",
+        "answer": '''```python
+def longest_run(values: list[int]) -> int:
     """Return the length of the longest run of equal neighbouring values (0 for an empty list)."""
     best = 0
     run = 0
@@ -234,7 +280,9 @@ assert flatten([[], ["a", ["b"]]]) == ["a", "b"]''',
 
 assert longest_run([1, 1, 2, 2, 2, 3]) == 3
 assert longest_run([]) == 0
-assert longest_run([4, 5, 4]) == 1''',
+assert longest_run([4, 5, 4]) == 1
+```''',
+    },
 ]
 
 # Everyday settings an exercise is framed in (with the topic: a few thousand distinct requests).
