@@ -31,7 +31,7 @@ the solution fails or times out on them, or when a constant solution (``return``
 passes them too (``constant_passes``). Mined functions run against their doctests; those without are kept,
 counted as unchecked. ``select`` drops exact duplicates, near duplicates (MinHash Jaccard >=
 ``near_dup_threshold``, synthetic only) and exercises close to a HumanEval/MBPP problem (a shared
-``contamination_ngram``-word n-gram with its docstring or code, or an AST match >= ``contamination_tau``).
+``contamination_ngram``-word n-gram with its statement, or an AST match >= ``contamination_tau``).
 
 Steps: ``mine`` (per input shard) or ``generate`` (the requests in parts of ``requests_per_part``), split
 across tasks, each checking its exercises, then ``select`` (one task: duplicates dropped in order,
@@ -144,7 +144,7 @@ class ExercisesConfig:
     prompt: str = EXERCISE_PROMPT  # {topic} (and optionally {context}, {name})
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.5, "max_tokens": 512})
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard of near-duplicate exercises; null = exact only
-    # drop exercises that share a word n-gram of this length with a HumanEval/MBPP problem's docstring or code,
+    # drop exercises that share a word n-gram of this length with a HumanEval/MBPP problem's statement,
     # or whose syntax tree matches one's at >= contamination_tau (null: that test off)
     contamination_ngram: int | None = 13
     contamination_tau: float | None = 0.95
@@ -484,7 +484,8 @@ class Exercises(SharedCache, Stage):
 
 class _Contamination:
     """``__call__(text)``: ``contaminated_ngram`` when ``text`` shares a ``contamination_ngram``-word n-gram
-    with a HumanEval or MBPP problem's docstring or code, ``contaminated_ast`` when its syntax tree matches a
+    with a HumanEval or MBPP problem's statement (the decontaminate stage's ``ngram_doc``; a code n-gram is not
+    enough: a textbook bubble sort shares 13-grams with MBPP/101's), ``contaminated_ast`` when its syntax tree matches a
     problem's at ``>= contamination_tau`` (``textbooks.data.contamination``'s measures), else ``None``."""
 
     def __init__(self, cfg: ExercisesConfig) -> None:
@@ -504,8 +505,8 @@ class _Contamination:
 
     def __call__(self, text: str) -> str | None:
         if self.index is not None:
-            doc, code = self.index.overlap(text)
-            if doc.any() or code.any():
+            doc, _ = self.index.overlap(text)  # code n-grams: textbook loops (bubble sort, trial division) share them
+            if doc.any():
                 return "contaminated_ngram"
         if self.tau is not None and self.codes:
             from textbooks.data.text.similarity import ast_match_matrix, ast_units
