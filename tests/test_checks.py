@@ -128,3 +128,8 @@ def test_assert_lines_count_as_tests_and_degenerate_tests_are_named() -> None:
         [exercise_program(*good), constant_program(*good), exercise_program(*weak), constant_program(*weak)]
     )
     assert verdicts == ["passed", "fails", "passed", "passed"]
+
+
+def test_fences_under_list_items_are_dedented_and_untagged_data_is_not_code() -> None:
+    text = "1. **First:**\n   ```python\n   def f(x):\n       return x\n   ```\n\n```\nName,Age,City\nAl,3,New York\n```\n```\nprint(1)\n```\n"
+    assert code_blocks(text) == ["def f(x):\n    return x\n", "print(1)\n"]

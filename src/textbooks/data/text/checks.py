@@ -16,6 +16,7 @@ import builtins
 import doctest
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,8 +31,15 @@ CHECK_CPU_S = 10.0  # CPU seconds a checked program may take before it counts as
 
 
 def code_blocks(text: str) -> list[str]:
-    """The Python code blocks of a Markdown answer, in order (fences tagged python/py or untagged)."""
-    return [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in _PYTHON]
+    """The Python code blocks of a Markdown answer, in order: fences tagged python/py, and untagged fences
+    that parse (an untagged fence that does not is the output or data the text shows, e.g. CSV lines). A fence
+    indented under a list item has its content indented as much: it is dedented, as Markdown renders it."""
+    blocks = []
+    for m in _FENCE.finditer(text):
+        tag, code = m.group(1).lower(), textwrap.dedent(m.group(2))
+        if tag in _PYTHON and (tag or parses(code)):
+            blocks.append(code)
+    return blocks
 
 
 def parses(code: str) -> bool:
