@@ -55,8 +55,9 @@ class TextbooksConfig:
     requests_per_part: int = 1000  # requests per output part (the unit tasks share out)
     run_code: bool = True  # run each section's self-contained code in the sandbox; drop the sections it fails
     check_cpu_s: float = CHECK_CPU_S  # CPU seconds that code may take (longer: it fails)
-    # overrides of the llm's sampling (diversity wants temperature ~1)
-    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 2048})
+    # overrides of the llm's sampling: measured with Qwen2.5-Coder-0.5B (12 requests each), temperature 0.5 and 0.8
+    # both kept 9 of 12 sections at the same distinct-4 (0.80, 0.79), 0.8 cut more at max_tokens (6 against 4)
+    sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.5, "max_tokens": 700})
     name: str = "textbooks"  # the stage (conf/stage/textbooks.yaml)
 
     def __post_init__(self) -> None:
