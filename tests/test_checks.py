@@ -95,8 +95,8 @@ def test_examples_doctest_cannot_read_count_as_none() -> None:
 
 
 def test_assert_lines_count_as_tests_and_degenerate_tests_are_named() -> None:
-    from textbooks.data.checks import constant_program, degenerate_tests, exercise_program, run_checks
-    from textbooks.data.functions import exercise_from_answer
+    from textbooks.data.stages.exercises_functions import exercise_from_answer
+    from textbooks.data.text.checks import constant_program, degenerate_tests, exercise_program, run_checks
 
     def ex(answer: str):
         e = exercise_from_answer(answer, None)
@@ -107,7 +107,9 @@ def test_assert_lines_count_as_tests_and_degenerate_tests_are_named() -> None:
         "assert add_two(1) == 3\nassert add_two(5) == 7\n```"
     )
     assert good[1] == "add_two" and good[2].count("assert") == 2 and degenerate_tests(*good) is None
-    same = ex('```python\ndef pos(x):\n    """Positive?"""\n    return True\n\nassert pos(1)\nassert pos(2) == True\n```')
+    same = ex(
+        '```python\ndef pos(x):\n    """Positive?"""\n    return True\n\nassert pos(1)\nassert pos(2) == True\n```'
+    )
     assert degenerate_tests(*same) == "same_expected"
     one = ex('```python\ndef f(x):\n    """Id.\n\n    >>> f(1)\n    1\n    """\n    return x\n```')
     assert degenerate_tests(*one) == "one_test"

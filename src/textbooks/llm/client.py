@@ -94,9 +94,11 @@ class LLMClient:
             for user, assistant in history or []
             for role, text in (("user", user), ("assistant", assistant))
         ]
-        messages = ([{"role": "system", "content": system}] if system else []) + turns + [
-            {"role": "user", "content": prompt}
-        ]
+        messages = (
+            ([{"role": "system", "content": system}] if system else [])
+            + turns
+            + [{"role": "user", "content": prompt}]
+        )
         return ChatRequest(messages, self.config.model, self.config.params(**params))
 
     def completion_request(self, prompt: str, **params: Any) -> ChatRequest:

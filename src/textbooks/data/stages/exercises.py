@@ -163,14 +163,20 @@ class ExercisesConfig:
             raise ConfigError(f"stage.source={self.source!r}: use synthetic or mined")
         if self.source == "synthetic":
             if not self.topics or "{topic}" not in self.prompt:
-                raise ConfigError("stage.source=synthetic needs non-empty stage.topics and {topic} in stage.prompt")
+                raise ConfigError(
+                    "stage.source=synthetic needs non-empty stage.topics and {topic} in stage.prompt"
+                )
             for key, lists in (("{name}", ("name_verbs", "name_nouns")), ("{context}", ("contexts",))):
                 if key in self.prompt and not all(getattr(self, k) for k in lists):
-                    raise ConfigError(f"stage.prompt has {key}: stage.{' and '.join(lists)} must be non-empty")
+                    raise ConfigError(
+                        f"stage.prompt has {key}: stage.{' and '.join(lists)} must be non-empty"
+                    )
             if self.n < 1:
                 raise ConfigError(f"stage.n must be >= 1 (got {self.n})")
             if not 0 <= self.few_shot <= len(self.examples):
-                raise ConfigError(f"stage.few_shot={self.few_shot}: between 0 and the {len(self.examples)} examples")
+                raise ConfigError(
+                    f"stage.few_shot={self.few_shot}: between 0 and the {len(self.examples)} examples"
+                )
             if any(set(e) != {"topic", "answer"} for e in self.examples):
                 raise ConfigError("stage.examples: each is {topic: ..., answer: ...}")
         if self.min_body_lines > self.max_body_lines:
@@ -201,7 +207,7 @@ class ExercisePlan:
 def _example_name(answer: str) -> str:
     import ast
 
-    from textbooks.data.functions import extract_code
+    from textbooks.data.stages.exercises_functions import extract_code
 
     try:
         tree = ast.parse(extract_code(answer))
@@ -217,7 +223,9 @@ def plan_exercises(cfg: ExercisesConfig) -> list[ExercisePlan]:
     for i in range(cfg.n):
         rng = random.Random(f"exercises:{cfg.seed}:{i}")
         topic = rng.choice(cfg.topics)
-        name = f"{rng.choice(cfg.name_verbs)}_{rng.choice(cfg.name_nouns)}" if "{name}" in cfg.prompt else None
+        name = (
+            f"{rng.choice(cfg.name_verbs)}_{rng.choice(cfg.name_nouns)}" if "{name}" in cfg.prompt else None
+        )
         context = rng.choice(cfg.contexts) if "{context}" in cfg.prompt else None
         others = [e for e in cfg.examples if e["topic"] != topic] or list(cfg.examples)
         shown = rng.sample(others, min(cfg.few_shot, len(others))) if cfg.few_shot else []
@@ -229,7 +237,10 @@ def plan_exercises(cfg: ExercisesConfig) -> list[ExercisePlan]:
 
         names = tuple(_example_name(e["answer"]) for e in shown)
         history = tuple(
-            (fill(e["topic"], n if name else None, rng.choice(cfg.contexts) if context else None), e["answer"])
+            (
+                fill(e["topic"], n if name else None, rng.choice(cfg.contexts) if context else None),
+                e["answer"],
+            )
             for e, n in zip(shown, names)
         )
         plans.append(ExercisePlan(i, topic, name, seed, fill(topic, name, context), context, history, names))
@@ -241,7 +252,10 @@ def synthetic_rows(
 ) -> Iterator[dict[str, Any]]:
     requests = [
         client.request(
-            p.prompt, system=cfg.system_prompt or None, history=list(p.history), **{**cfg.sampling, "seed": p.seed}
+            p.prompt,
+            system=cfg.system_prompt or None,
+            history=list(p.history),
+            **{**cfg.sampling, "seed": p.seed},
         )
         for p in plans
     ]
@@ -440,11 +454,16 @@ class Exercises(SharedCache, Stage):
                     if digest in seen:
                         reasons["duplicates"] += 1
                         continue
-                    if dedup is not None and sketch is not None:
-                        if dedup.add(sketch([row["text"]])[0]).reason is not None:
-                            reasons["near_duplicates"] += 1
-                            continue
-                    if contaminated is not None and (bad := contaminated(row["text"] + "\n" + (row["tests"] or ""))):
+                    if (
+                        dedup is not None
+                        and sketch is not None
+                        and dedup.add(sketch([row["text"]])[0]).reason is not None
+                    ):
+                        reasons["near_duplicates"] += 1
+                        continue
+                    if contaminated is not None and (
+                        bad := contaminated(row["text"] + "\n" + (row["tests"] or ""))
+                    ):
                         reasons[bad] += 1
                         continue
                     seen.add(digest)
@@ -485,8 +504,8 @@ class Exercises(SharedCache, Stage):
 class _Contamination:
     """``__call__(text)``: ``contaminated_ngram`` when ``text`` shares a ``contamination_ngram``-word n-gram
     with a HumanEval or MBPP problem's statement (the decontaminate stage's ``ngram_doc``; a code n-gram is not
-    enough: a textbook bubble sort shares 13-grams with MBPP/101's), ``contaminated_ast`` when its syntax tree matches a
-    problem's at ``>= contamination_tau`` (``textbooks.data.contamination``'s measures), else ``None``."""
+    enough: a textbook bubble sort shares 13-grams with MBPP/101's), ``contaminated_ast`` when its syntax tree
+    matches a problem's at ``>= contamination_tau`` (``textbooks.data.text.contamination``'s measures), else ``None``."""
 
     def __init__(self, cfg: ExercisesConfig) -> None:
         self.n, self.tau = cfg.contamination_ngram, cfg.contamination_tau
@@ -494,18 +513,19 @@ class _Contamination:
         self.codes: list[str] = []
         if self.n is None and self.tau is None:
             return
-        from textbooks.benchmarks import load_humaneval
-        from textbooks.data.text.contamination import mbpp_range, measured
+        from textbooks.data.text.contamination import BENCHMARKS, benchmark_problems
         from textbooks.data.text.similarity import NgramIndex, ast_units
 
-        problems = measured(load_humaneval(None)) + mbpp_range(None, None)
+        problems = [p for name in BENCHMARKS for p in benchmark_problems(name)]
         if self.n is not None:
             self.index = NgramIndex([p.docstring for p in problems], [p.code for p in problems], self.n)
         self.codes = [u[0] for p in problems if (u := ast_units(p.code, "document"))]
 
     def __call__(self, text: str) -> str | None:
         if self.index is not None:
-            doc, _ = self.index.overlap(text)  # code n-grams: textbook loops (bubble sort, trial division) share them
+            doc, _ = self.index.overlap(
+                text
+            )  # code n-grams: textbook loops (bubble sort, trial division) share them
             if doc.any():
                 return "contaminated_ngram"
         if self.tau is not None and self.codes:

@@ -264,7 +264,9 @@ def extract_code(answer: str) -> str:
 
 
 def _calls(node: ast.AST, name: str) -> bool:
-    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node))
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node)
+    )
 
 
 def assert_lines(trees: list[ast.Module], name: str) -> list[str]:
@@ -279,9 +281,7 @@ def assert_lines(trees: list[ast.Module], name: str) -> list[str]:
                 line = ast.unparse(stmt)
                 if line not in found:
                     found.append(line)
-            elif isinstance(stmt, ast.If) and "__name__" in ast.unparse(stmt.test):
-                visit(stmt.body)
-            elif (
+            elif (isinstance(stmt, ast.If) and "__name__" in ast.unparse(stmt.test)) or (
                 isinstance(stmt, _FUNCS)
                 and stmt.name != name
                 and _NOT_TASKS.match(stmt.name)

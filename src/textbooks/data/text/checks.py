@@ -163,7 +163,13 @@ def doctest_program(code: str, entry_point: str) -> str:
 
 
 # -- exercises: what their tests are, and whether they test anything ------------------------------------------
-EXERCISE_DROPS = ("no_tests", "one_test", "same_expected", "prose_tests", "constant_passes")  # degenerate tests
+EXERCISE_DROPS = (
+    "no_tests",
+    "one_test",
+    "same_expected",
+    "prose_tests",
+    "constant_passes",
+)  # degenerate tests
 
 
 @dataclass(frozen=True)
@@ -331,9 +337,7 @@ def constant_program(code: str, entry_point: str, tests: str = "") -> str | None
     first = next((c for c in cases if c.literal), cases[0])
     doc = docstring_node(node)
     body: list[ast.stmt] = [doc] if doc is not None else []
-    stmt = (
-        f"return {first.expected}" if first.literal else f"print({first.expected!r})"
-    )
+    stmt = f"return {first.expected}" if first.literal else f"print({first.expected!r})"
     try:
         body.append(ast.parse(stmt).body[0])
     except (SyntaxError, ValueError):
