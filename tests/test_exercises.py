@@ -185,14 +185,11 @@ def test_mining_is_deterministic_and_reruns_are_skipped(tmp_path, corpus):
     assert ids == read_table(tmp_path / "again").column("id").to_pylist()[:7]
 
 
-def test_the_configured_stage_mines_offline(tmp_path, corpus, repo_root):
-    from hydra import compose, initialize_config_dir
-
-    from textbooks.data.app import run
+def test_the_configured_stage_mines_offline(tmp_path, corpus):
+    from textbooks.data.app import compose, run  # the app's compose registers the stages' schemas
 
     overrides = ["stage=exercises", "stage.source=mined", f"stage.input={corpus}", f"paths.data={tmp_path}"]
-    with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-        manifest = run(compose("data", overrides=[*overrides, "progress=false"]))
+    manifest = run(compose([*overrides, "progress=false"]))
     assert manifest["source"] == "mined" and manifest["documents"] > 10
     assert "n" not in manifest["config"] and manifest["config"]["self_contained"] is True
     assert read_table(tmp_path / "exercises").num_rows == manifest["documents"]
