@@ -133,8 +133,8 @@ def doctest_examples(code: str, entry_point: str) -> int:
     return 0
 
 
-# Appended to an exercise: runs its entry point's doctests; the program fails unless every example passes, and
-# what is not an ``Exception`` (the sandbox's CPU budget running out, SystemExit) ends it as it would any program.
+# Appended to an exercise: runs its entry point's doctests; the program fails when an example fails (or, for
+# ``doctest_program``, when there is none), and what is not an ``Exception`` (the sandbox's CPU budget running out, SystemExit) ends it as it would any program.
 _DOCTEST_RUNNER = """
 
 def __check_doctests():
@@ -149,7 +149,7 @@ def __check_doctests():
     runner = Runner(verbose=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     for test in doctest.DocTestFinder(recurse=False).find({entry}, {entry!r}, globs=dict(globals())):
         runner.run(test, out=lambda text: None)
-    if runner.tries == 0 or runner.failures:
+    if {none_fails}runner.failures:
         raise AssertionError(f"{{runner.failures}} of {{runner.tries}} doctest examples failed")
 
 
@@ -159,7 +159,9 @@ __check_doctests()
 
 def doctest_program(code: str, entry_point: str) -> str:
     """``code`` followed by the runner of ``entry_point``'s doctests (the program fails when one fails)."""
-    return code.rstrip() + "\n" + _DOCTEST_RUNNER.format(entry=entry_point)
+    return (
+        code.rstrip() + "\n" + _DOCTEST_RUNNER.format(entry=entry_point, none_fails="runner.tries == 0 or ")
+    )
 
 
 # -- exercises: what their tests are, and whether they test anything ------------------------------------------
@@ -297,33 +299,11 @@ def degenerate_tests(code: str, entry_point: str, tests: str = "") -> str | None
     return None
 
 
-_EXERCISE_RUNNER = """
-
-def __check_doctests():
-    import doctest
-
-    class Runner(doctest.DocTestRunner):
-        def report_unexpected_exception(self, out, test, example, exc_info):
-            if not isinstance(exc_info[1], Exception):  # the sandbox's CPU budget, an exit: not a failure
-                raise exc_info[1]
-            super().report_unexpected_exception(out, test, example, exc_info)
-
-    runner = Runner(verbose=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    for test in doctest.DocTestFinder(recurse=False).find({entry}, {entry!r}, globs=dict(globals())):
-        runner.run(test, out=lambda text: None)
-    if runner.failures:
-        raise AssertionError(f"{{runner.failures}} of {{runner.tries}} doctest examples failed")
-
-
-__check_doctests()
-"""
-
-
 def exercise_program(code: str, entry_point: str, tests: str = "") -> str:
     """``code``, then its ``assert`` lines, then the runner of ``entry_point``'s doctests: the program fails
     when one of them fails."""
     asserts = ("\n\n" + tests.rstrip() + "\n") if tests.strip() else "\n"
-    return code.rstrip() + "\n" + asserts + _EXERCISE_RUNNER.format(entry=entry_point)
+    return code.rstrip() + "\n" + asserts + _DOCTEST_RUNNER.format(entry=entry_point, none_fails="")
 
 
 def constant_program(code: str, entry_point: str, tests: str = "") -> str | None:
