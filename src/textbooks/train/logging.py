@@ -158,10 +158,15 @@ class _DropRecords(logging.Filter):
 
 def quiet_third_party() -> None:
     """Silence what Lightning and torch print on every run that a user cannot act on (idempotent): Lightning's
-    advertisement for its cloud logger, and the ``LeafSpec`` deprecation that Lightning's own pytree code
-    triggers with this torch (a warning per run, fixed upstream, not in the user's code)."""
+    advertisement for its cloud logger, the ``LeafSpec`` deprecation that Lightning's own pytree code triggers
+    with this torch (a warning per run, fixed upstream, not in the user's code), and the hint to prepend
+    ``srun`` on a machine where SLURM is installed (SLURM runs go through the submitit launcher)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         lg = logging.getLogger(name)  # where rank_zero_info logs (whichever of the two imported last)
         if not any(isinstance(f, _DropRecords) for f in lg.filters):
             lg.addFilter(_DropRecords("litlogger"))
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    # on a machine with SLURM installed, outside a job: runs on SLURM go through hydra/launcher=slurm (submitit)
+    warnings.filterwarnings(
+        "ignore", message=r"The `srun` command is available on your system but is not used"
+    )
