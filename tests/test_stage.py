@@ -219,10 +219,10 @@ def test_every_stage_writes_the_same_rows_with_one_or_four_tasks(tmp_path: Path,
         prompt = last_user_message(messages)
         h = hashlib.sha256(f"{prompt}|{body.get('seed')}".encode()).hexdigest()
         k = int(h[:4], 16)
-        if "write `" in prompt:  # an exercise that passes its doctest (the stage runs it)
+        if "write `" in prompt:  # an exercise that passes its two tests (the stage runs them)
             name = prompt.split("write `")[1].split("`")[0]
             doc = f'    """Return x plus {k}.\n\n    >>> {name}(1)\n    {k + 1}\n    """\n'
-            return f"```python\ndef {name}(x):\n{doc}    return x + {k}\n```"
+            return f"```python\ndef {name}(x):\n{doc}    return x + {k}\n\nassert {name}(2) == {k + 2}\n```"
         words = " ".join(f"word{c}" for c in h) * 4  # a section whose code runs (the stage runs it)
         return f"# Section {h[:8]}\n\n{words}\n\n```python\ntotal = {k}\nprint(total + 1)\n```\n"
 
