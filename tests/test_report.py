@@ -45,6 +45,7 @@ def demo(tmp_path_factory, stdlib_dir):
             "eval_limit=5",
             "eval_max_new_tokens=24",
             "decontam_embedder=null",
+            "synthetic.llm=local_tiny",  # the pipeline's plumbing; the code model's output: test_llm_stages
             "synthetic.textbook_sections=4",
             "synthetic.exercises=6",
             "synthetic.textbook_max_tokens=256",
