@@ -113,7 +113,12 @@ def test_dedup_removes_exact_and_near_copies(copies_dir: Path, tmp_path: Path) -
     assert 0.7 <= removed["c_renamed_shlex.py"]["jaccard"] < 1.0
 
 
-@pytest.mark.parametrize("definition", [{}, {"exact": False}, {"near": False}, {"threshold": 0.5}])
+DATATROVE_BANDS = {"num_perm": 112, "lsh_bands": 14, "threshold": 0.72}  # datatrove's 14 bands x 8 rows
+
+
+@pytest.mark.parametrize(
+    "definition", [{}, {"exact": False}, {"near": False}, {"threshold": 0.5}, DATATROVE_BANDS]
+)
 def test_sharded_stage_decides_as_the_streaming_rule(
     stdlib_dir: Path, tmp_path: Path, copies_dir: Path, definition: dict
 ) -> None:
@@ -153,6 +158,8 @@ def test_sharded_stage_decides_as_the_streaming_rule(
         )
         assert got == expect_removed
         assert m["counts"]["kept"] == len(expect_kept) and m["steps"]["buckets"]["tasks"] == tasks
+        if "lsh_bands" in definition:
+            assert m["lsh"] == {"bands": 14, "rows": 8}
 
 
 def test_token_patterns_that_match_whitespace_are_refused(tmp_path: Path, copies_dir: Path) -> None:
@@ -162,7 +169,11 @@ def test_token_patterns_that_match_whitespace_are_refused(tmp_path: Path, copies
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [({"shingle_size": 0}, "shingle_size=0 must be at least 1"), ({"num_perm": 1}, "num_perm=1 must be")],
+    [
+        ({"shingle_size": 0}, "shingle_size=0 must be at least 1"),
+        ({"num_perm": 1}, "num_perm=1 must be"),
+        ({"lsh_bands": 129}, "lsh_bands=129 must be in"),
+    ],
 )
 def test_impossible_signatures_are_refused_before_anything_runs(tmp_path, copies_dir, bad, message) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -83,6 +83,7 @@ class DedupConfig:
     ascii_tokens: bool = Duplicates.ascii_tokens
     seed: int = Duplicates.seed
     lsh_weights: tuple[float, float] = Duplicates.lsh_weights
+    lsh_bands: int = Duplicates.lsh_bands
     pattern: str = "**/*.py"  # files read inside source directories
     write_removed: bool = True
     shard_bytes: int = 8 << 20  # source files per shard (JSONL/Parquet files and stage parts are one each)

@@ -7,7 +7,8 @@
   hashes from cached 64-bit token hashes, then one ``[n_shingles, num_perm]`` min-reduction, the same
   signatures as ``MinHash.update_batch`` on the same 32-bit shingle hashes, several times faster). Two
   documents are candidates when they share an LSH band (``b`` bands of ``r`` rows chosen by datasketch for
-  ``threshold`` and ``lsh_weights``), and duplicates when their estimated Jaccard similarity is at least
+  ``threshold`` and ``lsh_weights``, or ``lsh_bands`` bands of ``num_perm // lsh_bands`` rows when set, e.g.
+  datatrove's 14 x 8), and duplicates when their estimated Jaccard similarity is at least
   ``threshold``.
 * **The rule** (first of its cluster kept): documents are taken in order; a document is an exact duplicate
   of the kept document with its exact key, else a near duplicate of the earliest kept candidate at or above
@@ -53,6 +54,7 @@ class Duplicates:
     ascii_tokens: bool = True  # match token_pattern in ASCII mode (faster; other characters are ignored)
     seed: int = 1  # MinHash permutations
     lsh_weights: tuple[float, float] = (0.5, 0.5)  # false-positive / false-negative weights of LSH bands
+    lsh_bands: int = 0  # bands of num_perm // lsh_bands rows; 0: datasketch's choice for the threshold
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -69,6 +71,8 @@ class Duplicates:
             raise ConfigError(
                 f"dedup: token_pattern {self.token_pattern!r} is not a regular expression: {e}"
             ) from e
+        if not 0 <= self.lsh_bands <= self.num_perm:
+            raise ConfigError(f"dedup: lsh_bands={self.lsh_bands} must be in [0, num_perm={self.num_perm}]")
         if any(rx.search(c) for c in " \t\r\n"):
             raise ConfigError(
                 f"dedup: token_pattern {self.token_pattern!r} matches whitespace; tokens must not, because "
@@ -76,7 +80,9 @@ class Duplicates:
             )
 
     def bands(self) -> tuple[int, int]:
-        """LSH bands and rows per band, as datasketch chooses them."""
+        """LSH bands and rows per band: ``lsh_bands`` when set, else as datasketch chooses them."""
+        if self.lsh_bands:
+            return self.lsh_bands, self.num_perm // self.lsh_bands
         from datasketch import MinHashLSH  # on use: it imports scipy (~0.25 s of every command's start)
 
         lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm, weights=tuple(self.lsh_weights))  # type: ignore[arg-type]
@@ -226,7 +232,8 @@ class Deduplicator:
         weights = tuple(cfg.lsh_weights)
         from datasketch import MinHashLSH
 
-        self.lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights)  # type: ignore[arg-type]
+        params = cfg.bands() if cfg.lsh_bands else None
+        self.lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=weights, params=params)  # type: ignore[arg-type]
         self.exact: dict[bytes, int] = {}  # normalised-content hash -> index of the kept document
         self.signatures: dict[int, np.ndarray] = {}  # kept index -> signature
         self.cluster_of: dict[int, int] = {}  # kept index -> cluster number
