@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import hashlib
 import json
 import os
@@ -61,6 +62,7 @@ SHINGLE, BANDS, ROWS, SEED = 5, 14, 8, 1  # datatrove's MinhashConfig defaults
 THRESHOLD = 0.72  # (1 / BANDS) ** (1 / ROWS) = 0.719, where datatrove's LSH curve crosses 1/2
 TOKEN_PATTERN = r"\w+"  # our stage's default shingle tokens (ASCII)
 EOT = "<|endoftext|>"
+MEMBERS = 2000  # cluster members searched for a removed document's closest one
 
 
 # -- datatrove's side (run in its own process: ``python -c "import vs_datatrove; ..."``) ----------------------
@@ -203,11 +205,6 @@ def shingles(text: str) -> set[tuple[str, ...]]:
     return {tuple(t[i : i + k]) for i in range(len(t) - k + 1)} if t else set()
 
 
-def jaccard(a: str, b: str) -> float:
-    x, y = shingles(a), shingles(b)
-    return len(x & y) / len(x | y) if x or y else 1.0
-
-
 def near_copy(text: str, kind: int, rng: random.Random) -> str:
     """A light edit of the kind near-dedup exists for: a renamed identifier, dropped lines, added comments."""
     lines = text.splitlines(keepends=True)
@@ -274,6 +271,12 @@ def summary(values: list[float]) -> str:
     return f"min {min(values):.3f}, median {statistics.median(values):.3f}, max {max(values):.3f}"
 
 
+def short_name(source: str, doc: str) -> str:
+    """A readable name: the path below site-packages or the stdlib, marked when it is a planted copy."""
+    name = re.sub(r"^.*?/(site-packages|python3\.\d+)/", "", source)
+    return f"{name} (planted copy)" if doc.startswith("planted-") else name
+
+
 def compare(
     text: dict[str, str],
     src: dict[str, str],
@@ -282,11 +285,20 @@ def compare(
     pairs: list[tuple[str, str]],
     examples: int,
 ) -> dict[str, Any]:
-    """Removed by each, both, one only; one-side removals explained by the pair's exact Jaccard."""
+    """Removed by each, both, one only; each one-side removal explained by exact Jaccard similarities."""
     (oc, orem), (dc, drem) = o, d
     n = len(text)
     both = orem.keys() & drem.keys()
     only_o, only_d = sorted(orem.keys() - drem.keys()), sorted(drem.keys() - orem.keys())
+    sets: dict[
+        str, set[int]
+    ] = {}  # the n-grams' 64-bit hashes: exact but for hash collisions (~1e-19 a pair)
+
+    def jac(a: str, b: str) -> float:
+        x, y = (
+            sets[i] if i in sets else sets.setdefault(i, set(map(hash, shingles(text[i])))) for i in (a, b)
+        )
+        return len(x & y) / len(x | y) if x or y else 1.0
 
     def together(clusters: dict[str, int], a: str, b: str, singleton: int | None) -> bool:
         return clusters[a] == clusters[b] and clusters[a] != singleton
@@ -304,26 +316,50 @@ def compare(
         f"removed: ours {len(orem)}, datatrove {len(drem)}, both {len(both)}, ours only {len(only_o)}, "
         f"datatrove only {len(only_d)}; documents with the same decision: {res['agreement']:.2%} of {n}"
     )
-    for label, only, rem, other_c, other_single in (
-        ("ours only", only_o, orem, dc, -1),
-        ("datatrove only", only_d, drem, oc, None),
+    for label, only, rem, own_c, own_single, other_c, other_single in (
+        ("ours only", only_o, orem, oc, None, dc, -1),
+        ("datatrove only", only_d, drem, dc, -1, oc, None),
     ):
-        # the other side grouped the pair too and kept the other document: a choice of representative
-        same = [x for x in only if together(other_c, x, rem[x], other_single)]
-        apart = [x for x in only if x not in set(same)]
-        jac = {x: jaccard(text[x], text[rem[x]]) for x in only}
-        res[label] = {"same_group_other_kept": len(same), "not_grouped_by_other": len(apart)}
-        res[label]["jaccard_not_grouped"] = [jac[x] for x in apart]
+        members = collections.defaultdict(list)
+        for x, c in own_c.items():
+            if c != own_single:
+                members[c].append(x)
+        why: dict[str, list[str]] = collections.defaultdict(list)
+        pair_j, best_j = {}, {}
+        for x in only:
+            pair_j[x] = jac(x, rem[x]) if rem[x] is not None else float("nan")
+            near = [y for y in members[own_c[x]][:MEMBERS] if y != x]  # a cluster's first MEMBERS documents
+            best_j[x] = max(map(functools.partial(jac, x), near), default=float("nan"))
+            if together(other_c, x, rem[x], other_single):
+                why["grouped by both, the other side kept another document"].append(x)
+            elif len(words(text[x])) < SHINGLE:
+                why[f"under {SHINGLE} tokens: datatrove makes no shingles, never removes it"].append(x)
+            elif best_j[x] >= THRESHOLD:
+                why[
+                    f"a cluster member at exact Jaccard >= {THRESHOLD} that the other side did not find"
+                ].append(x)
+            else:
+                why[
+                    f"no cluster member at exact Jaccard >= {THRESHOLD} (joined by LSH collisions alone)"
+                ].append(x)
+        res[label] = {
+            "reasons": {k: len(v) for k, v in why.items()},
+            "pair_jaccard": summary([pair_j[x] for x in only]),
+            "best_jaccard_in_cluster": summary([best_j[x] for x in only]),
+        }
         print(
-            f"  {label}: {len(only)} = {len(same)} grouped by both sides with another document kept "
-            f"+ {len(apart)} not grouped by the other side; exact Jaccard of the latter's pairs: "
-            f"{summary([jac[x] for x in apart])}"
+            f"  {label}: {len(only)}; exact Jaccard to the kept document {res[label]['pair_jaccard']}; "
+            f"to the closest member of its cluster {res[label]['best_jaccard_in_cluster']}"
         )
-        for x in (
-            sorted(apart, key=lambda x: jac[x])[:examples] + sorted(apart, key=lambda x: -jac[x])[:examples]
-        ):
-            print(f"    J={jac[x]:.3f}  {src[x]}  ~  {src[rem[x]]}")
-    pj = [jaccard(text[a], text[b]) for a, b in pairs]
+        for reason, xs in why.items():
+            print(f"    {len(xs)}: {reason}")
+            xs = sorted(xs, key=lambda x: best_j[x])
+            for x in dict.fromkeys(xs[:examples] + xs[-examples:]):
+                print(
+                    f"      J={pair_j[x]:.3f} (closest {best_j[x]:.3f})  {short_name(src[x], x)}  ~  "
+                    f"{short_name(src[rem[x]], rem[x]) if rem[x] else '?'}"
+                )
+    pj = [jac(a, b) for a, b in pairs]
     found_o = sum(together(oc, a, b, None) for a, b in pairs)
     found_d = sum(together(dc, a, b, -1) for a, b in pairs)
     res["planted"] = {"pairs": len(pairs), "ours": found_o, "datatrove": found_d, "jaccard": summary(pj)}
@@ -333,10 +369,10 @@ def compare(
             f"by datatrove {found_d}"
         )
         for (a, b), j in zip(pairs, pj):
-            if together(oc, a, b, None) != together(dc, a, b, -1):
-                print(
-                    f"    J={j:.3f} found by {'ours' if together(oc, a, b, None) else 'datatrove'} only: {src[a]}"
-                )
+            o_found, d_found = together(oc, a, b, None), together(dc, a, b, -1)
+            if not (o_found and d_found):
+                found = "ours only" if o_found else "datatrove only" if d_found else "neither"
+                print(f"    J={j:.3f} found by {found}: {short_name(src[a], a)}")
     return res
 
 
@@ -478,9 +514,10 @@ def main() -> None:
                                          "datatrove_peak_MB": pd, "ratio": sd / so}  # fmt: skip
             w0 = min(a.workers)
             for w in a.workers[1:]:
-                same = decided[w][0][1] == decided[w0][0][1]
-                print(f"ours with {w} workers removes the same documents as with {w0}: {same}; datatrove: "
-                      f"{decided[w][1][1].keys() == decided[w0][1][1].keys()}")  # fmt: skip
+                for side, k in (("ours", 0), ("datatrove", 1)):
+                    x, y = decided[w][k][1].keys(), decided[w0][k][1].keys()
+                    print(f"{side} with {w} workers: {len(x)} removed, {len(x ^ y)} documents decided otherwise "
+                          f"than with {w0} (the same clusters may keep another document)")  # fmt: skip
             print(f"\ndecisions ({w0} worker{'s' if w0 > 1 else ''}):")
             results["decisions"] = compare(text, src, *decided[w0], pairs, a.examples)
 
