@@ -330,13 +330,13 @@ def compare(
             pair_j[x] = jac(x, rem[x]) if rem[x] is not None else float("nan")
             near = [y for y in members[own_c[x]][:MEMBERS] if y != x]  # a cluster's first MEMBERS documents
             best_j[x] = max(map(functools.partial(jac, x), near), default=float("nan"))
-            if together(other_c, x, rem[x], other_single):
-                why["grouped by both, the other side kept another document"].append(x)
+            if any(together(other_c, x, y, other_single) for y in [rem[x], *near] if y is not None):
+                why["the other side groups it with a member of its cluster and keeps it instead"].append(x)
             elif len(words(text[x])) < SHINGLE:
                 why[f"under {SHINGLE} tokens: datatrove makes no shingles, never removes it"].append(x)
             elif best_j[x] >= THRESHOLD:
                 why[
-                    f"a cluster member at exact Jaccard >= {THRESHOLD} that the other side did not find"
+                    f"a cluster member at exact Jaccard >= {THRESHOLD} the other side does not group it with"
                 ].append(x)
             else:
                 why[
@@ -359,20 +359,32 @@ def compare(
                     f"      J={pair_j[x]:.3f} (closest {best_j[x]:.3f})  {short_name(src[x], x)}  ~  "
                     f"{short_name(src[rem[x]], rem[x]) if rem[x] else '?'}"
                 )
+    # a planted pair is resolved when the output does not keep both documents (the original may go as a
+    # duplicate of a third document, and the copy then stays if it is not close enough to that one)
     pj = [jac(a, b) for a, b in pairs]
-    found_o = sum(together(oc, a, b, None) for a, b in pairs)
-    found_d = sum(together(dc, a, b, -1) for a, b in pairs)
-    res["planted"] = {"pairs": len(pairs), "ours": found_o, "datatrove": found_d, "jaccard": summary(pj)}
+    done_o = [a in orem or b in orem for a, b in pairs]
+    done_d = [a in drem or b in drem for a, b in pairs]
+    above = [j >= THRESHOLD for j in pj]
+    res["planted"] = {
+        "pairs": len(pairs),
+        "above_threshold": sum(above),
+        "ours": sum(done_o),
+        "datatrove": sum(done_d),
+        "ours_above": sum(x and y for x, y in zip(done_o, above)),
+        "datatrove_above": sum(x and y for x, y in zip(done_d, above)),
+        "jaccard": summary(pj),
+    }
     if pairs:
+        p = res["planted"]
         print(
-            f"planted near copies: {len(pairs)} (exact Jaccard {summary(pj)}); found by ours {found_o}, "
-            f"by datatrove {found_d}"
+            f"planted near copies: {len(pairs)} (exact Jaccard {summary(pj)}; {p['above_threshold']} at >= "
+            f"{THRESHOLD}); pairs not both kept: ours {p['ours']} ({p['ours_above']} of those >= {THRESHOLD}), "
+            f"datatrove {p['datatrove']} ({p['datatrove_above']})"
         )
-        for (a, b), j in zip(pairs, pj):
-            o_found, d_found = together(oc, a, b, None), together(dc, a, b, -1)
-            if not (o_found and d_found):
-                found = "ours only" if o_found else "datatrove only" if d_found else "neither"
-                print(f"    J={j:.3f} found by {found}: {short_name(src[a], a)}")
+        for (a, _), j, x, y in zip(pairs, pj, done_o, done_d):
+            if not (x and y):
+                found = "ours only" if x else "datatrove only" if y else "neither"
+                print(f"    J={j:.3f} resolved by {found}: {short_name(src[a], a)}")
     return res
 
 
@@ -449,6 +461,16 @@ def size(folder: Path, keep: Callable[[Path], bool] = lambda p: True) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and keep(p))
 
 
+def decisions_of(root: Path, workers: int, examples: int) -> None:
+    """The decisions of a run kept with ``--keep`` (its inputs, planted copies and both sides' outputs)."""
+    rows = read_rows(root / "input", ["id", "text", "source"])
+    planted = root / "input" / "zz-planted.parquet"
+    ids = pq.read_table(planted, columns=["id"]).column("id").to_pylist() if planted.exists() else []
+    pairs = [(i.split("-", 2)[2], i) for i in ids]  # planted-<k>-<original id>
+    o, d = our_decisions(root / f"ours-dedup-{workers}"), their_decisions(root / f"dt-dedup-{workers}")
+    compare({r["id"]: r["text"] for r in rows}, {r["id"]: r["source"] for r in rows}, o, d, pairs, examples)
+
+
 # -- main --------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -461,7 +483,10 @@ def main() -> None:
     ap.add_argument("--tokenizer", default="p50k_base")
     ap.add_argument("--skip", choices=["dedup", "pack"], nargs="*", default=[])
     ap.add_argument("--keep", help="a directory to keep the outputs in (default: a temporary one)")
+    ap.add_argument("--decisions", metavar="DIR", help="only compare the decisions of a run kept in DIR")
     a = ap.parse_args()
+    if a.decisions:
+        return decisions_of(Path(a.decisions), min(a.workers), a.examples)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(a.keep or tmp)
