@@ -26,7 +26,9 @@ worker processes, each command in a fresh process whose wall time, start-up incl
   tokenizer thread per task on both sides (``stage.num_threads=1``; ``TOKENIZERS_PARALLELISM=false``).
 
 Peak memory: RSS of the largest single process of a command (its workers included), sampled every 50 ms with
-psutil. Throughput per core = documents (or MB, tokens) per second of wall time / worker processes.
+psutil. Throughput per core = documents (or MB, tokens) per second of wall time / worker processes; each
+command's CPU seconds (user + system, its processes included) are printed too, since on a shared machine the
+other jobs move wall times far more than CPU times.
 
 Usage: ``python benchmarks/vs_datatrove.py [--input stdlib|site-packages|DIR] [--workers 1 2] [--plant 60]``
 """
@@ -41,6 +43,7 @@ import json
 import os
 import random
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -165,9 +168,11 @@ def datatrove_tokenize(inp: str, out: str, workers: int, tokenizer_file: str, ba
 
 
 # -- measuring a command ------------------------------------------------------------------------------------
-def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Wall seconds of ``cmd`` and the peak RSS (MB) of its largest process, sampled every 50 ms."""
+def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Wall seconds of ``cmd``, CPU seconds of it and its reaped descendants (user + system; what the other
+    jobs on a shared machine do not change), and the peak RSS (MB) of its largest process, sampled every 50 ms."""
     peak = 0
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err: list[bytes] = []
@@ -182,10 +187,12 @@ def measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, 
             pass
         time.sleep(0.05)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     drain.join()
     if proc.returncode:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{b''.join(err).decode()[-3000:]}")
-    return seconds, peak / 1e6
+    return seconds, cpu, peak / 1e6
 
 
 def ours(root: Path, stage: str, tasks: int, *args: str) -> list[str]:
@@ -530,24 +537,26 @@ def main() -> None:
                 f"\ndedup: {docs} documents ({len(pairs)} planted), {mb:.1f} MB; {SHINGLE}-grams of {TOKEN_PATTERN}, "
                 f"{BANDS} bands x {ROWS} rows, threshold {THRESHOLD} (ours), seed {SEED}"
             )
-            print(f"{'workers':>7s} {'side':10s} {'s':>7s} {'docs/s/core':>11s} {'MB/s/core':>9s} "
+            print(f"{'workers':>7s} {'side':10s} {'s':>7s} {'CPU s':>7s} {'docs/s/core':>11s} {'MB/s/core':>9s} "
                   f"{'peak MB':>8s} {'removed':>8s}")  # fmt: skip
             decided = {}
             for w in a.workers:
                 oo, do = root / f"ours-dedup-{w}", root / f"dt-dedup-{w}"
-                so, po = measured(ours(root, "dedup", w, f"stage.inputs=[{','.join(map(str, inputs))}]",
+                so, co, po = measured(ours(root, "dedup", w, f"stage.inputs=[{','.join(map(str, inputs))}]",
                                        f"stage.out_dir={oo}", f"stage.num_perm={BANDS * ROWS}",
                                        f"stage.lsh_bands={BANDS}", f"stage.threshold={THRESHOLD}",
                                        f"stage.seed={SEED}"))  # fmt: skip
-                sd, pd = measured(*theirs(f"datatrove_dedup({str(inp)!r}, {str(do)!r}, {w})"))
+                sd, cd, pd = measured(*theirs(f"datatrove_dedup({str(inp)!r}, {str(do)!r}, {w})"))
                 decided[w] = (our_decisions(oo), their_decisions(do))
-                for side, s, p, d in (("ours", so, po, decided[w][0]), ("datatrove", sd, pd, decided[w][1])):
-                    print(
-                        f"{w:7d} {side:10s} {s:7.1f} {docs / s / w:11.0f} {mb / s / w:9.2f} {p:8.0f} {len(d[1]):8d}"
-                    )
-                print(f"{w:7d} ratio ours/datatrove throughput: {sd / so:.2f}x (goal >= 2x)")
-                results[f"dedup_{w}"] = {"ours_s": so, "datatrove_s": sd, "ours_peak_MB": po,
-                                         "datatrove_peak_MB": pd, "ratio": sd / so}  # fmt: skip
+                for side, s, c, p, d in (("ours", so, co, po, decided[w][0]),
+                                         ("datatrove", sd, cd, pd, decided[w][1])):  # fmt: skip
+                    print(f"{w:7d} {side:10s} {s:7.1f} {c:7.1f} {docs / s / w:11.0f} {mb / s / w:9.2f} {p:8.0f} "
+                          f"{len(d[1]):8d}")  # fmt: skip
+                print(
+                    f"{w:7d} ratio ours/datatrove throughput: {sd / so:.2f}x (goal >= 2x); CPU time: {cd / co:.2f}x"
+                )
+                results[f"dedup_{w}"] = {"ours_s": so, "datatrove_s": sd, "ours_cpu_s": co, "datatrove_cpu_s": cd,
+                                         "ours_peak_MB": po, "datatrove_peak_MB": pd, "ratio": sd / so}  # fmt: skip
             w0 = min(a.workers)
             for w in a.workers[1:]:
                 for side, k in (("ours", 0), ("datatrove", 1)):
@@ -564,28 +573,33 @@ def main() -> None:
             eot = load_tokenizer(a.tokenizer).eot_token
             nc = m["documents"]
             print(
-                f"\npack: {nc} documents, {m['bytes'] / 1e6:.1f} MB (the corpus); {a.tokenizer}, 1 thread per task"
+                f"\npack: {nc} documents, {m['bytes'] / 1e6:.1f} MB (the corpus); {a.tokenizer}, 1 thread per task; "
+                f"DocumentTokenizer batch_size={a.dt_batch}"
             )
-            print(f"{'workers':>7s} {'side':10s} {'s':>7s} {'tokens/s/core':>13s} {'MB/s/core':>9s} "
+            print(f"{'workers':>7s} {'side':10s} {'s':>7s} {'CPU s':>7s} {'tokens/s/core':>13s} {'MB/s/core':>9s} "
                   f"{'peak MB':>8s} {'written MB':>10s}")  # fmt: skip
             for w in a.workers:
                 oo, do = root / f"ours-pack-{w}", root / f"dt-pack-{w}"
-                so, po = measured(ours(root, "pack", w, f"stage.inputs=[{corpus}]", f"stage.out_dir={oo}",
+                so, co, po = measured(ours(root, "pack", w, f"stage.inputs=[{corpus}]", f"stage.out_dir={oo}",
                                        f"stage.tokenizer={a.tokenizer}", "stage.num_threads=1"))  # fmt: skip
                 cmd, env = theirs(
                     f"datatrove_tokenize({str(corpus)!r}, {str(do)!r}, {w}, {str(tok_file)!r}, {a.dt_batch})"
                 )
-                sd, pd = measured(cmd, dict(env, TOKENIZERS_PARALLELISM="false"))
+                sd, cd, pd = measured(cmd, dict(env, TOKENIZERS_PARALLELISM="false"))
                 (og, ot), (dg, dt) = our_documents(oo, eot), their_documents(do)
                 mbc = m["bytes"] / 1e6
-                for side, s, p, n, out in (("ours", so, po, ot, oo), ("datatrove", sd, pd, dt, do)):
-                    print(f"{w:7d} {side:10s} {s:7.1f} {n / s / w:13.0f} {mbc / s / w:9.2f} {p:8.0f} "
+                for side, s, c, p, n, out in (
+                    ("ours", so, co, po, ot, oo),
+                    ("datatrove", sd, cd, pd, dt, do),
+                ):
+                    print(f"{w:7d} {side:10s} {s:7.1f} {c:7.1f} {n / s / w:13.0f} {mbc / s / w:9.2f} {p:8.0f} "
                           f"{size(out) / 1e6:10.1f}")  # fmt: skip
                 print(
-                    f"{w:7d} ratio ours/datatrove throughput: {sd / so:.2f}x (goal >= 1x); tokens: ours {ot:,}, "
+                    f"{w:7d} ratio ours/datatrove throughput: {sd / so:.2f}x (goal >= 1x), CPU time {cd / co:.2f}x; tokens: ours {ot:,}, "
                     f"datatrove {dt:,}; every document's tokens equal: {og == dg}"
                 )
-                results[f"pack_{w}"] = {"ours_s": so, "datatrove_s": sd, "ratio": sd / so, "tokens_ours": ot,
+                results[f"pack_{w}"] = {"ours_s": so, "datatrove_s": sd, "ours_cpu_s": co, "datatrove_cpu_s": cd,
+                                        "ratio": sd / so, "tokens_ours": ot,
                                         "tokens_datatrove": dt, "equal": og == dg, "ours_peak_MB": po,
                                         "datatrove_peak_MB": pd, "ours_written": size(oo),
                                         "datatrove_written": size(do)}  # fmt: skip
