@@ -68,15 +68,24 @@ def checkpoints(ck: CheckpointConfig, ckpt_dir: Path) -> tuple[ModelCheckpoint, 
     return periodic, best
 
 
-def loggers(cfg: TrainAppConfig, run_dir: Path) -> list[Any]:
-    """``metrics.csv`` and W&B, as ``logger=[...]`` chose."""
+def loggers(cfg: TrainAppConfig, run_dir: Path, rank_zero: bool = True) -> list[Any]:
+    """``metrics.csv`` and W&B, as ``logger=[...]`` chose (every rank has them; only rank 0 writes)."""
     out: list[Any] = []
     if cfg.logger.csv is not None:
         out.append(RunCSVLogger(run_dir))
     if cfg.logger.wandb is not None:
         w = dataclasses.asdict(cfg.logger.wandb)
         tags = [cfg.stage, cfg.dataset.name, cfg.model.name]
-        out.append(wandb_logger(run_dir, name=cfg.run_name, tags=tags, config=dataclasses.asdict(cfg), **w))
+        out.append(
+            wandb_logger(
+                run_dir,
+                name=cfg.run_name,
+                tags=tags,
+                config=dataclasses.asdict(cfg),
+                rank_zero=rank_zero,
+                **w,
+            )
+        )
     return out
 
 
@@ -183,8 +192,9 @@ def train(cfg: TrainAppConfig | DictConfig, run_dir: str | Path) -> dict[str, An
     model = cfg.model_for(enc.n_vocab)  # the preset's vocabulary sized for the tokenizer
     dm, steps = datamodule(cfg, enc), cfg.train.total_steps
     periodic, best = checkpoints(cfg.recipe.checkpoint, run_dir / "checkpoints")
-    logs = loggers(cfg, run_dir)
-    trainer = make_trainer(cfg, run_dir, [periodic, ResumeLogs(), *([best] if best else [])], logs, steps)
+    trainer = make_trainer(cfg, run_dir, [periodic, ResumeLogs(), *([best] if best else [])], [], steps)
+    # the trainer knows this process's rank (from Lightning's launcher or SLURM) before fit starts
+    logs = trainer.loggers = loggers(cfg, run_dir, trainer.is_global_zero)
     module = make_module(cfg, model)
     monitor = ThroughputMonitor(every=cfg.train.log_every_steps, accumulate=trainer.accumulate_grad_batches)
     trainer.callbacks.append(monitor)

@@ -15,6 +15,8 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from textbooks.io import write_bytes_atomic
+
 METRICS = "metrics.csv"
 
 
@@ -96,22 +98,27 @@ def wandb_logger(
     project: str = "textbooks",
     entity: str | None = None,
     mode: str = "auto",
+    rank_zero: bool = True,
     **kwargs: Any,
 ):
     """A ``WandbLogger`` whose files live in the run directory, resuming the same W&B run on restart.
 
     Offline runs (no API key) can be uploaded later with ``wandb sync <run_dir>/wandb/offline-run-*``.
+    Only rank 0 (``rank_zero``) chooses the run's id and writes it: the other ranks of a distributed run,
+    started at the same time on SLURM, would otherwise race it with ids of their own (their loggers never
+    open a W&B run).
     """
     from lightning.pytorch.loggers import WandbLogger
 
     run_dir = Path(run_dir)
     id_file = run_dir / "wandb_id.txt"
+    run_id: str | None = None
     if id_file.is_file():
         run_id = id_file.read_text().strip()
-    else:
+    elif rank_zero:
         run_id = uuid.uuid4().hex[:12]
         run_dir.mkdir(parents=True, exist_ok=True)
-        id_file.write_text(run_id)
+        write_bytes_atomic(id_file, run_id.encode())
     logger = WandbLogger(
         project=project,
         entity=entity,
