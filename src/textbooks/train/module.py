@@ -187,6 +187,20 @@ class CausalLMModule(L.LightningModule):
             on_epoch=True,
         )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["accumulate_grad_batches"] = self.accumulate
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Count the loop's micro-batches in this run's accumulation: a checkpoint of another world size
+        counted its own, and Lightning places validation (and so checkpoints) by that count."""
+        saved = checkpoint.get("accumulate_grad_batches")
+        loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if saved and loop and saved != self.accumulate:
+            for part in ("total", "current"):
+                counts = loop[part]
+                for k, v in counts.items():
+                    counts[k] = v // saved * self.accumulate + v % saved
+
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         fused = o.fused if o.fused is not None else torch.cuda.is_available()
