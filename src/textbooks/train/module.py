@@ -185,6 +185,7 @@ class CausalLMModule(L.LightningModule):
                 "val/step": float(self.global_step),
             },
             on_epoch=True,
+            sync_dist=True,  # the same on every rank; synced, Lightning does not warn about it
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
