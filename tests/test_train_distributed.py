@@ -126,6 +126,22 @@ def test_a_killed_run_resumes_at_another_world_size_with_the_same_data_order(
     assert len(offline) == 3 and all(p.name.endswith(run_id) for p in offline)  # one W&B run, resumed
 
 
+@pytest.mark.slow
+def test_a_local_sweep_with_ddp_starts_each_jobs_ranks_for_that_job(tiny_data, tmp_path):
+    """Lightning starts rank 1 by re-running the command line: in a multirun it must run this job in
+    this job's directory, not the whole sweep, and the next job must start its own."""
+    sweep = ["sweep_name=grid", "train.tokens=2K,3K", "logger=[csv]"]
+    r = cli(["-m", *args(tiny_data, tmp_path, *DDP), *sweep], cwd=tiny_data["root"])
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert out.count("Launching 2 jobs") == 1 and out.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["grid"]
+    for tokens, steps in (("2K", 3), ("3K", 5)):
+        run = tmp_path / "grid" / f"pretrain-stdlib-cpu_tiny-{tokens}-s0"
+        assert json.loads((run / "results.json").read_text())["steps"] == steps
+        assert (run / "train_ddp_process_1.log").is_file()  # rank 1's Hydra log: it ran in this directory
+
+
 # -- SLURM ------------------------------------------------------------------------------------------------
 # conf/hydra/launcher/slurm.yaml sized for the one-node test cluster: no GPUs, 1 CPU and 2 GB per task
 ON_SLURM = [

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from textbooks.cli import hydra_app
 from textbooks.config import Count
@@ -175,6 +179,58 @@ def plan(cfg: TrainAppConfig, trainer: L.Trainer, dm: TokenDataModule) -> str:
     )
 
 
+@contextmanager
+def ranks_run_this_job(trainer: L.Trainer) -> Iterator[None]:
+    """Lightning starts the other ranks of a DDP run on one machine by re-running the command line with
+    ``hydra.run.dir`` set to the run's directory. In a job of a multirun that command is the whole sweep
+    (each rank would run every job) and ``hydra.run.dir`` is not the job's directory: here the ranks get
+    this job's overrides and directory instead, and the job leaves no process group behind for the next
+    job of the sweep, whose ranks are new processes."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if (
+        trainer.world_size == 1
+        or env is None
+        or env.creates_processes_externally  # SLURM, torchrun: the ranks are already there
+        or not HydraConfig.initialized()
+        or HydraConfig.get().mode != RunMode.MULTIRUN
+    ):
+        yield
+        return
+    hc = HydraConfig.get()
+    args = get_args_parser().parse_args(sys.argv[1:])
+    flags = [
+        f"--{k.replace('_', '-')}={v}"
+        for k in ("config_path", "config_name", "config_dir")
+        if (v := getattr(args, k))
+    ]
+    argv, run_dir = sys.argv, hc.run.dir
+    # what Lightning's launcher sets in this process for its children; LOCAL_RANK left set would tell the
+    # next job's trainer that its ranks were started by someone else
+    ddp_env = {
+        k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+    }
+    sys.argv = [argv[0], *flags, *hc.overrides.task]
+    with read_write(hc.run):
+        hc.run.dir = hc.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hc.run):
+            hc.run.dir = run_dir
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for k, v in ddp_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def train(cfg: TrainAppConfig | DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train (or resume, or skip) the run described by ``cfg`` in ``run_dir``; returns its results."""
     cfg, run_dir = load(cfg), Path(run_dir)
@@ -210,15 +266,16 @@ def train(cfg: TrainAppConfig | DictConfig, run_dir: str | Path) -> dict[str, An
     log.info("%s%s", plan(cfg, trainer, dm), f"; resuming from {last}" if last else "")
     ok = False
     try:
-        t0 = time.time()
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
-        results = finish(cfg, run_dir, trainer, module, dm, monitor, best, keys, time.time() - t0)
-        if wandb is not None and trainer.is_global_zero:
-            wandb.experiment.summary.update(
-                {f"final/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
-            )
-        ok = True
-        return results
+        with ranks_run_this_job(trainer):
+            t0 = time.time()
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
+            results = finish(cfg, run_dir, trainer, module, dm, monitor, best, keys, time.time() - t0)
+            if wandb is not None and trainer.is_global_zero:
+                wandb.experiment.summary.update(
+                    {f"final/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+                )
+            ok = True
+            return results
     finally:
         if wandb is not None and trainer.is_global_zero:
             # Lightning leaves the W&B run open; the next run of a multirun in this process would reuse it
