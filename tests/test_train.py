@@ -223,7 +223,7 @@ def test_shards_from_another_tokenizer_are_refused(tiny_data, tmp_path):
         train(config(tiny_data, f"paths.root={root}", "tokenizer.vocab_size=400"), tmp_path / "r")
 
 
-@pytest.mark.parametrize("trainer", ["deepspeed", "fsdp", "ddp"])
+@pytest.mark.parametrize("trainer", ["deepspeed", "fsdp", "ddp", "fully_shard"])
 def test_distributed_strategies_build_from_configs(tiny_data, tmp_path, trainer):
     from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 
@@ -252,6 +252,10 @@ def test_distributed_strategies_build_from_configs(tiny_data, tmp_path, trainer)
             "hysteresis": 2,
             "min_loss_scale": 1,
         }
+    elif trainer == "fully_shard":  # FSDP2 through ModelParallelStrategy: whole-state checkpoint files
+        from textbooks.train.strategies import FullyShardStrategy
+
+        assert isinstance(t.strategy, FullyShardStrategy) and not t.strategy._save_distributed_checkpoint
     else:
         assert isinstance(t.strategy, DDPStrategy)
 

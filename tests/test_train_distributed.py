@@ -1,5 +1,7 @@
-"""Data-parallel training in real processes on CPU (gloo): two processes train as one with the same global
-batch, and a run killed with -9 resumes at another world size with the same data order.
+"""Training in more than one real process on CPU (gloo): two DDP processes train as one with the same
+global batch, FSDP2 (fully_shard) as DDP, a run killed with -9 resumes at another world size with the same
+data order, a local sweep starts each job's ranks, and on a real SLURM a sweep survives scancel and a
+2-task job trains with DDP.
 
 Dropout is off here: its masks are drawn per rank and micro-batch, so with dropout the runs differ by the
 noise it adds, not by a bug. Without it the two world sizes compute the same sums in another order (two
@@ -77,14 +79,20 @@ def one_process(tiny_data, tmp_path_factory) -> Path:
     return runs / RUN
 
 
+@pytest.fixture(scope="module")
+def two_processes(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """The run with DDP in two processes, and what it printed."""
+    runs = tmp_path_factory.mktemp("two")
+    r = cli(args(tiny_data, runs, *DDP), cwd=tiny_data["root"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return runs / RUN, r.stdout + r.stderr
+
+
 @pytest.mark.slow
-def test_two_processes_train_as_one_with_the_same_global_batch(tiny_data, one_process, tmp_path):
-    r = cli(args(tiny_data, tmp_path, *DDP), cwd=tiny_data["root"])
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
+def test_two_processes_train_as_one_with_the_same_global_batch(one_process, two_processes):
+    run, out = two_processes
     assert "accumulate 1, 2 devices" in out and "GLOBAL_RANK: 1, MEMBER: 2/2" in out
-    assert [p.name for p in tmp_path.iterdir()] == [RUN]  # one run directory, shared by both ranks
-    run = tmp_path / RUN
+    assert [p.name for p in run.parent.iterdir()] == [RUN]  # one run directory, shared by both ranks
     assert close(losses(one_process), losses(run)) and len(losses(run)) == 39
     assert close(losses(one_process, "val/loss"), losses(run, "val/loss"))
     assert column(one_process, "train/tokens_seen") == column(run, "train/tokens_seen")
@@ -97,6 +105,27 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tiny_data, one_pr
     wb = summarize(next(offline.rglob("run-*.wandb")))
     assert wb["run"].run_id == (run / "wandb_id.txt").read_text() and "train/loss" in wb["history_keys"]
     assert float(wb["summary"]["final/steps"]) == 39
+
+
+@pytest.mark.slow
+def test_fully_shard_on_two_cpu_processes_trains_as_ddp(tiny_data, two_processes, tmp_path):
+    """trainer=fully_shard (FSDP2, gloo): the losses of DDP to TOL; the exported model is the whole one."""
+    import torch
+
+    from textbooks.checkpoint import load_pretrained
+
+    r = cli(
+        args(tiny_data, tmp_path, "trainer=fully_shard", "trainer.devices=2", "train.export=true"),
+        cwd=tiny_data["root"],
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    run, (ddp, _) = tmp_path / RUN, two_processes
+    assert close(losses(ddp), losses(run)) and len(losses(run)) == 39
+    assert close(losses(ddp, "val/loss"), losses(run, "val/loss"))
+    model, _ = load_pretrained(run / "model")
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 39
+    assert torch.equal(model.lm_head.weight, last["state_dict"]["model.lm_head.weight"])
 
 
 @pytest.mark.slow

@@ -41,7 +41,7 @@ from textbooks.train.logging import (
     quiet_third_party,
     wandb_logger,
 )
-from textbooks.train.module import CausalLMModule
+from textbooks.train.module import CausalLMModule, whole_model
 from textbooks.train.rundir import RESULTS, RUN, export, read_results, resume_checkpoint, run_keys
 from textbooks.train.throughput import ThroughputMonitor
 
@@ -316,10 +316,11 @@ def finish(
         "device_hours": trainer.world_size * monitor.train_seconds / 3600,
         "wall_seconds": wall,
     }
+    model = whole_model(module.model) if complete and cfg.train.export else module.model  # all ranks
     if trainer.is_global_zero and complete:
         if cfg.train.export:
             final = metrics.get(cfg.recipe.checkpoint.best or "")
-            results.update(export(cfg, run_dir, module.model, trainer.global_step, best, final))
+            results.update(export(cfg, run_dir, model, trainer.global_step, best, final))
         write_json_atomic(run_dir / RESULTS, results)
     return results
 

@@ -54,6 +54,33 @@ def apply_activation_checkpointing(model: PhiForCausalLM) -> None:
     )
 
 
+def shard_blocks(model: PhiForCausalLM, mesh: Any) -> None:
+    """FSDP2: each block one unit, then the rest (embeddings, final norm, head); idempotent (Lightning
+    configures the model again for a validation after fit)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):
+        return
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def whole_model(model: PhiForCausalLM) -> PhiForCausalLM:
+    """An unsharded copy of a (possibly FSDP2-sharded) model, for export: every rank must call this when
+    it is sharded; rank 0 gets the weights."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    whole = PhiForCausalLM(model.config)
+    if state:  # rank 0
+        whole.load_state_dict(state)
+    return whole
+
+
 def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """A distinct, reproducible RNG seed per (run seed, optimizer step, micro-batch, rank) for dropout."""
     return (seed * 1_000_003 + step * 7_919 + micro * 104_729 + rank * 15_485_863) % (2**63 - 1)
@@ -125,6 +152,11 @@ class CausalLMModule(L.LightningModule):
                 "choose the model preset the checkpoint was trained with"
             )
         self.model.load_state_dict(src.state_dict())
+
+    def configure_model(self) -> None:
+        """Shard the model when the strategy gives a device mesh (``trainer=fully_shard``)."""
+        if self._device_mesh is not None:
+            shard_blocks(self.model, self._device_mesh["data_parallel"])
 
     # -- training -----------------------------------------------------------------------------------------
     @property

@@ -1,14 +1,15 @@
 """Distributed strategies, built from trainer configs (``conf/trainer/*.yaml``).
 
 Parallelism is applied from outside the model: FSDP wraps and (optionally) checkpoints each ``Block``;
-DeepSpeed ZeRO shards optimizer state (stage 1), gradients (stage 2) or parameters (stage 3).
+``fully_shard`` (FSDP2) shards each ``Block`` in the LightningModule's ``configure_model``; DeepSpeed ZeRO
+shards optimizer state (stage 1), gradients (stage 2) or parameters (stage 3).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from textbooks.model import Block
 
@@ -56,3 +57,19 @@ def fsdp(
         state_dict_type=state_dict_type,
         **kwargs,
     )
+
+
+class FullyShardStrategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` with every process in the data-parallel (sharding) dimension: its
+    ``"auto"`` would give that dimension one process per node and the rest to tensor parallelism."""
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.world_size
+        super().setup_environment()
+
+
+def fully_shard(**kwargs: Any) -> FullyShardStrategy:
+    """PyTorch's FSDP2 (``torch.distributed.fsdp.fully_shard``, one unit per block) through Lightning's
+    ``ModelParallelStrategy``, which, unlike ``FSDPStrategy``, also runs on CPUs (gloo). Checkpoints are
+    single files (the whole state gathered on rank 0), so a run resumes at any world size or strategy."""
+    return FullyShardStrategy(tensor_parallel_size=1, save_distributed_checkpoint=False, **kwargs)
