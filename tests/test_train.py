@@ -298,3 +298,26 @@ def test_a_training_run_prints_nothing_the_user_cannot_act_on(tmp_path, caplog) 
 
         rank_zero_warn("The `srun` command is available on your system but is not used. HINT: ...")
     assert not [w for w in seen if "LeafSpec" in str(w.message) or "srun" in str(w.message)]
+
+
+def test_a_metrics_file_cut_short_by_a_kill_resumes_without_the_cut_row(tmp_path):
+    """A kill while metrics.csv is flushed leaves a row cut short: the resume drops it with the rows after the
+    checkpoint, and a rewrite for new columns never leaves the file truncated."""
+    from textbooks.train.logging import METRICS, RunCSVLogger
+
+    path = tmp_path / METRICS
+    rows = "step,train/step,train/loss,val/step,val/loss\n0,1,6.5,,\n1,2,6.25,,\n2,3,6.0,3,6.1\n3,4,5.9,,\n4,5,5."
+    path.write_text(rows)
+    writer = RunCSVLogger(tmp_path).experiment
+    assert writer.truncate(3) == 2  # step 4's row (after the checkpoint) and step 5's (cut short)
+    with open(path, newline="") as f:
+        assert [r["train/step"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+    writer.truncate(4)  # still whole
+    path.write_text(rows[: rows.index("\n3,4")] + "\n3,4,5.9,,,extra\n")  # more fields than the header
+    assert writer.truncate(10) == 1
+    writer.log_metrics({"train/step": 4, "train/loss": 5.9, "train/lr": 1e-3}, step=3)
+    writer.save()  # a new column: the file is rewritten beside itself, then moved over it
+    with open(path, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert [r["train/step"] for r in got] == ["1", "2", "3", "4"] and got[-1]["train/lr"] == "0.001"
+    assert not path.with_suffix(".tmp").exists()

@@ -55,19 +55,24 @@ def column(run_dir: Path, key: str) -> list[str]:
         return [r[key] for r in csv.DictReader(f) if r.get(key)]
 
 
-def kill_after(cmd: list[str], cwd: Path, ckpt: Path) -> None:
-    """Start ``cmd`` (all its processes in one group) and kill the group with -9 once ``ckpt`` exists."""
+def kill_after(cmd: list[str], cwd: Path, ckpt: Path, log: Path) -> None:
+    """Start ``cmd`` (all its processes in one group, its output in ``log``) and kill the group with -9 once
+    ``ckpt`` exists."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    deadline = time.time() + 300
-    while not ckpt.is_file() and time.time() < deadline and p.poll() is None:
-        time.sleep(0.1)
-    time.sleep(0.3)  # a little past the checkpoint: the resumed run redoes a step or two
-    assert p.poll() is None, f"the run ended (exit {p.returncode}) without writing {ckpt.name}"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    with open(log, "wb") as out:
+        p = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 300
+        while not ckpt.is_file() and time.time() < deadline and p.poll() is None:
+            time.sleep(0.1)
+        time.sleep(0.3)  # a little past the checkpoint: the resumed run redoes a step or two
+        ended = p.poll()
+        if ended is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    tail = log.read_text(errors="replace")[-3000:]
+    assert ended is None, f"the run ended (exit {ended}) without writing {ckpt.name}:\n{tail}"
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +140,16 @@ def test_a_killed_run_resumes_at_another_world_size_with_the_same_data_order(
     """2 processes, killed -> 1 process, killed -> 2 processes to the end: every step's loss (so its
     samples), the validation and checkpoint steps and the W&B run are those of the uninterrupted run."""
     run, root, cmd = tmp_path / RUN, tiny_data["root"], [str(BIN / "textbooks-train")]
-    kill_after([*cmd, *args(tiny_data, tmp_path, *DDP)], root, run / "checkpoints" / "step0000009.ckpt")
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    kill_after(
+        [*cmd, *args(tiny_data, tmp_path, *DDP)], root, run / "checkpoints" / "step0000009.ckpt", first
+    )
     # resume from step 9 whichever checkpoint the kill came after (as if it had cut last.ckpt short): an odd
     # step, at which 2 micro-batches per step count the steps' batches differently from 1
     for c in (run / "checkpoints").iterdir():
         if c.name == "last.ckpt" or c.name > "step0000009.ckpt":
             c.unlink()
-    kill_after([*cmd, *args(tiny_data, tmp_path)], root, run / "checkpoints" / "step0000021.ckpt")
+    kill_after([*cmd, *args(tiny_data, tmp_path)], root, run / "checkpoints" / "step0000021.ckpt", second)
     r = cli(args(tiny_data, tmp_path, *DDP), cwd=root)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "Restored all states" in out, out[-3000:]

@@ -29,10 +29,18 @@ class _AppendingWriter(ExperimentWriter):
             with open(path, newline="") as f:
                 self.metrics_keys = list(csv.DictReader(f).fieldnames or [])
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning's rewrite (new columns) truncates the file before writing it again: a kill in between
+        would lose the history. Written beside it and moved over it instead."""
+        path = Path(self.metrics_file_path)
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        _replace_rows(path, fieldnames, rows)
+
     def truncate(self, global_step: int) -> int:
         """Drop rows of optimizer steps after ``global_step`` (logged after the checkpoint a run resumes
-        from, and about to be logged again). Rows are matched by ``train/step``/``val/step``, not by
-        Lightning's internal ``step`` column."""
+        from, and about to be logged again), and a last row a kill cut short. Rows are matched by
+        ``train/step``/``val/step``, not by Lightning's internal ``step`` column."""
         path = Path(self.metrics_file_path)
         if not path.is_file():
             return 0
@@ -41,17 +49,27 @@ class _AppendingWriter(ExperimentWriter):
             fields = reader.fieldnames or []
             rows = list(reader)
 
-        def after(r: dict[str, str]) -> bool:
-            return any(r.get(k) and float(r[k]) > global_step for k in ("train/step", "val/step"))
+        def keep(r: dict[str, str | None]) -> bool:
+            if None in r or None in r.values():  # fewer or more fields than the header: cut short
+                return False
+            try:
+                return not any(r.get(k) and float(r[k]) > global_step for k in ("train/step", "val/step"))  # type: ignore[arg-type]
+            except ValueError:  # a number cut short
+                return False
 
-        keep = [r for r in rows if not after(r)]
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, path)
-        return len(rows) - len(keep)
+        kept = [r for r in rows if keep(r)]
+        _replace_rows(path, fields, kept)
+        return len(rows) - len(kept)
+
+
+def _replace_rows(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """``path`` holding exactly ``rows``, or as it was if a kill comes first."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 class RunCSVLogger(CSVLogger):
