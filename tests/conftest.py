@@ -17,6 +17,15 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
 
+@pytest.fixture(autouse=True)
+def _commands_start_their_own_wandb_service() -> Iterator[None]:
+    """A command a test starts runs its own W&B service, as from a shell. An in-process W&B run of a test
+    leaves WANDB_SERVICE set, and commands inheriting it would share this process's service, where a killed
+    command's run stays registered ("run ID ... is in use" when it resumes)."""
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch thread for the module: tiny models run faster without OpenMP hand-offs on a loaded machine."""
