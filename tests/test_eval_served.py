@@ -221,7 +221,7 @@ def test_a_served_models_samples_score_the_same_when_scored_again(tmp_path):
     typing import List``), then the samples file alone: the same verdict for every sample, the default
     ``sandbox.truncate=true`` notwithstanding, and the file says how it was made."""
     first = run(
-        config(tmp_path, "llm=local", "limit=6", "generation.max_new_tokens=320", "llm.local.parallel=2")
+        config(tmp_path, "llm=local", "limit=4", "generation.max_new_tokens=256", "llm.local.parallel=2")
     )
     samples = Path(first["out_dir"]) / "samples.jsonl"
     records = read_jsonl(samples)

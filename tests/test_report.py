@@ -46,10 +46,10 @@ def demo(tmp_path_factory, stdlib_dir):
             "eval_max_new_tokens=24",
             "decontam_embedder=null",
             "synthetic.llm=local_tiny",  # the pipeline's plumbing; the code model's output: test_llm_stages
-            "synthetic.textbook_sections=4",
-            "synthetic.exercises=6",
-            "synthetic.textbook_max_tokens=256",
-            "synthetic.exercise_max_tokens=256",
+            "synthetic.textbook_sections=3",
+            "synthetic.exercises=4",
+            "synthetic.textbook_max_tokens=160",
+            "synthetic.exercise_max_tokens=160",
             'train.overrides=["train.seq_len=64","eval.every_tokens=20K","eval.bpb_problems=10"]',
         ],
         cwd=root,
@@ -76,9 +76,9 @@ def test_demo_table_and_figure_come_from_its_runs(demo):
     # the local model answered every request; the bars say what survived the checks and decontamination
     data = work / "data"
     written = json.loads((data / "textbooks" / "manifest.json").read_text())
-    assert written["requested"] == 4 and written["failed"] == 0 and written["llm"]["requests"] >= 4
+    assert written["requested"] == 3 and written["failed"] == 0 and written["llm"]["requests"] >= 3
     synthetic = json.loads((data / "exercises-synthetic" / "manifest.json").read_text())
-    assert synthetic["counts"]["requested"] == 6 and synthetic["source"] == "synthetic"
+    assert synthetic["counts"]["requested"] == 4 and synthetic["source"] == "synthetic"
     sections = (
         json.loads((data / "textbooks-decontaminated" / "manifest.json").read_text())["documents"]
         if written["documents"]
