@@ -83,6 +83,8 @@ def test_train_cli_writes_a_complete_run_and_skips_it_after(tiny_data):
     with open(run_dir / "metrics.csv", newline="") as f:
         header = next(csv.reader(f))
     assert {"train/lr", "train/tokens_seen", "perf/tokens_per_sec", "perf/mfu", "val/loss"} <= set(header)
+    rss = [float(v) for _, v in losses(run_dir, "perf/peak_rss_gib")]  # a CPU run: no device memory column
+    assert "perf/peak_mem_gib" not in header and len(rss) == res["steps"] and 0.1 < rss[0] <= rss[-1] < 64
     bpb = losses(run_dir, "eval/humaneval_bpb")  # in-training eval at 30K tokens and at the end
     assert len(bpb) == 2 and all(float(v) > 0 for _, v in bpb) and "eval/humaneval_pass@1" in header
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (
@@ -258,6 +260,24 @@ def test_distributed_strategies_build_from_configs(tiny_data, tmp_path, trainer)
         assert isinstance(t.strategy, FullyShardStrategy) and not t.strategy._save_distributed_checkpoint
     else:
         assert isinstance(t.strategy, DDPStrategy)
+
+
+def test_peak_memory_is_the_process_peak_in_gib_on_a_cpu():
+    """On a CPU only the host figure is logged: the kernel's high-water mark of the resident set (VmHWM), in
+    GiB, never less after more memory is touched."""
+    from textbooks.train.throughput import peak_memory
+
+    def vm_hwm_gib() -> float:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**20  # kB
+
+    first = peak_memory(torch.device("cpu"))
+    assert set(first) == {"perf/peak_rss_gib"}
+    assert first["perf/peak_rss_gib"] == pytest.approx(vm_hwm_gib(), 0.05)
+    block = torch.ones(256 * 2**20 // 4)  # 256 MiB touched
+    second = peak_memory(torch.device("cpu"))["perf/peak_rss_gib"]
+    del block
+    assert second >= first["perf/peak_rss_gib"] and second == pytest.approx(vm_hwm_gib(), 0.05)
 
 
 def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_path):

@@ -12,7 +12,8 @@ compute dtype (TF32 when fp32 matmuls may use it). Two things it does not cover 
 
 The monitor logs ``perf/tokens_per_sec`` (all devices), ``perf/tokens_per_sec_per_device``,
 ``perf/step_seconds`` and ``perf/mfu`` with the train metrics of every ``log_every_steps``-th optimizer
-step, over the micro-batches since the previous log, and keeps the training time of all sessions of a
+step, over the micro-batches since the previous log, with rank 0's peak memory so far (``peak_memory``:
+``perf/peak_mem_gib`` on CUDA, ``perf/peak_rss_gib`` everywhere), and keeps the training time of all sessions of a
 resumed run (for device-hours) in the checkpoints.
 """
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
+import sys
 import time
 import warnings
 from typing import Any
@@ -82,6 +85,22 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     return get_available_flops(device, dtype)
 
 
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak memory so far, in GiB, as two metrics that do not mean the same thing:
+
+    * ``perf/peak_mem_gib`` (CUDA only): ``torch.cuda.max_memory_allocated``, the most the tensors on the
+      device ever took: what has to fit the card (the caching allocator reserves a little more);
+    * ``perf/peak_rss_gib`` (every device): the peak resident set of the process on the host, interpreter,
+      libraries and CUDA context included (DataLoader workers are other processes): what has to fit the
+      machine's RAM. On a CPU it is the only figure; CPUs have no allocator statistic for tensors alone.
+    """
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"perf/peak_rss_gib": rss / (2**30 if sys.platform == "darwin" else 2**20)}
+    if device.type == "cuda":
+        out["perf/peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
 class ThroughputMonitor(LightningThroughputMonitor):
     """Lightning's monitor for windows of tokens (``[B, seq_len + 1]`` batches), logging ``perf/*`` every
     ``every`` optimizer steps of ``accumulate`` micro-batches. The module sets ``flops_per_batch``."""
@@ -131,6 +150,7 @@ class ThroughputMonitor(LightningThroughputMonitor):
         }
         if "device/mfu" in m:
             metrics["perf/mfu"] = m["device/mfu"]
+        metrics.update(peak_memory(trainer.strategy.root_device))
         self.last = metrics
         trainer.lightning_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
 
