@@ -73,7 +73,8 @@ def measure(cfg: ModelConfig, a, *, checkpointing: bool, compile: bool) -> dict:
     tps = a.micro_batch * seq / dt
     peak = peak_flops(device, dtype)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "measured fp32 matmul"
-    source = f"{where}, {str(dtype).removeprefix('torch.')}: {peak / 1e12:.1f} TFLOP/s" if peak else "unknown"
+    rate = f"{peak / 1e12:.1f} TFLOP/s" if peak and peak >= 1e12 else f"{(peak or 0) / 1e9:.0f} GFLOP/s"
+    source = f"{where}, {str(dtype).removeprefix('torch.')}: {rate}" if peak else "unknown"
     mfu = model.flops_per_token(seq) * tps / peak if peak else float("nan")
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"tokens_per_sec": tps, "mfu": mfu, "step_s": dt, "peak_gib": mem, "peak_source": source}
