@@ -238,16 +238,14 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_training(mode: Mode, part: str, work: Path, steps: int, timeout: float) -> dict[str, Any]:
-    """``steps`` optimizer steps of the part's trainer config through ``textbooks-train``; its output goes
-    to ``<work>/logs/<part>.log``, its checkpoints are deleted afterwards (GBs each at 350M)."""
-    trainer, what = mode.trainers[part]
-    runs, name = work / "runs", f"gpu_check-{part}"
-    shutil.rmtree(runs / name, ignore_errors=True)  # a fresh run, not a resume
+def train_overrides(mode: Mode, part: str, work: Path, steps: int) -> list[str]:
+    """The ``textbooks-train`` command line of a part's run: ``steps`` optimizer steps of the part's trainer
+    config on the data under ``<work>/data``, into ``<work>/runs/gpu_check-<part>``."""
+    trainer = mode.trainers[part][0]
     seq = mode.seq_len or load_preset(mode.train_model, mode.vocab).max_seq_len
-    args = [
+    return [
         f"paths.data={work / 'data'}",
-        f"paths.runs={runs}",
+        f"paths.runs={work / 'runs'}",
         "tokenizer=bpe",
         f"tokenizer.vocab_size={mode.vocab}",
         "dataset=stdlib",
@@ -265,8 +263,16 @@ def run_training(mode: Mode, part: str, work: Path, steps: int, timeout: float) 
         "train.export=false",
         "logger=[csv]",
         "progress=false",
-        f"run_name={name}",
+        f"run_name=gpu_check-{part}",
     ]
+
+
+def run_training(mode: Mode, part: str, work: Path, steps: int, timeout: float) -> dict[str, Any]:
+    """Run ``train_overrides`` through ``textbooks-train``; its output goes to ``<work>/logs/<part>.log``,
+    its checkpoints are deleted afterwards (GBs each at 350M)."""
+    run_dir = work / "runs" / f"gpu_check-{part}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
+    args = train_overrides(mode, part, work, steps)
     log = work / "logs" / f"{part}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TEXTBOOKS_TRACEBACK": "1"}
@@ -278,12 +284,12 @@ def run_training(mode: Mode, part: str, work: Path, steps: int, timeout: float) 
         r = subprocess.run(
             [*train_command(), *args], stdout=out, stderr=subprocess.STDOUT, env=env, timeout=timeout
         )
-    shutil.rmtree(runs / name / "checkpoints", ignore_errors=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     if r.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"textbooks-train exited with {r.returncode} (log: {log}):\n{tail}")
-    m = read_metrics(runs / name)
-    return {"what": f"{mode.train_model}, {what}", "steps": len(m["losses"]), **m}
+    m = read_metrics(run_dir)
+    return {"what": f"{mode.train_model}, {mode.trainers[part][1]}", "steps": len(m["losses"]), **m}
 
 
 def fmt(x: float | None, spec: str) -> str:

@@ -1,21 +1,57 @@
-"""benchmarks/gpu_check.py's CPU smoke mode, end to end: what CI can run of the command meant for a GPU day.
+"""benchmarks/gpu_check.py: the command lines of its GPU runs are valid configs of the paper's recipes, and
+its CPU smoke mode runs end to end (what CI can run of the command meant for a GPU day).
 
-Its real subprocess trains the BPE, packs the shards and runs ``textbooks-train`` as on a GPU, with the
+The smoke mode's real subprocess trains the BPE, packs the shards and runs ``textbooks-train`` as on a GPU, with the
 CPU's stand-ins for DeepSpeed and FSDP. The deepspeed part's stand-in (``trainer=cpu``) is skipped: it is
 the same code path with another trainer config, and each ``textbooks-train`` start costs ~10 s here.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from hydra import compose, initialize_config_dir
+
+from textbooks.config import CONF_DIR
+from textbooks.train.config import load
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_check() -> ModuleType:
+    """The script as a module (it imports its neighbour ``throughput`` as the script run from benchmarks/)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        return importlib.import_module("gpu_check")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.mark.parametrize("part", ["deepspeed", "fsdp"])
+def test_the_gpu_runs_are_50_steps_of_the_recipe_on_the_350m_model(tmp_path, part):
+    """What no CPU can run is checked as far as a CPU can: the command line composes, and into what."""
+    g = gpu_check()
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = load(compose("train", overrides=g.train_overrides(g.GPU, part, tmp_path, 50)))
+    assert cfg.model.name == "phi1_small" and cfg.model.vocab_size == 51200 and cfg.train.seq_len == 2048
+    assert cfg.train.total_steps == 50 and cfg.train.accumulation(world_size=1) == 2
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    assert cfg.trainer.strategy["_target_"] == f"textbooks.train.strategies.{part}"
+    if part == "deepspeed":  # the paper's: ZeRO-1, fp16
+        assert cfg.trainer.precision == "16-mixed" and cfg.trainer.strategy["stage"] == 1
+    else:
+        assert cfg.trainer.precision == "bf16-mixed"
+    data = tmp_path / "data"  # where build_data writes them
+    assert cfg.tokenizer["name"] == str(data / "tokenizer" / "bpe-4096.tiktoken")
+    assert [s.path for s in cfg.dataset.sources] == [str(data / "tokens" / "bpe4096" / "stdlib")]
+    assert cfg.recipe.checkpoint.keep == "last" and cfg.run_name == f"gpu_check-{part}"
 
 
 @pytest.mark.slow
