@@ -300,7 +300,7 @@ def fmt(x: float | None, spec: str) -> str:
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """One row per part: what ran, steps, first and last loss, tokens/s, MFU, peak memory, wall time."""
-    head = (
+    head = [
         "part",
         "what",
         "steps",
@@ -310,48 +310,27 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         "peak dev GiB",
         "peak RSS GiB",
         "s",
-    )
+    ]
     rows = [head]
     for part, r in results.items():
+        wall = fmt(r["wall_s"], ".0f")
         if "error" in r:
-            rows.append(
-                (
-                    part,
-                    f"FAILED: {r['error'].splitlines()[0]}",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    "",
-                    fmt(r["wall_s"], ".0f"),
-                )
-            )
+            rows.append([part, f"FAILED: {r['error'].splitlines()[0]}", *[""] * 6, wall])
             continue
         losses = list(r.get("losses", {}).values())
         loss = f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else "-"
-        rows.append(
-            (
-                part,
-                r["what"],
-                str(r["steps"]),
-                loss,
-                fmt(r["tokens_per_sec"], ",.0f"),
-                fmt(r["mfu"], ".1%"),
-                fmt(r.get("peak_mem_gib"), ".1f"),
-                fmt(r.get("peak_rss_gib"), ".1f"),
-                fmt(r["wall_s"], ".0f"),
-            )
-        )  # fmt: skip
+        tps, mfu = fmt(r["tokens_per_sec"], ",.0f"), fmt(r["mfu"], ".1%")
+        mem, rss = fmt(r.get("peak_mem_gib"), ".1f"), fmt(r.get("peak_rss_gib"), ".1f")
+        rows.append([part, r["what"], str(r["steps"]), loss, tps, mfu, mem, rss, wall])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def check(part: str, r: dict[str, Any]) -> str | None:
-    """Why a training run's losses are not those of a model that trains (None when they are)."""
+def check(part: str, r: dict[str, Any], steps: int) -> str | None:
+    """Why a training run's losses are not those of a model that trains ``steps`` steps (None when they are)."""
     losses = list(r["losses"].values())
-    if not losses:
-        return f"{part}: no train/loss in metrics.csv"
+    if len(losses) != steps:
+        return f"{part}: {len(losses)} of {steps} steps have a train/loss in metrics.csv"
     if not all(math.isfinite(x) for x in losses):
         return f"{part}: a loss is not finite"
     if losses[-1] >= losses[0]:
@@ -383,6 +362,8 @@ def main() -> int:
     p.add_argument("--run-timeout", type=float, default=420, help="seconds before a training run is stopped")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"no CUDA device visible to torch {torch.__version__}: --device cpu runs the smoke mode")
     t0 = time.perf_counter()
     mode = GPU if a.device == "cuda" else CPU
     steps = a.steps or mode.steps
@@ -428,7 +409,7 @@ def main() -> int:
         if r.get("note"):
             print(f"{part}: {r['note']}")
     problems = [r["error"].splitlines()[0] for r in results.values() if "error" in r]
-    problems += [w for part, r in results.items() if "losses" in r and (w := check(part, r))]
+    problems += [w for part, r in results.items() if "losses" in r and (w := check(part, r, steps))]
     total = since_start(t0)
     budget = f" (budget {BUDGET_S // 60} min: {'within' if total <= BUDGET_S else 'OVER'})" * (
         a.device == "cuda"

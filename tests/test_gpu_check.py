@@ -54,6 +54,22 @@ def test_the_gpu_runs_are_50_steps_of_the_recipe_on_the_350m_model(tmp_path, par
     assert cfg.recipe.checkpoint.keep == "last" and cfg.run_name == f"gpu_check-{part}"
 
 
+def test_a_failed_part_is_a_row_and_a_run_that_does_not_learn_is_a_problem():
+    g = gpu_check()
+    ok = {"what": "phi1_small", "steps": 3, "losses": {1: 6.0, 2: 5.5, 3: 5.0}, "tokens_per_sec": 9e4,
+          "mfu": 0.5, "peak_mem_gib": 10.0, "peak_rss_gib": 2.0, "wall_s": 12.0}  # fmt: skip
+    lines = g.table(
+        {"deepspeed": {"error": "RuntimeError: exited with 1\nlog tail", "wall_s": 3.0}, "fsdp": ok}
+    )
+    rows = lines.splitlines()
+    assert rows[1].split()[:4] == ["deepspeed", "FAILED:", "RuntimeError:", "exited"] and "tail" not in lines
+    assert rows[2].split()[2:] == ["3", "6.000", "->", "5.000", "90,000", "50.0%", "10.0", "2.0", "12"]
+    assert g.check("fsdp", ok, steps=3) is None
+    assert "did not decrease" in g.check("fsdp", {**ok, "losses": {1: 5.0, 2: 5.5, 3: 6.0}}, steps=3)
+    assert "not finite" in g.check("fsdp", {**ok, "losses": {1: 6.0, 2: math.nan, 3: 5.0}}, steps=3)
+    assert "2 of 3 steps" in g.check("fsdp", {**ok, "losses": {1: 6.0, 2: 5.0}}, steps=3)
+
+
 @pytest.mark.slow
 def test_cpu_smoke_mode_prints_the_table_with_losses_that_fall(tmp_path):
     out = tmp_path / "results.json"
