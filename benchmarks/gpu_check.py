@@ -24,8 +24,8 @@ Time budget on one H100, estimated (no GPU has run it yet): throughput ~30 s (bu
 on the host, ~13 steps at ~0.2 s: 9.7 GFLOP/token x 8192 tokens at ~50% of 989 TFLOP/s); data ~15 s
 (3 s here for the BPE and 5 s for the pack on 2 shared cores); each training run ~60-100 s: ~15 s of
 imports and start-up, 50 steps of 16 x 2048 tokens at 2.6 GFLOP/token and ~40% MFU (~0.1 s each: ~5 s),
-and the recipe's ~10 validations and checkpoints (``recipe.checkpoint.interval``; ~4-5 GB of weights and
-optimizer state each, ~2-4 s to write). About 4 minutes in all, 6 at worst: under the 8 asked for.
+and two validations and checkpoints (``recipe.checkpoint.every_steps`` = half the steps; ~4-5 GB of
+weights and optimizer state each, ~2-4 s to write). About 4 minutes in all, 6 at worst: under the 8 asked for.
 
 ``--device cpu`` runs what a CPU can (DeepSpeed's fp16 engine and Lightning's FSDPStrategy need CUDA): the
 throughput of ``cpu_tiny`` in fp32, and ``trainer=cpu`` and ``trainer=fully_shard`` (FSDP2 on gloo) in their
@@ -258,6 +258,7 @@ def train_overrides(mode: Mode, part: str, work: Path, steps: int) -> list[str]:
         f"recipe.global_batch_size={mode.global_batch}",
         f"recipe.schedule.warmup_steps={mode.warmup}",
         "recipe.checkpoint.keep=last",
+        f"recipe.checkpoint.every_steps={max(1, steps // 2)}",  # two saves, validations: GBs each at 350M
         f"train.seq_len={seq}",
         f"train.tokens={steps * mode.global_batch * seq}",
         f"train.val_windows={mode.val_windows}",
