@@ -51,9 +51,11 @@ class LocalServerConfig:
     model_path: str | None = None  # any GGUF file instead of ``model``
     parallel: int = 4  # server slots: requests decoded together (continuous batching)
     ctx_size: int = 8192  # tokens of KV cache in all, shared by the slots
-    # CPU threads for decoding (None: the server's default, all cores). 1 by default: with 2 threads on a
-    # busy 2-core machine llama.cpp's threads wait on each other (5.5 tokens/s against 20-25 with 1 thread);
-    # on a quiet one 2 are 1.3-1.65x faster (benchmarks/llm_local.py)
+    # CPU threads for decoding and prompts (None: the server's default, all cores; ``--threads-batch`` follows
+    # it, and with 2 or more slots busy every step is a batch). 1 by default: with 2 threads on a busy 2-core
+    # machine llama.cpp's threads wait on each other (5.5 tokens/s against 20-25 with 1 thread; re-measured
+    # 2026-12-07 at load 7: 1.7 and 3.9 tokens/s with 1 and 4 requests in flight, against 6.0 and 9.2 with
+    # 1 thread); on a quiet one 2 are 1.3-1.65x faster (benchmarks/llm_local.py)
     threads: int | None = 1
     startup_timeout: float = 120.0  # seconds for the server to load the model and answer /health
     log_dir: str = ".cache/llm"  # the server's output goes to <log_dir>/llama-server-<port>.log
