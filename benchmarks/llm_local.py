@@ -15,11 +15,6 @@ and slots. Goal: >= 0.9. Kept exercises per hour are printed too, and where a st
 processed and found in the slot's prompt cache per generated token, and the slots kept busy on average
 (the requests' prompt + generation seconds over the wall seconds; at most ``llm.local.parallel``).
 
-Part 3, computed rather than measured (instant): the share of the exercise requests' text that starts like one
-of the 8 requests sent just before it (4 slots, plus what llama.cpp's prompt cache keeps), in input order and
-in the order ``LLMClient`` sends them (sorted by text): the part of the prompts a server can take from its
-prompt cache, for a stage of 16 and of 1,000 requests.
-
 Usage: ``python benchmarks/llm_local.py [--rounds 2] [--requests 16] [--max-tokens 64] [--threads 1,2]
 [--stage-requests 16]``
 """
@@ -37,10 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from textbooks.data.stages.exercises import ExercisesConfig, plan_exercises
 from textbooks.llm.client import LLMClient
 from textbooks.llm.config import LLMConfig, LocalServerConfig
-from textbooks.llm.requests import ChatRequest
 from textbooks.llm.server import local_server
 
 TOPICS = ("lists", "dicts", "sets", "tuples", "strings", "files", "classes", "generators")
@@ -115,31 +108,6 @@ def stage_speed(stage: str, n: int, tmp: str) -> dict[str, float]:
     }
 
 
-def shared_start(n: int, window: int = 8) -> dict[str, float]:
-    """The share of ``n`` exercise requests' text (the stage's default prompts) that is a common start with one
-    of the ``window`` requests sent before it, in input order and sorted as ``LLMClient`` sends them."""
-    cfg = ExercisesConfig(out_dir="unused", source="synthetic", n=n)
-    requests = [
-        ChatRequest(
-            [{"role": "system", "content": cfg.system_prompt}]
-            + [{"role": r, "content": t} for u, a in p.history for r, t in (("user", u), ("assistant", a))]
-            + [{"role": "user", "content": p.prompt}],
-            ALIAS,
-        )
-        for p in plan_exercises(cfg)
-    ]
-    out = {}
-    for name, order in (("input", requests), ("sorted", sorted(requests, key=lambda r: r.text_order))):
-        texts = ["\n".join(r.text_order) for r in order]
-        common = os.path.commonprefix  # characters, not path components
-        shared = sum(
-            max((len(common([t, u])) for u in texts[max(0, i - window) : i]), default=0)
-            for i, t in enumerate(texts)
-        )
-        out[name] = shared / sum(map(len, texts))
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=2)
@@ -178,12 +146,6 @@ def main() -> None:
             f"  per generated token: {m['prompt_per_token']:.2f} prompt tokens processed, "
             f"{m['cached_per_token']:.2f} from the prompt cache; {m['prompt_share']:.0%} of the slots' time "
             f"on prompts; {m['busy_slots']:.2f} of {default.parallel} slots busy on average"
-        )
-    for n in (16, 1000):
-        share = shared_start(n)
-        print(
-            f"{n} exercise requests: {share['input']:.2f} of their text starts like one of the 8 before it in "
-            f"input order, {share['sorted']:.2f} as the client sends them (computed)"
         )
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -122,30 +121,6 @@ def test_a_prompt_longer_than_a_slot_fails_alone(served, tmp_path):
     assert results[0].ok
     assert not results[1].ok and results[1].error_kind == "too_long" and results[1].attempts == 1
     assert "context" in results[1].error
-
-
-def test_requests_that_start_alike_are_sent_together_and_their_start_is_processed_once(served, tmp_path):
-    """Few-shot requests given interleaved (A, B, C, A, B, C, ...) go out grouped by their example turn, so
-    the server's slots find the shared start in their prompt cache; the answers come back in input order."""
-    examples = [
-        (f"Write a function about {t}.", f"def {t}_helper(x):\n    return x  # {t} " * 6) for t in "abc"
-    ]
-    system = "You write short Python functions. " * 8
-    cache = tmp_path / "c.sqlite"
-    client = client_for(served.base_url, cache, concurrency=1, max_tokens=2)
-    requests = [
-        client.request(f"Now one about topic {i}.", system=system, history=[examples[i % 3]])
-        for i in range(9)
-    ]
-    results = client.run(requests)
-    assert all(r.ok for r in results) and [r.request for r in results] == requests
-    with sqlite3.connect(cache) as conn:
-        rows = conn.execute("SELECT request, response FROM responses ORDER BY created").fetchall()
-    sent = [json.loads(q)["messages"][1]["content"] for q, _ in rows]
-    assert sent == [e for e, _ in examples for _ in range(3)]  # one group after the other
-    timings = [json.loads(a)["timings"] for _, a in rows]
-    cached, processed = sum(t["cache_n"] for t in timings), sum(t["prompt_n"] for t in timings)
-    assert cached > 2 * processed, timings  # the shared start: processed once per group, not per request
 
 
 # -- life cycle ---------------------------------------------------------------------------------------

@@ -136,12 +136,7 @@ class LLMClient:
         self, requests: Sequence[ChatRequest], bar: tqdm | None = None
     ) -> list[ChatResult]:
         """All answers, in input order; cache hits first, then the misses with ``concurrency`` workers.
-        Identical requests in one batch are sent once.
-
-        The misses are sent sorted by their text (``ChatRequest.text_order``), so requests that start alike
-        (the same system prompt and few-shot turns, the same prompt up to its topic) go out one after the
-        other: a server that keeps each slot's last prompt (llama.cpp's prompt cache, vLLM's prefix caching)
-        processes the shared start once per slot instead of once per request."""
+        Identical requests in one batch are sent once."""
         self.stats.requests += len(requests)
         results: list[ChatResult | None] = [None] * len(requests)
         hits = self.cache.get_many(r.key for r in requests)
@@ -156,7 +151,7 @@ class LLMClient:
             bar.update(len(requests) - sum(map(len, todo.values())))
         if todo:
             self._planned += len(todo)
-            pending = iter(sorted(todo.items(), key=lambda kv: requests[kv[1][0]].text_order))
+            pending = iter(todo.items())
 
             async def worker() -> None:
                 for _key, idx in pending:  # one shared iterator: each worker takes the next request

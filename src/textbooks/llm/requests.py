@@ -36,14 +36,6 @@ class ChatRequest:
     def api(self) -> str:
         return "chat" if self.prompt is None else "completions"
 
-    @property
-    def text_order(self) -> tuple[str, ...]:
-        """The text the endpoint reads, in its order (roles and contents, or the prompt): requests sorted by it
-        stand beside those that share the longest start with them (see ``LLMClient.complete_all``)."""
-        if self.prompt is not None:
-            return (self.model, self.prompt)
-        return (self.model, *(f"{m.get('role', '')}\n{m.get('content', '')}" for m in self.messages))
-
     def to_dict(self) -> dict[str, Any]:
         d = {"model": self.model, "messages": self.messages, "params": self.params}
         return d if self.prompt is None else {**d, "prompt": self.prompt}
