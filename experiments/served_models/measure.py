@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from textbooks.benchmarks import load_benchmark
+from textbooks.eval.verdicts.sanitize import defines
+
 # the Qwen2.5-Coder technical report (Hui et al. 2024), instruct models, unquantized (as quoted in the
 # project's design notes; MBPP+ is not quoted there)
 REPORT = {
@@ -46,36 +49,41 @@ def textbooks_eval(*args: str) -> dict:
     return json.loads((Path(out) / "results.json").read_text())
 
 
-def classify(rec: dict) -> str:
-    """One class per failed sample: ``model:...`` or ``harness:...``."""
+def classify(rec: dict, entry_point: str | None = None) -> str:
+    """One class per failed sample: ``model:...`` or ``harness:...``.
+
+    ``entry_point`` is the function the problem asks for: code that does not define it at the top level is
+    "no function of that name" (the sandbox then says NameError or KeyError), a NameError naming anything
+    else (a missing import, a helper never written) "NameError"."""
     code, raw = rec.get("completion") or "", rec.get("raw_completion") or ""
     if not code.strip():
         return "harness: nothing extracted" if "def " in raw else "model: no code in the answer"
     if rec.get("finish_reason") == "length":
         return "harness: cut at max_new_tokens"
     err = rec.get("error_type") or ""
-    if rec.get("status") == "timeout":
-        return "model: timeout"
     if err == "SyntaxError":
         return "model: does not parse"
-    if err == "NameError" and rec.get("phase") not in (None, "setup"):
-        return (
-            "model: no function of that name"
-            if "is not defined" in rec.get("message", "")
-            else "model: NameError"
-        )
+    if entry_point and not defines(code, entry_point):
+        return "model: no function of that name"
+    if err in ("SandboxError", "TestError"):  # the program never ran, or the tests themselves broke
+        return f"harness: {err}"
+    if rec.get("status") == "timeout":
+        return "model: timeout"
+    if err == "NameError":
+        return "model: NameError"
     if err in ("AssertionError", "", None) or rec.get("status") == "failed":
         return "model: wrong answer"
     return f"model: raises {err}"
 
 
-def failures(results_file: Path) -> collections.Counter:
+def failures(results_file: Path, entry_points: dict[str, str]) -> collections.Counter:
+    """Failed samples per class (``classify``); the task ids of the harness's are printed."""
     counts: collections.Counter = collections.Counter()
     harness = []
     for line in results_file.read_text().splitlines():
         rec = json.loads(line)
         if not rec["passed"]:
-            c = classify(rec)
+            c = classify(rec, entry_points.get(rec["task_id"]))
             counts[c] += 1
             if c.startswith("harness"):
                 harness.append(rec["task_id"])
@@ -110,9 +118,10 @@ def main() -> None:
             samples = out / "samples.jsonl"
             base = textbooks_eval(f"samples={samples}", *common, "sandbox.plus=false", f"out_dir={out}-base")
             plus_name, base_name = CONFIGS[bench]
+            entry_points = {t: p.entry_point for t, p in load_benchmark(plus_name).problems.items()}
             for name, res in ((base_name, base), (plus_name, plus)):
                 rate = 100 * res["pass@k"]["pass@1"]
-                classes = failures(Path(res["results_file"]))
+                classes = failures(Path(res["results_file"]), entry_points)
                 reported = REPORT.get(preset, {}).get(name)
                 rows.append((preset, name, rate, reported, minutes, classes))
     print("\n| model | benchmark | pass@1 (greedy) | report | minutes | failures by class |")
