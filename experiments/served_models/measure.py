@@ -10,9 +10,9 @@ into whole programs as EvalPlus does) and scores the same samples file twice:
   "MBPP" (EvalPlus's MBPP base), with the extra inputs MBPP+.
 
 Every failed sample is put in one class (``classify``): the model's (a wrong answer, an exception its code
-raises, a timeout, code that does not parse, no function of the asked name, an answer that loops until it
-is cut) or the harness's (nothing extracted from an answer that holds code, an answer cut at
-``max_new_tokens`` that was not looping, an error of the sandbox's own). A failure the harness caused
+raises, a timeout, code that does not parse, no function of the asked name, the prompt's stub echoed back
+with no body, an answer that loops until it is cut) or the harness's (nothing extracted from an answer that
+holds code, an answer cut at ``max_new_tokens`` that was not looping, an error of the sandbox's own). A failure the harness caused
 is a bug to fix, so those are printed with their task ids.
 
 Usage: ``python experiments/served_models/measure.py [--models local,local_large] [--benchmarks humaneval_plus,mbpp_plus]
@@ -24,6 +24,7 @@ random sample: HumanEval's first problems are easier than the rest). HumanEval(+
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import json
 import re
@@ -61,6 +62,21 @@ def repeats(text: str) -> bool:
     return len(tail) >= 300 and len(zlib.compress(tail)) < 0.15 * len(tail)
 
 
+def empty_body(code: str, entry_point: str) -> bool:
+    """``entry_point`` is defined with nothing but a docstring (or ``pass``/``...``): the prompt echoed back."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == entry_point:
+            return all(
+                isinstance(n, ast.Pass) or (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))
+                for n in node.body
+            )
+    return False
+
+
 def classify(rec: dict, entry_point: str | None = None) -> str:
     """One class per failed sample: ``model:...`` or ``harness:...``.
 
@@ -77,6 +93,8 @@ def classify(rec: dict, entry_point: str | None = None) -> str:
         return "model: does not parse"
     if entry_point and not defines(code, entry_point):
         return "model: no function of that name"
+    if entry_point and empty_body(code, entry_point):
+        return "model: the prompt echoed back, no body"
     if err in ("SandboxError", "TestError"):  # the program never ran, or the tests themselves broke
         return f"harness: {err}"
     if rec.get("status") == "timeout":
