@@ -27,11 +27,9 @@ import argparse
 import ast
 import collections
 import json
-import re
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 from textbooks.benchmarks import load_benchmark
@@ -56,10 +54,13 @@ def textbooks_eval(*args: str) -> dict:
 
 
 def repeats(text: str) -> bool:
-    """The answer ends in a loop (a line or phrase over and over, numbers aside): its last 600 characters,
-    digits folded, compress to under 15% (a loop: about 6%; answers that end normally: 35% and more)."""
-    tail = re.sub(r"\d+", "0", text[-600:]).encode()
-    return len(tail) >= 300 and len(zlib.compress(tail)) < 0.15 * len(tail)
+    """The answer ends in a loop: in its last 600 characters, at most half the lines are distinct (a line
+    over and over), or the last line runs past 300 characters (one expression growing without end). A long
+    answer cut while still writing distinct lines (an if/elif ladder) is not a loop."""
+    lines = [line.strip() for line in text[-600:].splitlines() if line.strip()]
+    if not lines:
+        return False
+    return (len(lines) >= 4 and len(set(lines)) <= len(lines) / 2) or len(lines[-1]) > 300
 
 
 def empty_body(code: str, entry_point: str) -> bool:
@@ -127,7 +128,7 @@ def main() -> None:
     ap.add_argument("--models", default="local")
     ap.add_argument("--benchmarks", default="humaneval_plus,mbpp_plus")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--workdir", default="runs/served_models")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
