@@ -54,13 +54,16 @@ class Squares(Stage):
             block[:: 1 << 12] = b"x" * len(range(0, len(block), 1 << 12))  # every page resident
             del block
         time.sleep(c.seconds)
+        bar = task.bar("squares", "number")
 
         def one(i: int) -> dict[str, Any]:
             numbers = range(i * c.per_shard, (i + 1) * c.per_shard)
             write_json_atomic(task.publish_path(f"part-{i:05d}.json"), [n * n for n in numbers])
+            bar.update(len(numbers))
             return {"sum": sum(n * n for n in numbers)}
 
-        return task.each_shard(task.plan["shards"], one)
+        with bar:
+            return task.each_shard(task.plan["shards"], one)
 
     def total(self, task: Task) -> dict[str, Any]:
         return {"sum": summed(task.shard_stats("square"))["sum"]}

@@ -92,6 +92,21 @@ def test_local_workers_run_several_tasks_each_with_its_own_peak_memory(
     assert tasks[0]["max_rss_mb"] > max(after_big) + 250, (tasks[0]["max_rss_mb"], after_big)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_step_shows_one_bar_that_all_its_tasks_count_in(
+    tmp_path: Path, importable: None, capfd: pytest.CaptureFixture[str], workers: int
+) -> None:
+    """3 tasks run in this process (workers=1) or in 2 worker processes: one progress bar for the step,
+    counting every task's numbers, not a bar per task or per shard."""
+    cfg = SquaresConfig(out_dir=str(tmp_path / "squares"))
+    run(Squares(cfg), ExecutorConfig(tasks=3, workers=workers))
+    err = capfd.readouterr().err
+    bars = [line for line in err.split("\n") if "squares" in line]
+    assert len(bars) == 1, err
+    final = bars[0].split("\r")[-1]
+    assert final.startswith(f"squares: {cfg.shards * cfg.per_shard}number ") and "tasks=3/3" in final, final
+
+
 # -- SLURM ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory: pytest.TempPathFactory):

@@ -159,8 +159,8 @@ class LLMClient:
                     for i in idx:
                         results[i] = res
                     if bar is not None:
+                        bar.set_postfix(self._postfix(), refresh=False)  # shown by the update
                         bar.update(len(idx))
-                        bar.set_postfix(self._postfix(), refresh=False)
 
             async with self:
                 tasks = [
@@ -176,19 +176,25 @@ class LLMClient:
         return results  # type: ignore[return-value]
 
     # -- sync API ----------------------------------------------------------------------------------------
-    def iter_results(self, requests: Iterable[ChatRequest], *, desc: str = "llm") -> Iterator[ChatResult]:
+    def iter_results(
+        self, requests: Iterable[ChatRequest], *, desc: str = "llm", bar: Any = None
+    ) -> Iterator[ChatResult]:
         """Answers in input order, ``chunk_size`` requests at a time (so a caller can write as they come),
-        with a progress bar."""
+        with a progress bar: ``bar`` (a tqdm-like one the caller owns, e.g. its stage step's ``Task.bar``)
+        or one of its own."""
         requests = requests if isinstance(requests, Sequence) else list(requests)
         started = time.perf_counter()
-        bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not self.config.progress)
+        own = bar is None
+        if own:
+            bar = tqdm(total=len(requests), desc=desc, unit="req", disable=not self.config.progress)
         try:
             size = self.config.chunk_size
             for lo in range(0, len(requests), size):
                 chunk = requests[lo : lo + size]
                 yield from _run_coroutine(self.complete_all(chunk, bar))
         finally:
-            bar.close()
+            if own:
+                bar.close()
             self.stats.seconds += time.perf_counter() - started
 
     def run(self, requests: Iterable[ChatRequest], *, desc: str = "llm") -> list[ChatResult]:

@@ -7,7 +7,10 @@ state in ``<stage>/.stage/<step>``:
 
 * ``local`` (the default): this machine. ``workers`` processes (forked from a clean server) each run tasks
   one after another, so a task killed by a signal or the OOM killer is named by rank while a new process
-  takes the remaining tasks; ``workers=1`` runs the tasks in this process. Steps run one after the other.
+  takes the remaining tasks; ``workers=1`` runs the tasks in this process. Steps run one after the other,
+  each with one progress bar that all its tasks count in (``Task.bar``; worker processes send their counts).
+* On clusters the tasks show no bars (their logs are per task); ``slurm`` with ``wait=true`` shows one bar of
+  the stage's completed tasks.
 * ``slurm``: one job array per step (``--array`` with ``%workers``), with per-task CPUs, memory, time and, for
   steps that embed text, GPUs; the steps are chained by ``afterok`` dependencies and the last one publishes the
   manifest, so nothing needs to stay logged in. ``wait=true`` follows the jobs until they end. A failed task
@@ -126,12 +129,17 @@ def run(stage: Stage, executor: ExecutorConfig | None = None, *, progress: bool 
             return {"stage": stage.name, "submitted": ids, "out_dir": str(stage.out_dir)}
         _wait_slurm(stage, steps, ids, ex, progress)
     else:
-        for step in steps:
-            executor_ = (
-                _local(stage, step, ex, progress) if ex.name == "local" else _ray(stage, step, ex, progress)
-            )
-            executor_.run()
-            _check_step(stage, step, executor_.world_size, getattr(executor_, "exit_codes", {}))
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm():  # a log line printed while a step's bar is shown goes above it
+            for step in steps:
+                executor_ = (
+                    _local(stage, step, ex, progress)
+                    if ex.name == "local"
+                    else _ray(stage, step, ex, progress)
+                )
+                executor_.run()
+                _check_step(stage, step, executor_.world_size, getattr(executor_, "exit_codes", {}))
     manifest = read_manifest(stage.out_dir)
     if manifest is None or {k: manifest.get(k) for k in key} != key:
         _check_step(stage, steps[-1], 1, {})
@@ -204,7 +212,7 @@ def _local(stage: Stage, step: Step, ex: ExecutorConfig, progress: bool) -> Loca
         workers=min(workers, tasks),
         logging_dir=str(_step_dir(stage, step)),
         progress=progress,
-        desc=f"{stage.name}/{step.name}",
+        desc=f"{stage.name}/{step.name}",  # its worker processes' name
     )
 
 

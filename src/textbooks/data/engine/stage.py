@@ -135,6 +135,19 @@ class Task:
         """Where an output that ends up as ``<stage dir>/<relative>`` is staged."""
         return self.work / STAGED / relative
 
+    def bar(self, desc: str, unit: str = "doc", total: int | None = None) -> Any:
+        """The step's progress bar (a tqdm-like ``update``, ``set_postfix``, ``close``), to count this task's
+        work in: every task and shard of a step counts in the same one bar, whether tasks run in this
+        process or in the local executor's worker processes (they send their counts to it). ``total`` is
+        this task's share, added to the bar's. A disabled bar when the run shows no progress."""
+        if _sink is not None:
+            return _RemoteBar(_sink, desc, unit, total)
+        if not self.progress:
+            return _NullBar()
+        if _step_bar is None:  # a task run outside an executor: a bar of its own
+            return _OwnBar(StepBar(True), desc, unit, total)
+        return _step_bar.open(desc, unit, total)
+
     def mine(self, n: int, weights: Sequence[int] | None = None) -> list[int]:
         """Indices ``0..n-1`` this task processes, in order: ``balanced(n, world_size, weights)[rank]``."""
         return balanced(n, self.world_size, weights)[self.rank]
@@ -241,6 +254,158 @@ class Stage:
         whole (e.g. too many malformed inputs). Must include ``parts`` (document parts, in order) when the
         stage writes documents."""
         return {}
+
+
+# -- progress: one bar per step --------------------------------------------------------------------------------
+class StepBar:
+    """The one progress bar of a step, shown by the launching process: opened by the first task that counts
+    (its ``desc`` and ``unit``), then counted in by every task, in this process or sent by worker processes.
+    ``tasks`` puts the number of complete tasks beside the count when a step has several."""
+
+    def __init__(self, enabled: bool, tasks: int = 1, done: int = 0) -> None:
+        self.enabled = enabled
+        self.tasks = tasks
+        self.done = done
+        self.bar: Any = None
+        self.postfix: dict[str, Any] = {}
+
+    def open(self, desc: str, unit: str, total: int | None) -> _SharedBar:
+        if self.enabled and self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(desc=desc, unit=unit, total=total, postfix=self._postfix())
+        elif self.bar is not None and total is not None:
+            self.bar.total = (self.bar.total or 0) + total
+            self.bar.refresh()
+        return _SharedBar(self)
+
+    def update(self, n: int = 1, postfix: dict[str, Any] | None = None) -> None:
+        if postfix:
+            self.postfix.update(postfix)
+            self._show(refresh=False)
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def task_done(self) -> None:
+        self.done += 1
+        self._show()
+
+    def _postfix(self) -> dict[str, Any] | None:
+        tasks = {"tasks": f"{self.done}/{self.tasks}"} if self.tasks > 1 else {}
+        return {**self.postfix, **tasks} or None
+
+    def _show(self, refresh: bool = True) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(self._postfix(), refresh=refresh)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _SharedBar:
+    """A task's view of its step's bar: closing it leaves the bar open for the step's other tasks."""
+
+    def __init__(self, step: StepBar) -> None:
+        self.step = step
+
+    def update(self, n: int = 1) -> None:
+        self.step.update(n)
+
+    def set_postfix(
+        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
+    ) -> None:
+        self.step.postfix.update({**(ordered_dict or {}), **kw})
+        self.step._show(refresh)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _OwnBar(_SharedBar):
+    def __init__(self, step: StepBar, desc: str, unit: str, total: int | None) -> None:
+        super().__init__(step)
+        step.open(desc, unit, total)
+
+    def close(self) -> None:
+        self.step.close()
+
+
+class _NullBar(_SharedBar):
+    def __init__(self) -> None:
+        super().__init__(StepBar(False))
+
+
+class _RemoteBar(_SharedBar):
+    """A task's bar in a worker process: its counts go to the launcher's step bar, at most every
+    ``SEND_SECONDS`` (and when it closes)."""
+
+    SEND_SECONDS = 0.2
+
+    def __init__(self, send: Callable[[Any], None], desc: str, unit: str, total: int | None) -> None:
+        super().__init__(StepBar(False))
+        self.send = send
+        self.n = 0
+        self.sent = time.monotonic()
+        send(("bar", desc, unit, total))
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.sent >= self.SEND_SECONDS:
+            self._flush()
+
+    def set_postfix(
+        self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
+    ) -> None:
+        self.step.postfix.update({**(ordered_dict or {}), **kw})
+
+    def _flush(self) -> None:
+        self.send(("count", self.n, dict(self.step.postfix)))
+        self.n = 0
+        self.step.postfix.clear()
+        self.sent = time.monotonic()
+
+    def close(self) -> None:
+        if self.n or self.step.postfix:
+            self._flush()
+
+
+_step_bar: StepBar | None = None  # the launching process's bar of the step its executor runs
+_sink: Callable[[Any], None] | None = None  # in a local worker process: sends progress to the launcher
+
+
+@contextlib.contextmanager
+def step_progress(enabled: bool, tasks: int = 1, done: int = 0) -> Any:
+    """The bar of the step run inside (``Task.bar`` counts in it), closed at its end."""
+    global _step_bar
+    bar = StepBar(enabled, tasks, done)
+    _step_bar = bar
+    try:
+        yield bar
+    finally:
+        _step_bar = None
+        bar.close()
+
+
+def send_progress_to(send: Callable[[Any], None] | None) -> None:
+    """In a worker process: where ``Task.bar`` sends its counts (``None``: nowhere, no bar)."""
+    global _sink
+    _sink = send
+
+
+def received(bar: StepBar, message: Any) -> None:
+    """A worker's progress message (from ``_RemoteBar``) into the step's bar."""
+    if message[0] == "bar":
+        bar.open(*message[1:])
+    else:
+        bar.update(message[1], message[2])
 
 
 # -- running one task ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 from datatrove.executor.local import LocalPipelineExecutor
 
-from textbooks.data.engine.stage import Stage
+from textbooks.data.engine.stage import Stage, received, send_progress_to, step_progress
 
 # imported by the local executor's fork server before any task: every data task reads or writes Parquet, and
 # pyarrow imports pandas (~0.2 s, when installed) the first time it converts Python objects; each task
@@ -41,8 +41,10 @@ def _die_with_parent() -> None:
 def _worker(executor: LocalPipelineExecutor, conn: Any, slot: int) -> None:
     """A worker process: runs the ranks it is sent, one at a time, and answers each with its rank once it is
     complete; ``None`` ends it. A task that raises ends the process (its error is in its errors/ file and
-    its log), so a failed task never leaves state behind for the next one."""
+    its log), so a failed task never leaves state behind for the next one. With ``progress``, its tasks'
+    bars send their counts to the launcher's one bar of the step (tuples, told apart from the ranks)."""
     _die_with_parent()
+    send_progress_to(conn.send if executor.progress else None)
     while (rank := conn.recv()) is not None:
         try:
             executor._run_for_rank(rank, slot)
@@ -76,22 +78,19 @@ class LocalExecutor(LocalPipelineExecutor):
         if not ranks:
             return
         self.save_executor_as_json()
-        if self.workers == 1:
-            for rank in ranks:
-                self._run_for_rank(rank)
-            return
+        # one bar for the step, whichever process runs its tasks (``Task.bar``)
+        with step_progress(self.progress, self.tasks, self.tasks - len(ranks)) as bar:
+            if self.workers == 1:
+                for rank in ranks:
+                    self._run_for_rank(rank)
+                    bar.task_done()
+            else:
+                self._run_in_workers(ranks, bar)
+
+    def _run_in_workers(self, ranks: list[int], bar: Any) -> None:
         ctx = fork_server(self.pipeline[0].stage)
         pending = list(reversed(ranks))
         workers: dict[Any, _Worker] = {}  # by their end of the pipe
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=self.tasks,
-            initial=self.tasks - len(ranks),
-            desc=self.desc,
-            unit="task",
-            disable=not self.progress,
-        )
 
         def start(slot: int) -> None:
             ours, theirs = ctx.Pipe()
@@ -112,18 +111,20 @@ class LocalExecutor(LocalPipelineExecutor):
                 for conn in mp.connection.wait(list(workers)):
                     w = workers[conn]
                     try:
-                        conn.recv()
+                        message = conn.recv()
                     except (EOFError, OSError):  # the process ended: told to, or died in its task
                         del workers[conn]
                         w.process.join()
                         conn.close()
                         if w.rank is not None:
                             self.exit_codes[w.rank] = w.process.exitcode or 1
-                            bar.update()
                             if pending:
                                 start(w.slot)
                         continue
-                    bar.update()
+                    if isinstance(message, tuple):  # progress of the task it runs
+                        received(bar, message)
+                        continue
+                    bar.task_done()
                     give(w)
         except BaseException:
             for w in workers.values():
@@ -131,8 +132,6 @@ class LocalExecutor(LocalPipelineExecutor):
             for w in workers.values():
                 w.process.join(5)
             raise
-        finally:
-            bar.close()
 
 
 def fork_server(stage: Stage) -> Any:

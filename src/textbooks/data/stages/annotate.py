@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -207,7 +206,6 @@ class Annotate(SharedCache, Stage):
         client = None
         endpoint = contextlib.ExitStack()
         if self.llm is not None:
-            self.llm.progress = self.llm.progress and task.progress
             client = LLMClient(endpoint.enter_context(llm_endpoint(self.llm)), seed=cfg.seed)
         try:
 
@@ -218,10 +216,12 @@ class Annotate(SharedCache, Stage):
                 failures: list[dict[str, Any]] = []
                 with PartWriter(task.publish_path(f"part-{i:05d}.parquet"), SCHEMA) as w:
                     if client is None:
-                        for row in _heuristic_rows(docs, cfg.threshold, task.progress):
-                            w.add(row)
+                        with task.bar("annotate (heuristic)", total=len(docs)) as bar:
+                            for row in _heuristic_rows(docs, cfg.threshold, bar):
+                                w.add(row)
                     else:
-                        _llm_rows(cfg, client, docs, self.template, w, failures)
+                        with task.bar("annotate (llm)", "req", total=len(docs)) as bar:
+                            _llm_rows(cfg, client, docs, self.template, w, failures, bar)
                 return {"sampled": len(docs), "documents": w.count, "failures": failures}
 
             result = task.each_shard(len(shards), one)
@@ -268,8 +268,9 @@ class Annotate(SharedCache, Stage):
         return out
 
 
-def _heuristic_rows(docs: list[dict[str, Any]], threshold: int, progress: bool) -> Iterator[dict[str, Any]]:
-    for doc in tqdm(docs, desc="annotate (heuristic)", unit="doc", disable=not progress):
+def _heuristic_rows(docs: list[dict[str, Any]], threshold: int, bar: Any) -> Iterator[dict[str, Any]]:
+    for doc in docs:
+        bar.update()
         h = heuristic_score(doc["text"], doc["source"])
         yield {
             "id": doc["id"],
@@ -311,6 +312,7 @@ def _llm_rows(
     template: str | None,
     writer: PartWriter,
     failures: list[dict[str, Any]],
+    bar: Any,
 ) -> None:
     requests = [
         client.request(
@@ -321,7 +323,7 @@ def _llm_rows(
         for d in docs
     ]
     try:
-        for doc, res in zip(docs, client.iter_results(requests, desc="annotate (llm)")):
+        for doc, res in zip(docs, client.iter_results(requests, bar=bar)):
             if not res.ok:
                 failures.append(
                     {"id": doc["id"], "source": doc["source"], "reason": res.error_kind, "error": res.error}

@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -196,9 +195,8 @@ class Classify(Stage):
         ann = load_annotations(c.annotations, c.min_score, c.embed_max_chars)
         embedder, cache = self._embedding()
         counts, cached_before = EmbedCounts(), len(cache)
-        x = embed_all(
-            ann.texts, embedder, cache, counts, c.batch_docs, "classify: embed annotations", task.progress
-        )
+        with task.bar("classify: embed annotations", total=len(ann.texts)) as bar:
+            x = embed_all(ann.texts, embedder, cache, counts, c.batch_docs, bar)
         embedded_s = time.perf_counter() - t
         model, metrics, balance = train(
             x, ann.labels, forest=c.forest, seed=c.seed, n_jobs=c.n_jobs, test_fraction=c.test_fraction,
@@ -255,7 +253,7 @@ class Classify(Stage):
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(task.plan["schema"])))
         names = [n for n in schema.names if n != "quality"]
-        bar = tqdm(desc="classify: score", unit="doc", disable=not task.progress)
+        bar = task.bar("classify: score")
 
         def one(i: int) -> dict[str, Any]:
             stats = ReadStats()

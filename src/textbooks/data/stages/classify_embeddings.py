@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from textbooks.data.engine.manifest import fingerprint_input
 from textbooks.data.text.embeddings import MINILM, Embedder, EmbedderError
@@ -229,14 +228,13 @@ def embed_all(
     cache: EmbeddingCache,
     counts: EmbedCounts,
     batch: int,
-    desc: str,
-    progress: bool,
+    bar: Any,
 ) -> np.ndarray:
-    """``embed_texts`` over ``texts`` in batches of ``batch`` (each batch cached as it completes)."""
+    """``embed_texts`` over ``texts`` in batches of ``batch`` (each batch cached as it completes), counted
+    in ``bar`` (a tqdm-like progress bar, e.g. ``Task.bar``)."""
     out = []
-    with tqdm(total=len(texts), desc=desc, unit="doc", disable=not progress) as bar:
-        for start in range(0, len(texts), batch):
-            out.append(embed_texts(texts[start : start + batch], embedder, cache, counts))
-            bar.update(len(out[-1]))
-            bar.set_postfix(computed=counts.computed, cached=counts.cached)
+    for start in range(0, len(texts), batch):
+        out.append(embed_texts(texts[start : start + batch], embedder, cache, counts))
+        bar.set_postfix(computed=counts.computed, cached=counts.cached, refresh=False)  # shown by the update
+        bar.update(len(out[-1]))
     return np.concatenate(out) if out else np.zeros((0, cache.dim or 0), dtype=np.float32)

@@ -43,7 +43,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -250,7 +249,7 @@ class Decontaminate(Stage):
                 for k in ("ngram", "embed_max_tokens", "ast_unit", "ast_min_unit", "ast_min_report", "top_k")
             },
         }
-        bar = tqdm(desc="decontaminate: score", unit="item", disable=not task.progress)
+        bar = task.bar("decontaminate: score", "item")
 
         def one(i: int) -> dict[str, Any]:
             nonlocal embedder

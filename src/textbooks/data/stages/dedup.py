@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -147,7 +146,7 @@ class Dedup(Stage):
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         bands, rows = task.plan["bands"], task.plan["rows"]
         out = task.data_dir()
-        bar = tqdm(desc="dedup signatures", unit="doc", disable=not task.progress)
+        bar = task.bar("dedup signatures")
 
         def one(i: int) -> dict[str, Any]:
             stats = ReadStats()
@@ -315,7 +314,7 @@ class Dedup(Stage):
                 pq.read_table(task.data_dir("signatures") / f"{s:05d}.ids.parquet").column("id").to_pylist()
             )
         )
-        bar = tqdm(desc="dedup filter", unit="doc", disable=not task.progress)
+        bar = task.bar("dedup filter")
 
         def id_of(doc: int) -> str:
             shard, local = arrays.locate(np.array([doc]))

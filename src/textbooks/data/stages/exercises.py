@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -248,8 +247,15 @@ def plan_exercises(cfg: ExercisesConfig) -> list[ExercisePlan]:
 
 
 def synthetic_rows(
-    plans: list[ExercisePlan], cfg: ExercisesConfig, client: LLMClient, reasons: Counter, template: str
+    plans: list[ExercisePlan],
+    cfg: ExercisesConfig,
+    client: LLMClient,
+    reasons: Counter,
+    template: str,
+    bar: Any = None,
 ) -> Iterator[dict[str, Any]]:
+    """The exercises the LLM wrote for ``plans`` that pass the checks (``reasons`` counts the others);
+    ``bar``: the progress bar to count the requests in (default: the client's own)."""
     requests = [
         client.request(
             p.prompt,
@@ -260,7 +266,7 @@ def synthetic_rows(
         for p in plans
     ]
     try:
-        for plan, res in zip(plans, client.iter_results(requests, desc="exercises (llm)")):
+        for plan, res in zip(plans, client.iter_results(requests, bar=bar)):
             reasons["requested"] += 1
             if not res.ok:
                 reasons["failed"] += 1
@@ -389,7 +395,7 @@ class Exercises(SharedCache, Stage):
         cfg = self.config
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         fields = Fields((cfg.text_field,), cfg.id_field)
-        bar = tqdm(desc="exercises (mined)", unit="file", disable=not task.progress)
+        bar = task.bar("exercises (mined)", "file")
 
         def one(i: int) -> dict[str, Any]:
             stats, reasons = ReadStats(), Counter()
@@ -414,15 +420,14 @@ class Exercises(SharedCache, Stage):
         assert llm is not None
         plans = plan_exercises(cfg)
         per = task.plan["per_part"]
-        llm.progress = llm.progress and task.progress
         with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
 
             def one(part: int) -> dict[str, Any]:
                 reasons: Counter = Counter()
                 mine = plans[part * per : (part + 1) * per]
-                self._candidates(
-                    task, part, synthetic_rows(mine, cfg, client, reasons, self.template), reasons
-                )
+                with task.bar("exercises (llm)", "req", total=len(mine)) as bar:
+                    rows = synthetic_rows(mine, cfg, client, reasons, self.template, bar)
+                    self._candidates(task, part, rows, reasons)
                 return {"reasons": dict(reasons)}
 
             return task.each_shard(task.plan["parts"], one) | {"llm": client.stats.to_dict()}

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -201,7 +200,7 @@ class Ingest(Stage):
         filters = Filters(cfg)
         fields = Fields(tuple(cfg.text_fields), "id", tuple(cfg.path_fields), cfg.lang_field)
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
-        bar = tqdm(desc="ingest", unit="doc", disable=not task.progress)
+        bar = task.bar("ingest")
 
         def one(i: int) -> dict[str, Any]:
             shard, stats, dropped = shards[i], ReadStats(), Counter()

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from textbooks.config import dataclass_from
 from textbooks.data.engine.executor import ExecutorConfig
@@ -143,7 +142,7 @@ class Pack(Stage):
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         fields = Fields((cfg.text_field,), cfg.id_field)
         threads = cfg.num_threads or os.cpu_count() or 1
-        bar = tqdm(desc=f"pack {Path(cfg.out_dir).name}", unit="doc", disable=not task.progress)
+        bar = task.bar(f"pack {Path(cfg.out_dir).name}")
         encode = functools.partial(encoding_pool(threads).map, ordinary_encoder(enc))
 
         def one(i: int) -> dict[str, Any]:

@@ -131,7 +131,6 @@ class Synthesize(SharedCache, Stage):
         cfg, llm = self.config, self.llm
         plans = self._plans(task)
         per = task.plan["per_part"]
-        llm.progress = llm.progress and task.progress
         with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
 
             def one(part: int) -> dict[str, Any]:
@@ -144,9 +143,10 @@ class Synthesize(SharedCache, Stage):
                 ]
                 rows = []
                 try:
-                    for plan, res in zip(mine, client.iter_results(requests, desc="textbooks")):
-                        row = _row(plan, res, self.template) | {"error_kind": res.error_kind, "ok": res.ok}
-                        rows.append(row)
+                    with task.bar("textbooks", "req", total=len(requests)) as bar:
+                        for plan, res in zip(mine, client.iter_results(requests, bar=bar)):
+                            row = _row(plan, res, self.template) | {"error_kind": res.error_kind, "ok": res.ok}
+                            rows.append(row)
                 except LLMUnreachableError as e:
                     raise LLMUnreachableError(
                         f"{e} (stage textbooks needs an LLM; there is no offline proxy)"

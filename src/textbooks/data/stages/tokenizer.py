@@ -10,6 +10,7 @@ half-written file (a new file next to an old sidecar) is trained again instead o
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,18 @@ class TrainTokenizer(Stage):
         texts = read_texts(
             c.inputs, pattern=c.pattern, max_bytes=c.max_file_bytes, stats=stats, where="tokenizer"
         )
-        enc = train_bpe(
-            texts, int(c.vocab_size), c.out, min_frequency=int(c.min_frequency), show_progress=task.progress
-        )
+        with task.bar("tokenizer: read") as bar:
+
+            def counted() -> Iterator[str]:
+                for text in texts:
+                    bar.update()
+                    yield text
+
+            # the stage's one bar counts the documents read; the tokenizers library's own bars (one per
+            # phase) are off: outside a terminal they print only empty lines
+            enc = train_bpe(
+                counted(), int(c.vocab_size), c.out, min_frequency=int(c.min_frequency), show_progress=False
+            )
         return {"n_vocab": enc.n_vocab, "sha256": verify_bpe_file(c.out), "read": stats.to_dict()}
 
     def summarize(self, task: Task) -> dict[str, Any]:
