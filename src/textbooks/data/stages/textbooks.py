@@ -145,8 +145,8 @@ class Synthesize(SharedCache, Stage):
                 try:
                     with task.bar("textbooks", "req", total=len(requests)) as bar:
                         for plan, res in zip(mine, client.iter_results(requests, bar=bar)):
-                            row = _row(plan, res, self.template) | {"error_kind": res.error_kind, "ok": res.ok}
-                            rows.append(row)
+                            extra = {"error_kind": res.error_kind, "ok": res.ok}
+                            rows.append(_row(plan, res, self.template) | extra)
                 except LLMUnreachableError as e:
                     raise LLMUnreachableError(
                         f"{e} (stage textbooks needs an LLM; there is no offline proxy)"
