@@ -56,13 +56,15 @@ def complete(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
 
 
 def table(runs: pd.DataFrame) -> pd.DataFrame:
-    """The printed table: one row per run, the Figure 2.1 metrics."""
+    """The printed table: one row per run, the Figure 2.1 metrics (pass@k in %, as in the figure; the
+    runs table holds fractions)."""
+    from textbooks.report.plots import is_percent
+
     cols = [c for c in TABLE_COLUMNS if c in runs]
-    return (
-        runs[cols]
-        .sort_values(["stage", "dataset", "seed"], ascending=[False, True, True])
-        .reset_index(drop=True)
-    )
+    out = runs[cols].sort_values(["stage", "dataset", "seed"], ascending=[False, True, True])
+    percent = {c: f"{c} (%)" for c in cols if is_percent(c)}
+    out = out.assign(**{c: out[c] * 100.0 for c in percent}).rename(columns=percent)
+    return out.reset_index(drop=True)
 
 
 def run_demo(cfg: DictConfig) -> dict:
@@ -227,7 +229,8 @@ def report(cfg: DictConfig, work: Path) -> dict:
     curves = pd.read_parquet(work / "curves.parquet")
     metrics = tuple(m for m in (f"{cfg.eval_benchmark}_pass@1", f"{cfg.eval_benchmark}_bpb") if m in runs)
     labels = bar_labels(work / "data")
-    fig = plot_figure_2_1(runs, metrics, title=f"Figure 2.1 at CPU scale ({cfg.train.scale})", labels=labels)
+    models = ", ".join(dict.fromkeys(runs["model"].dropna().astype(str)))  # what ran (train.model overrides)
+    fig = plot_figure_2_1(runs, metrics, title=f"Figure 2.1 at CPU scale ({models})", labels=labels)
     fig.savefig(work / "figure_2_1.png", dpi=120)
     plot_curves(curves, runs, ("train/loss", "val/loss", "eval/humaneval_bpb")).savefig(
         work / "curves.png", dpi=110

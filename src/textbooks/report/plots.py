@@ -29,7 +29,11 @@ METRIC_LABELS = {
     "mbpp_pass@1": "MBPP pass@1 (%)",
     "mbpp_bpb": "MBPP gold bits/byte (lower is better)",
 }
-PERCENT = ("pass@",)
+PERCENT = ("pass@",)  # metrics stored as fractions, shown (tables, axes, labels) in percent
+
+
+def is_percent(metric: str) -> bool:
+    return any(p in metric for p in PERCENT)
 
 
 def _label(dataset: str | None, labels: Mapping[str, str] | None = None) -> str:
@@ -37,7 +41,8 @@ def _label(dataset: str | None, labels: Mapping[str, str] | None = None) -> str:
 
 
 def bars_table(runs: pd.DataFrame, metric: str, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Mean, std and count over seeds of ``metric`` per (group, bar).
+    """Mean, std and count over seeds of ``metric`` per (group, bar); pass@k in percent (the runs table
+    holds fractions).
 
     Group = model and pretraining tokens seen ("cpu_small, 2M"); bar = the training data: a pretraining
     run's dataset, or "<its base run's data> → <its finetuning data>" for a run finetuned from another run.
@@ -58,7 +63,7 @@ def bars_table(runs: pd.DataFrame, metric: str, labels: Mapping[str, str] | None
     ]
     df["group"] = [f"{m}, {format_count(int(t))}" for m, t in zip(df["model"], df["pretrain_tokens"])]
     df["params"] = df["params"].astype(float) if "params" in df else np.nan
-    scale = 100.0 if any(p in metric for p in PERCENT) else 1.0
+    scale = 100.0 if is_percent(metric) else 1.0
     out = (
         df.assign(value=df[metric].astype(float) * scale)
         .groupby(["group", "bar"], sort=False)
@@ -92,15 +97,18 @@ def plot_figure_2_1(
 ) -> Figure:
     """Figure 2.1: one panel per metric, grouped bars with error bars over seeds and value labels.
 
-    Percent metrics (pass@k) start at 0; bits-per-byte panels zoom on the bars, whose differences are a few
-    percent, so their axis does not start at 0."""
+    Percent metrics (pass@k: the values of ``bars_table``, axis ticks and bar labels in %) start at 0 and
+    reach at least 10%; bits-per-byte panels zoom on the bars, whose differences are a few percent, so
+    their axis does not start at 0. ``title`` defaults to "Figure 2.1"; the seeds are added to it."""
     import matplotlib.pyplot as plt  # headless machines fall back to the Agg backend by themselves
+    from matplotlib.ticker import PercentFormatter
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.8), squeeze=False)
     handles: dict[str, object] = {}
     seeds = 0
     for ax, metric in zip(axes[0], metrics):
         t = bars_table(runs, metric, labels)
+        unit = "%" if is_percent(metric) else ""
         groups = list(dict.fromkeys(t["group"]))
         bars = sorted(dict.fromkeys(t["bar"]), key=_bar_rank)
         width = 0.8 / max(1, len(bars))
@@ -112,15 +120,19 @@ def plot_figure_2_1(
                 x, sub["mean"], width, yerr=err, capsize=3, label=bar, color=BAR_COLORS[j % len(BAR_COLORS)]
             )
             ax.bar_label(
-                rects, labels=["" if np.isnan(v) else f"{v:.3g}" for v in sub["mean"]], fontsize=8, padding=2
+                rects,
+                labels=["" if np.isnan(v) else f"{v:.3g}{unit}" for v in sub["mean"]],
+                fontsize=8,
+                padding=2,
             )
             handles.setdefault(bar, rects)
         ax.set_xticks(np.arange(len(groups)), [g.replace(", ", "\n") for g in groups])
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.set_title(METRIC_LABELS.get(metric, metric).split(" (")[0], fontsize=10)
         values = (t["mean"] + t["std"]).to_numpy(dtype=float)
-        if any(p in metric for p in PERCENT):
-            ax.set_ylim(0, max(1.0, 1.2 * np.nanmax(values)) if len(values) else 1.0)
+        if unit:
+            ax.set_ylim(0, max(10.0, 1.2 * np.nanmax(values)) if len(values) else 10.0)
+            ax.yaxis.set_major_formatter(PercentFormatter(100.0, decimals=0))
         elif len(values):
             lo, hi = np.nanmin((t["mean"] - t["std"]).to_numpy(dtype=float)), np.nanmax(values)
             pad = max(0.05 * (hi - lo), 0.02 * hi)
