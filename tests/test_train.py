@@ -296,7 +296,8 @@ def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_pa
 
 
 def test_a_training_run_prints_nothing_the_user_cannot_act_on(tmp_path, caplog) -> None:
-    """Lightning's litlogger advertisement and the LeafSpec deprecation are dropped; other lines stay."""
+    """Lightning's litlogger advertisement, its accelerator lines, the planned end of a run and the LeafSpec
+    deprecation are dropped; other lines stay."""
     import warnings
 
     from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -306,8 +307,12 @@ def test_a_training_run_prints_nothing_the_user_cannot_act_on(tmp_path, caplog) 
     quiet_third_party()
     with caplog.at_level(logging.INFO):
         rank_zero_info("💡 Tip: try installing [litlogger](https://pypi.org/project/litlogger/)")
-        rank_zero_info("GPU available: False")
-    assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+        rank_zero_info("GPU available: False, used: False")
+        rank_zero_info("TPU available: False, using: 0 TPU cores")
+        rank_zero_info("`Trainer.fit` stopped: `max_steps=39` reached.")
+        rank_zero_info("Restoring states from the checkpoint path at /x/last.ckpt")
+    assert "litlogger" not in caplog.text and "available" not in caplog.text and "stopped" not in caplog.text
+    assert "Restoring states" in caplog.text
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("default")
         quiet_third_party()  # catch_warnings reset the filters: the run's own set-up sets them again
@@ -341,3 +346,26 @@ def test_a_metrics_file_cut_short_by_a_kill_resumes_without_the_cut_row(tmp_path
         got = list(csv.DictReader(f))
     assert [r["train/step"] for r in got] == ["1", "2", "3", "4"] and got[-1]["train/lr"] == "0.001"
     assert not path.with_suffix(".tmp").exists()
+
+
+def test_the_progress_bar_counts_the_runs_steps(capfd) -> None:
+    """Over 5 steps of 3 batches an epoch, the bar reads "train 5/5": steps of the run, through the passes
+    over the data, where Lightning's reads "Epoch 1/-2" (max_epochs=-1) and restarts with each pass."""
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+    from torch.utils.data import DataLoader
+
+    from textbooks.train.logging import quiet_third_party, step_progress_bar
+
+    quiet_third_party()  # as a run's trainer does (pytest resets warning filters per test)
+
+    class Model(BoringModel):
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(RandomDataset(32, 3), batch_size=1)
+
+    trainer = L.Trainer(max_steps=5, max_epochs=-1, callbacks=[step_progress_bar()], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        accelerator="cpu")  # fmt: skip
+    trainer.fit(Model())
+    out = capfd.readouterr().out
+    assert re.search(r"train\b.*\b5/5\b", out) and "Epoch" not in out and "v_num" not in out, out

@@ -39,6 +39,7 @@ from textbooks.train.logging import (
     RunCSVLogger,
     define_wandb_metrics,
     quiet_third_party,
+    step_progress_bar,
     wandb_logger,
 )
 from textbooks.train.module import CausalLMModule, whole_model
@@ -109,7 +110,7 @@ def make_trainer(
         strategy=hydra.utils.instantiate(hw.strategy) if isinstance(hw.strategy, dict) else hw.strategy,
         default_root_dir=str(run_dir),
         max_steps=max_steps,
-        callbacks=callbacks,
+        callbacks=[*callbacks, *([step_progress_bar()] if cfg.progress else [])],
         logger=loggers,
         enable_progress_bar=cfg.progress,
         use_distributed_sampler=False,  # the DataModule already gives each rank its strided slice

@@ -1,4 +1,5 @@
-"""Loggers: a CSV log that survives resumes, W&B that works without an account."""
+"""Loggers: a CSV log that survives resumes, W&B that works without an account; what a run prints (a progress
+bar in steps, none of the lines a user cannot act on)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -183,15 +185,74 @@ class _DropRecords(logging.Filter):
 
 def quiet_third_party() -> None:
     """Silence what Lightning and torch print on every run that a user cannot act on (idempotent): Lightning's
-    advertisement for its cloud logger, the ``LeafSpec`` deprecation that Lightning's own pytree code triggers
-    with this torch (a warning per run, fixed upstream, not in the user's code), and the hint to prepend
-    ``srun`` on a machine where SLURM is installed (SLURM runs go through the submitit launcher)."""
+    advertisement for its cloud logger, its "GPU/TPU/HPU available" lines and "`Trainer.fit` stopped:
+    `max_steps=N` reached" (the run ending as planned), the ``LeafSpec`` deprecation that Lightning's own
+    pytree code triggers with this torch (a warning per run, fixed upstream, not in the user's code), and the
+    hint to prepend ``srun`` on a machine where SLURM is installed (SLURM runs go through the submitit
+    launcher). Lightning's warnings (a GPU there but unused, ...) stay."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         lg = logging.getLogger(name)  # where rank_zero_info logs (whichever of the two imported last)
         if not any(isinstance(f, _DropRecords) for f in lg.filters):
-            lg.addFilter(_DropRecords("litlogger"))
+            # the accelerators Lightning found and used, on every run: the run's own line says its devices,
+            # and Lightning warns by itself when a GPU is there but unused; and the normal end of a run
+            lg.addFilter(
+                _DropRecords(
+                    "litlogger",
+                    "GPU available: ",
+                    "TPU available: ",
+                    "HPU available: ",
+                    "`Trainer.fit` stopped: `max_steps=",
+                )
+            )
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     # on a machine with SLURM installed, outside a job: runs on SLURM go through hydra/launcher=slurm (submitit)
     warnings.filterwarnings(
         "ignore", message=r"The `srun` command is available on your system but is not used"
     )
+
+
+class _Steps:
+    """The bar's count: optimizer steps of the run (``max_steps``), not the batches of one epoch."""
+
+    trainer: Any
+
+    @property
+    def total_train_batches(self) -> int | float:  # the bar's total, read at each epoch's start
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else float("inf")
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train"
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        items.pop("v_num", None)  # the logger's version: nothing to read during training
+        return items
+
+
+class _RichSteps(_Steps, RichProgressBar):
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+
+
+class _TQDMSteps(_Steps, TQDMProgressBar):
+    def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description("train")
+        self.train_progress_bar.n = trainer.global_step
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(i + 1, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+
+
+def step_progress_bar() -> L.Callback:
+    """Lightning's progress bar (rich when installed, else tqdm) for a run measured in optimizer steps: it
+    reads ``train 39/39``, the steps done of the run's steps, where Lightning's reads ``Epoch 0/-2``
+    (``max_epochs=-1``) over one epoch's batches (micro-batches under accumulation), starting again with
+    each pass over the data; the logger's ``v_num`` is left out of its metrics."""
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    return _RichSteps() if _RICH_AVAILABLE else _TQDMSteps()
