@@ -161,9 +161,7 @@ class Task:
         killed run of the same build is not redone (its saved stats are reused)."""
         done_dir = self.work / self.step / "shards"
         out: dict[str, Any] = {}
-        shards = self.plan.get("shards")
-        weights = [_work(s) for s in shards] if isinstance(shards, list) and len(shards) == n else None
-        for i in self.mine(n, weights):
+        for i in self.my_shards(n):
             f = done_dir / f"{i:05d}.json"
             if f.is_file():
                 out[str(i)] = json.loads(f.read_text())
@@ -171,6 +169,12 @@ class Task:
             out[str(i)] = stats = work(i)
             write_json_atomic(f, stats)
         return {"shards": out}
+
+    def my_shards(self, n: int) -> list[int]:
+        """The shards of ``n`` that ``each_shard`` gives this task, in order (weighed as it says)."""
+        shards = self.plan.get("shards")
+        weights = [_work(s) for s in shards] if isinstance(shards, list) and len(shards) == n else None
+        return self.mine(n, weights)
 
     def reads(self, step: str, max_bad_fraction: float, what: str) -> ReadStats:
         """The read counts of every shard of ``step`` summed, after failing the stage (one ``DataError``)

@@ -23,6 +23,7 @@ answers from the shared response cache first), then publish.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -203,6 +204,9 @@ class Annotate(SharedCache, Stage):
             )
         picked = chosen(cfg.seed, total, cfg.sample_size)
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        mine = set(task.my_shards(len(shards)))  # this task's documents to annotate, for its bar's total
+        sampled = sum(1 for k in picked if bisect.bisect_right(offsets, k) - 1 in mine)
+        bar = task.bar(f"annotate ({cfg.annotator})", "doc" if self.llm is None else "req", total=sampled)
         client = None
         endpoint = contextlib.ExitStack()
         if self.llm is not None:
@@ -216,16 +220,15 @@ class Annotate(SharedCache, Stage):
                 failures: list[dict[str, Any]] = []
                 with PartWriter(task.publish_path(f"part-{i:05d}.parquet"), SCHEMA) as w:
                     if client is None:
-                        with task.bar("annotate (heuristic)", total=len(docs)) as bar:
-                            for row in _heuristic_rows(docs, cfg.threshold, bar):
-                                w.add(row)
+                        for row in _heuristic_rows(docs, cfg.threshold, bar):
+                            w.add(row)
                     else:
-                        with task.bar("annotate (llm)", "req", total=len(docs)) as bar:
-                            _llm_rows(cfg, client, docs, self.template, w, failures, bar)
+                        _llm_rows(cfg, client, docs, self.template, w, failures, bar)
                 return {"sampled": len(docs), "documents": w.count, "failures": failures}
 
             result = task.each_shard(len(shards), one)
         finally:
+            bar.close()
             if client is not None:
                 client.close()
             endpoint.close()

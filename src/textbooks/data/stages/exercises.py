@@ -420,14 +420,17 @@ class Exercises(SharedCache, Stage):
         assert llm is not None
         plans = plan_exercises(cfg)
         per = task.plan["per_part"]
-        with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
+        parts = task.my_shards(task.plan["parts"])
+        bar = task.bar(
+            "exercises (llm)", "req", total=sum(len(plans[p * per : (p + 1) * per]) for p in parts)
+        )
+        with bar, llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
 
             def one(part: int) -> dict[str, Any]:
                 reasons: Counter = Counter()
                 mine = plans[part * per : (part + 1) * per]
-                with task.bar("exercises (llm)", "req", total=len(mine)) as bar:
-                    rows = synthetic_rows(mine, cfg, client, reasons, self.template, bar)
-                    self._candidates(task, part, rows, reasons)
+                rows = synthetic_rows(mine, cfg, client, reasons, self.template, bar)
+                self._candidates(task, part, rows, reasons)
                 return {"reasons": dict(reasons)}
 
             return task.each_shard(task.plan["parts"], one) | {"llm": client.stats.to_dict()}

@@ -131,7 +131,9 @@ class Synthesize(SharedCache, Stage):
         cfg, llm = self.config, self.llm
         plans = self._plans(task)
         per = task.plan["per_part"]
-        with llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
+        parts = task.my_shards(task.plan["parts"])
+        bar = task.bar("textbooks", "req", total=sum(len(plans[p * per : (p + 1) * per]) for p in parts))
+        with bar, llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
 
             def one(part: int) -> dict[str, Any]:
                 mine = plans[part * per : (part + 1) * per]
@@ -143,10 +145,9 @@ class Synthesize(SharedCache, Stage):
                 ]
                 rows = []
                 try:
-                    with task.bar("textbooks", "req", total=len(requests)) as bar:
-                        for plan, res in zip(mine, client.iter_results(requests, bar=bar)):
-                            extra = {"error_kind": res.error_kind, "ok": res.ok}
-                            rows.append(_row(plan, res, self.template) | extra)
+                    for plan, res in zip(mine, client.iter_results(requests, bar=bar)):
+                        row = _row(plan, res, self.template) | {"error_kind": res.error_kind, "ok": res.ok}
+                        rows.append(row)
                 except LLMUnreachableError as e:
                     raise LLMUnreachableError(
                         f"{e} (stage textbooks needs an LLM; there is no offline proxy)"
