@@ -240,7 +240,7 @@ def report(cfg: DictConfig, work: Path) -> dict:
 
     pd.set_option("display.width", 160)
     pd.set_option("display.max_columns", 20)
-    print("\nRuns (from", work / "runs.csv", "):")
+    print(f"\nRuns (from {work / 'runs.csv'}):")
     print(table(runs).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print("\nFigure 2.1 bars (pass@1 in %, bits/byte: lower is better):")
     print(
