@@ -18,6 +18,7 @@ import pytest
 from openai_server import OpenAIServer, closed_port, last_user_message
 
 from textbooks.data.app import compose, run
+from textbooks.data.engine.executor import ExecutorConfig
 from textbooks.data.engine.parquet import read_table
 from textbooks.data.stages.annotate import AnnotateConfig, annotate, parse_score
 from textbooks.data.stages.annotate_heuristic import SIGNALS, heuristic_score
@@ -185,6 +186,14 @@ def test_heuristic_stage_samples_scores_and_skips_when_current(tmp_path, corpus)
     other = annotate(_heuristic_config(tmp_path, corpus, seed=1), progress=False)
     assert other["started"] != manifest["started"]
     assert set(read_table(cfg.out_dir).column("id").to_pylist()) != {r["id"] for r in rows}
+
+
+def test_the_stage_shows_one_bar_over_the_sample(tmp_path, corpus, capfd):
+    """Two tasks, each with its shards: one bar for the annotate step, its total the whole sample."""
+    annotate(_heuristic_config(tmp_path, corpus), executor=ExecutorConfig(tasks=2))
+    bars = [line for line in capfd.readouterr().err.split("\n") if "annotate (heuristic)" in line]
+    assert len(bars) == 1 and "12/12" in bars[0].split("\r")[-1], bars
+    assert "/12" in bars[0].split("\r")[1] and "tasks=2/2" in bars[0]  # the total from the start
 
 
 def test_malformed_input_lines_are_counted_then_fatal_over_the_limit(tmp_path):
