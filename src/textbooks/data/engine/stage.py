@@ -309,7 +309,8 @@ class StepBar:
 
 
 class _SharedBar:
-    """A task's view of its step's bar: closing it leaves the bar open for the step's other tasks."""
+    """A task's view of its step's bar: closing it leaves the bar open for the step's other tasks, and closes
+    it in the step's last task (so what the task prints after, a server stopping, goes below the bar)."""
 
     def __init__(self, step: StepBar) -> None:
         self.step = step
@@ -324,7 +325,8 @@ class _SharedBar:
         self.step._show(refresh)
 
     def close(self) -> None:
-        pass
+        if self.step.done >= self.step.tasks - 1:
+            self.step.close()
 
     def __enter__(self) -> Any:
         return self

@@ -206,11 +206,12 @@ class Annotate(SharedCache, Stage):
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         mine = set(task.my_shards(len(shards)))  # this task's documents to annotate, for its bar's total
         sampled = sum(1 for k in picked if bisect.bisect_right(offsets, k) - 1 in mine)
-        bar = task.bar(f"annotate ({cfg.annotator})", "doc" if self.llm is None else "req", total=sampled)
         client = None
         endpoint = contextlib.ExitStack()
         if self.llm is not None:
             client = LLMClient(endpoint.enter_context(llm_endpoint(self.llm)), seed=cfg.seed)
+        # opened once a local server is up, closed before it stops (their log lines go around the bar)
+        bar = task.bar(f"annotate ({cfg.annotator})", "doc" if self.llm is None else "req", total=sampled)
         try:
 
             def one(i: int) -> dict[str, Any]:

@@ -421,10 +421,12 @@ class Exercises(SharedCache, Stage):
         plans = plan_exercises(cfg)
         per = task.plan["per_part"]
         parts = task.my_shards(task.plan["parts"])
-        bar = task.bar(
-            "exercises (llm)", "req", total=sum(len(plans[p * per : (p + 1) * per]) for p in parts)
-        )
-        with bar, llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
+        total = sum(len(plans[p * per : (p + 1) * per]) for p in parts)
+        with (
+            llm_endpoint(llm) as served,
+            LLMClient(served, seed=cfg.seed) as client,
+            task.bar("exercises (llm)", "req", total=total) as bar,  # opened once the server is up
+        ):
 
             def one(part: int) -> dict[str, Any]:
                 reasons: Counter = Counter()

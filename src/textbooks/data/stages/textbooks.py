@@ -132,8 +132,12 @@ class Synthesize(SharedCache, Stage):
         plans = self._plans(task)
         per = task.plan["per_part"]
         parts = task.my_shards(task.plan["parts"])
-        bar = task.bar("textbooks", "req", total=sum(len(plans[p * per : (p + 1) * per]) for p in parts))
-        with bar, llm_endpoint(llm) as served, LLMClient(served, seed=cfg.seed) as client:
+        total = sum(len(plans[p * per : (p + 1) * per]) for p in parts)
+        with (
+            llm_endpoint(llm) as served,
+            LLMClient(served, seed=cfg.seed) as client,
+            task.bar("textbooks", "req", total=total) as bar,  # opened once the server is up
+        ):
 
             def one(part: int) -> dict[str, Any]:
                 mine = plans[part * per : (part + 1) * per]
