@@ -325,7 +325,9 @@ class _SharedBar:
         self.step._show(refresh)
 
     def close(self) -> None:
-        if self.step.done >= self.step.tasks - 1:
+        if self.step.bar is not None and self.step.done >= self.step.tasks - 1:
+            self.step.done = self.step.tasks  # the last task has counted all it does
+            self.step._show()
             self.step.close()
 
     def __enter__(self) -> Any:
