@@ -225,7 +225,8 @@ class EvalCallback(L.Callback):
                 lg.save()
             trainer.callback_metrics.update({k: torch.tensor(v) for k, v in row.items()})
             self.last = row
-            log.info("eval at step %d (%s tokens): %s", step, f"{int(tokens):,}", metrics)
+            shown = ", ".join(f"{k} {float(v):.4g}" for k, v in metrics.items())  # all digits: the loggers
+            log.info("eval at step %d (%s tokens): %s", step, f"{int(tokens):,}", shown)
         trainer.strategy.barrier("textbooks-eval")
         return row
 
