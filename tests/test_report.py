@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def demo(tmp_path_factory, stdlib_dir):
         cwd=root,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return root / "demo", r.stdout
+    return root / "demo", r.stdout + r.stderr
 
 
 def test_demo_table_and_figure_come_from_its_runs(demo):
@@ -101,6 +102,32 @@ def test_demo_table_and_figure_come_from_its_runs(demo):
     ft = runs[runs["stage"] == "finetune"]
     assert set(ft["base_dataset"]) == {"codetextbook" if sections else "filtered"}
     assert set(ft["base_tokens"]) == {40_000}
+    # pass@1 in percent in the figure's table (and axis) as in the printed runs table; runs.csv: fractions
+    passk = bars[bars["metric"] == "humaneval_pass@1"].set_index("bar")
+    stack_pass = runs[runs["dataset"] == "stack_plus"]["humaneval_pass@1"]
+    assert passk.loc["The Stack+", "mean"] == pytest.approx(100 * stack_pass.mean())
+    assert "humaneval_pass@1 (%)" in out
+
+
+def test_demo_prints_what_a_user_can_act_on(demo):
+    """One bar per data stage, none of Lightning's hardware lines or epoch counts, a bar in steps."""
+    _, out = demo
+    for noise in (
+        "GPU available",
+        "TPU available",
+        "Epoch 0/-2",
+        "litlogger",
+        "LeafSpec",
+        "anonymous",
+        "v_num",
+    ):
+        assert noise not in out, noise
+    assert "train ━" in out and "39/39" in out  # the pretraining runs' bar, in steps
+    lines = out.split("\n")
+    for desc in ("ingest:", "annotate (heuristic):", "classify: embed annotations:", "classify: score:"):
+        bars = [line for line in lines if line.lstrip("\r").startswith(desc)]
+        assert len(bars) == 1, (desc, bars)  # one bar for the step, however many tasks and shards
+    assert re.search(r"eval at step 20 \(20,480 tokens\): humaneval_bpb \d\.\d{3}(,|$)", out, re.M)
 
 
 def test_notebook_redraws_the_figure(demo, repo_root):

@@ -350,7 +350,8 @@ def test_a_metrics_file_cut_short_by_a_kill_resumes_without_the_cut_row(tmp_path
 
 def test_the_progress_bar_counts_the_runs_steps(capfd) -> None:
     """Over 5 steps of 3 batches an epoch, the bar reads "train 5/5": steps of the run, through the passes
-    over the data, where Lightning's reads "Epoch 1/-2" (max_epochs=-1) and restarts with each pass."""
+    over the data, where Lightning's reads "Epoch 1/-2" (max_epochs=-1) and restarts with each pass. The
+    validation bar goes when validation ends, also after ``trainer.validate`` (a run's final validation)."""
     import lightning as L
     from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
     from torch.utils.data import DataLoader
@@ -364,8 +365,10 @@ def test_the_progress_bar_counts_the_runs_steps(capfd) -> None:
             return DataLoader(RandomDataset(32, 3), batch_size=1)
 
     trainer = L.Trainer(max_steps=5, max_epochs=-1, callbacks=[step_progress_bar()], logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-                        accelerator="cpu")  # fmt: skip
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=2,
+                        val_check_interval=5, check_val_every_n_epoch=None, accelerator="cpu")  # fmt: skip
     trainer.fit(Model())
+    trainer.validate(Model(), verbose=False)
     out = capfd.readouterr().out
     assert re.search(r"train\b.*\b5/5\b", out) and "Epoch" not in out and "v_num" not in out, out
+    assert "Validation" not in out, out

@@ -234,6 +234,14 @@ class _RichSteps(_Steps, RichProgressBar):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
         self._update(self.train_progress_bar_id, trainer.global_step)
 
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        # hidden when done also after fit (Lightning leaves it after trainer.validate: a second bar under the
+        # training's, for the final validation whose loss the run reports)
+        super().on_validation_epoch_end(trainer, pl_module)
+        if self.is_enabled and self.progress is not None and self.val_progress_bar_id is not None:
+            self.progress.update(self.val_progress_bar_id, advance=0, visible=False)
+            self.refresh()
+
 
 class _TQDMSteps(_Steps, TQDMProgressBar):
     def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
