@@ -48,17 +48,20 @@ class Short(Stage):
 
     def keep(self, task: Task) -> dict[str, Any]:
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
+        bar = task.bar("short")  # the step's one progress bar, that every task counts its documents in
 
         def one(i: int) -> dict[str, Any]:
             stats, kept = ReadStats(), 0
             with PartWriter(task.publish_path(f"part-{i:05d}.parquet"), SCHEMA) as part:
                 for doc in read_shard(shards[i], stats):
+                    bar.update()
                     if doc["text"].count("\n") < self.config.max_lines:
                         part.add({"id": doc["id"], "text": doc["text"], "source": doc["source"]})
                         kept += 1
             return {"kept": kept, "read": stats.to_dict()}
 
-        return task.each_shard(len(shards), one)
+        with bar:
+            return task.each_shard(len(shards), one)
 
     def summarize(self, task: Task) -> dict[str, Any]:
         read = task.reads("keep", self.config.max_bad_fraction, f"short {self.config.inputs}")
