@@ -7,6 +7,7 @@ import csv
 import logging
 import netrc
 import os
+import sys
 import uuid
 import warnings
 from pathlib import Path
@@ -233,6 +234,27 @@ class _RichSteps(_Steps, RichProgressBar):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, i: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, i)
         self._update(self.train_progress_bar_id, trainer.global_step)
+
+    _moved: list[tuple[logging.StreamHandler, Any]]
+
+    def _init_progress(self, trainer: Any) -> None:
+        # while the bar is live, the console's log lines go through rich's proxy of sys.stdout/err (printed
+        # above the bar); a handler keeps the stream it was given, and wrote into the bar's line instead
+        super()._init_progress(trainer)
+        self._moved = getattr(self, "_moved", [])
+        if self._moved or self.progress is None:
+            return
+        for h in logging.getLogger().handlers:
+            if type(h) is logging.StreamHandler:
+                for original, proxy in ((sys.__stdout__, sys.stdout), (sys.__stderr__, sys.stderr)):
+                    if h.stream is original and proxy is not original:
+                        self._moved.append((h, h.setStream(proxy)))
+
+    def _stop_progress(self) -> None:
+        super()._stop_progress()
+        for h, stream in getattr(self, "_moved", []):
+            h.setStream(stream)
+        self._moved = []
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         # hidden when done also after fit (Lightning leaves it after trainer.validate: a second bar under the
