@@ -372,3 +372,54 @@ def test_the_progress_bar_counts_the_runs_steps(capfd) -> None:
     out = capfd.readouterr().out
     assert re.search(r"train\b.*\b5/5\b", out) and "Epoch" not in out and "v_num" not in out, out
     assert "Validation" not in out, out
+
+
+BAR_AND_LOG = """
+import logging, sys, time
+import lightning as L
+from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+from torch.utils.data import DataLoader
+from textbooks.train.logging import quiet_third_party, step_progress_bar
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+class Model(BoringModel):
+    def train_dataloader(self):
+        return DataLoader(RandomDataset(32, 3), batch_size=1)
+    def training_step(self, batch, i):
+        time.sleep(0.1)
+        if self.global_step == 3:
+            logging.getLogger("x").info("LOGGED at step 3")
+        return super().training_step(batch, i)
+quiet_third_party()
+L.Trainer(max_steps=6, max_epochs=-1, callbacks=[step_progress_bar()], logger=False, enable_checkpointing=False,
+          enable_model_summary=False, limit_val_batches=0, accelerator="cpu").fit(Model())
+"""
+
+
+def test_a_log_line_during_training_prints_above_the_bar_in_a_terminal(tmp_path) -> None:
+    """In a terminal (a pseudo-terminal here), a log line written while the bar is live starts on a cleared
+    line of its own, not after the bar's text on its line."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    script = tmp_path / "bar_and_log.py"
+    script.write_text(BAR_AND_LOG)
+    ours, theirs = pty.openpty()
+    fcntl.ioctl(theirs, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=theirs, stdout=theirs, stderr=theirs)
+    os.close(theirs)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(ours, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(ours)
+    assert proc.wait(60) == 0, out.decode(errors="replace")[-2000:]
+    text = out.decode(errors="replace")
+    before = text[: text.index("LOGGED at step 3")]
+    assert before.endswith("\x1b[2K") or before.endswith("\n"), repr(before[-200:])
