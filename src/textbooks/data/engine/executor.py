@@ -9,13 +9,14 @@ state in ``<stage>/.stage/<step>``:
   one after another, so a task killed by a signal or the OOM killer is named by rank while a new process
   takes the remaining tasks; ``workers=1`` runs the tasks in this process. Steps run one after the other,
   each with one progress bar that all its tasks count in (``Task.bar``; worker processes send their counts).
-* On clusters the tasks show no bars (their logs are per task); ``slurm`` with ``wait=true`` shows one bar of
-  the stage's completed tasks.
 * ``slurm``: one job array per step (``--array`` with ``%workers``), with per-task CPUs, memory, time and, for
   steps that embed text, GPUs; the steps are chained by ``afterok`` dependencies and the last one publishes the
   manifest, so nothing needs to stay logged in. ``wait=true`` follows the jobs until they end. A failed task
   is requeued by SLURM (``requeue``) or, after the run, rerun alone by the same command.
 * ``ray``: a Ray cluster (``address``; none starts a local runtime), the ``ray`` extra.
+
+On clusters the tasks draw no bars (each has its log file); ``slurm`` with ``wait=true`` shows one bar of the
+stage's completed tasks.
 
 What is not the engine's job stays here: the plan, the stage's key, and one error that says which tasks failed,
 why, where their logs are, and that rerunning the same command runs only those.
