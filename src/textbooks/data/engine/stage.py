@@ -283,6 +283,11 @@ class StepBar:
             self.bar.refresh()
         return _SharedBar(self)
 
+    def extend(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total = (self.bar.total or 0) + n
+            self.bar.refresh()
+
     def update(self, n: int = 1, postfix: dict[str, Any] | None = None) -> None:
         if postfix:
             self.postfix.update(postfix)
@@ -317,6 +322,10 @@ class _SharedBar:
 
     def update(self, n: int = 1) -> None:
         self.step.update(n)
+
+    def extend(self, n: int) -> None:
+        """``n`` more to count than the task said when it opened the bar (work found on the way)."""
+        self.step.extend(n)
 
     def set_postfix(
         self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
@@ -369,6 +378,9 @@ class _RemoteBar(_SharedBar):
         if time.monotonic() - self.sent >= self.SEND_SECONDS:
             self._flush()
 
+    def extend(self, n: int) -> None:
+        self.send(("extend", n))
+
     def set_postfix(
         self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
     ) -> None:
@@ -412,6 +424,8 @@ def received(bar: StepBar, message: Any) -> None:
     """A worker's progress message (from ``_RemoteBar``) into the step's bar."""
     if message[0] == "bar":
         bar.open(*message[1:])
+    elif message[0] == "extend":
+        bar.extend(message[1])
     else:
         bar.update(message[1], message[2])
 
