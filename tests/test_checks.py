@@ -135,3 +135,72 @@ def test_assert_lines_count_as_tests_and_degenerate_tests_are_named() -> None:
 def test_fences_under_list_items_are_dedented_and_untagged_data_is_not_code() -> None:
     text = "1. **First:**\n   ```python\n   def f(x):\n       return x\n   ```\n\n```\nName,Age,City\nAl,3,New York\n```\n```\nprint(1)\n```\n"
     assert code_blocks(text) == ["def f(x):\n    return x\n", "print(1)\n"]
+
+
+def test_a_failing_exercise_reports_each_failed_test_with_what_the_call_gave() -> None:
+    from textbooks.data.stages.exercises_functions import exercise_from_answer
+    from textbooks.data.text.checks import Failure, failures_program, run_failures
+
+    answer = textwrap.dedent(
+        '''
+        ```python
+        def digit_count(n: int) -> int:
+            """Count the decimal digits of n.
+
+            >>> digit_count(12)
+            2
+            >>> digit_count(0)
+            1
+            """
+            count = 0
+            while n:
+                n //= 10
+                count += 1
+            return count
+
+
+        assert digit_count(0) == 1
+        assert digit_count(123) == 3
+        assert digit_count("7") == 1
+        assert digit_count(5) > 1
+        ```
+        '''
+    )
+    e = exercise_from_answer(answer, None)
+    crashes = "def f(x):\n    return x\n\nraise ValueError('at import')\n"
+    spins = "def f(x):\n    return x\n\nwhile True:\n    pass\n"
+    loud = "def f(x):\n    return x\n\nprint('x' * 200_000)\n"
+    failed, crashed, spun, cut = run_failures(
+        [failures_program(e.text, e.entry_point, e.tests), failures_program(crashes, "f"),
+         failures_program(spins, "f"), failures_program(loud, "f")],
+        cpu_s=1.0,
+    )  # fmt: skip
+    assert failed == [
+        Failure("assert digit_count(0) == 1", got="0", call="digit_count(0)"),
+        Failure("assert digit_count('7') == 1", raised="TypeError: unsupported operand type(s) for //=: 'str' and 'int'"),
+        Failure("assert digit_count(5) > 1"),
+        Failure(">>> digit_count(0)", expected="1", got="0"),
+    ]  # fmt: skip
+    assert crashed == [Failure("<code>", raised="ValueError: at import")]
+    assert spun == [Failure("<code>", raised="timed out")]
+    assert cut == [Failure("<code>", raised="printed more output than is kept")]
+
+
+def test_a_value_asked_for_again_corrects_an_assert_only_when_it_is_the_same_value() -> None:
+    from textbooks.data.stages.exercises_functions import stated_result
+    from textbooks.data.text.checks import same_value, with_asserts
+
+    assert stated_result("3 | 2 sets no new bit.\nRESULT: 3") == "3"
+    assert stated_result("RESULT: [1, 2]\nso\nRESULT: `[2, 1]`") == "[2, 1]"  # the last one
+    assert stated_result("`[1, 2]`") == "[1, 2]" and stated_result("It returns\n3.") is None
+    assert stated_result("RESULT: 28:") == "28" and stated_result("RESULT: 10: 1010") == "10"
+    assert (
+        stated_result("RESULT: {'a': 1}: counts") == "{'a': 1}"
+        and stated_result("RESULT: Friday") == "Friday"
+    )
+    assert same_value("3", "3.0") and same_value("'ab'", '"ab"') and same_value("[1, (2, 3)]", "[1,(2,3)]")
+    assert not same_value("True", "1") and not same_value("3", "4") and not same_value("x", "x")
+    tests = "assert f(1) == 2\nassert f(3) == 7  # wrong\nassert f(5) == 10\n"
+    assert with_asserts(tests, {"assert f(3) == 7": "assert f(3) == 6"}) == (
+        "assert f(1) == 2\nassert f(3) == 6\nassert f(5) == 10\n"
+    )

@@ -7,6 +7,7 @@ extracted; each must parse; the blocks of a section, run in order as one program
 defined, no ``input()``): a section whose code fails is dropped. An exercise's solution runs against its own
 doctests (the ``>>>`` examples of its docstring) in the sandbox; one without examples has nothing to check it
 and is dropped when it came from an LLM (mined functions without doctests are kept, counted as unchecked).
+For an exercise that fails, ``failures_program`` reports which tests failed and what each call returned.
 """
 
 from __future__ import annotations
@@ -341,3 +342,145 @@ def run_checks(
     limits = Limits(setup_cpu_s=cpu_s)
     results = run_programs([Program(setup=p) for p in programs], workers=workers, limits=limits)
     return ["passed" if r.passed else "timeout" if r.status == "timeout" else "fails" for r in results]
+
+
+# -- exercises: which tests failed and what the calls gave (to re-derive a wrong expected value) -------------
+_FAILURES_MARK = "\x1ffailures:"  # starts the line the failures program prints its report on
+
+# Appended to an exercise instead of the checks: runs every test (each ``assert`` statement on its own, then the
+# doctests) and prints what failed and what the call gave. What it prints only decides which values to ask for
+# again: the verdict on a corrected exercise is ``run_checks``'s, as for any other.
+_FAILURES_RUNNER = """
+
+def __report_failures():
+    import contextlib, doctest, io, json
+
+    failed = []
+
+    def cut(text):
+        text = str(text).strip()
+        return text if len(text) <= 300 else text[:300] + " ..."
+
+    def raised(exc):
+        return cut(f"{{type(exc).__name__}}: {{exc}}")
+
+    def quiet():
+        return contextlib.redirect_stdout(io.StringIO())
+
+    for source, call in {asserts!r}:
+        try:
+            with quiet():
+                exec(compile(source, "<assert>", "exec"), dict(globals()))
+        except AssertionError:
+            one = {{"test": source, "call": call}}
+            if call:
+                try:
+                    with quiet():
+                        one["got"] = cut(repr(eval(call, dict(globals()))))
+                except Exception as exc:
+                    one["raised"] = raised(exc)
+            failed.append(one)
+        except Exception as exc:
+            failed.append({{"test": source, "raised": raised(exc)}})
+
+    class Runner(doctest.DocTestRunner):
+        def report_failure(self, out, test, example, got):
+            failed.append({{"test": ">>> " + example.source.strip(), "expected": cut(example.want), "got": cut(got)}})
+
+        def report_unexpected_exception(self, out, test, example, exc_info):
+            if not isinstance(exc_info[1], Exception):
+                raise exc_info[1]
+            failed.append({{"test": ">>> " + example.source.strip(), "expected": cut(example.want),
+                           "raised": raised(exc_info[1])}})
+
+    runner = Runner(verbose=False, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder(recurse=False).find({entry}, {entry!r}, globs=dict(globals())):
+        runner.run(test, out=lambda text: None)
+    print({mark!r} + json.dumps(failed))
+
+
+__report_failures()
+"""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A test an exercise failed: its source (an ``assert`` statement or a ``>>>`` example), what a doctest
+    expected, and what the call gave (``got``: its ``repr``, or a doctest's output) or ``raised``."""
+
+    test: str
+    expected: str = ""
+    got: str | None = None
+    raised: str | None = None
+    call: str | None = None  # of a failed ``assert <call> == <expected value>``
+
+
+def failures_program(code: str, entry_point: str, tests: str = "") -> str:
+    """``code`` followed by a runner that tries each of its tests (``tests``' ``assert`` statements one by one,
+    then ``entry_point``'s doctests) and prints those that fail, with the value the call gave."""
+    asserts = []
+    if tests.strip():
+        try:
+            stmts = ast.parse(tests).body
+        except (SyntaxError, ValueError):
+            stmts = []
+        for stmt in stmts:
+            case = _assert_case(stmt, entry_point) if isinstance(stmt, ast.Assert) else None
+            call = case.call if case is not None and case.literal and case.call != case.expected else None
+            asserts.append((ast.unparse(stmt), call))
+    return (
+        code.rstrip()
+        + "\n"
+        + _FAILURES_RUNNER.format(asserts=asserts, entry=entry_point, mark=_FAILURES_MARK)
+    )
+
+
+def run_failures(
+    programs: Sequence[str], *, cpu_s: float = CHECK_CPU_S, workers: int | None = None
+) -> list[list[Failure]]:
+    """Run each ``failures_program`` in the sandbox: the tests it failed. A program that fails before its
+    tests run (an exception at the top level, a timeout) gives one ``Failure`` whose ``test`` is ``<code>``."""
+    if not programs:
+        return []
+    import json
+
+    from textbooks.sandbox import Limits, Program, run_programs
+
+    limits = Limits(setup_cpu_s=cpu_s)
+    out: list[list[Failure]] = []
+    for r in run_programs([Program(setup=p) for p in programs], workers=workers, limits=limits):
+        report = next((ln for ln in r.stdout.splitlines() if ln.startswith(_FAILURES_MARK)), None)
+        if r.passed and report is not None:
+            try:
+                failed = json.loads(report[len(_FAILURES_MARK) :])
+                out.append(
+                    [Failure(**{k: None if v is None else str(v) for k, v in f.items()}) for f in failed]
+                )
+                continue
+            except (ValueError, TypeError):
+                pass  # the program printed a line of its own that looks like the report
+        if r.status == "timeout":
+            what = "timed out"
+        elif r.passed:  # ran, but its report was not among the output kept
+            what = "printed more output than is kept"
+        else:
+            what = f"{r.error_type}: {r.message}" if r.message else str(r.error_type)
+        out.append([Failure("<code>", raised=what[:300])])
+    return out
+
+
+def same_value(a: str, b: str) -> bool:
+    """Whether the Python literals ``a`` and ``b`` are the same value (``1.0`` and ``1``, ``'x'`` and ``"x"``,
+    not ``True`` and ``1``); ``False`` when either is not a literal."""
+    try:
+        x, y = ast.literal_eval(a.strip()), ast.literal_eval(b.strip())
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y))
+    return (type(x) is type(y) or numbers) and x == y
+
+
+def with_asserts(tests: str, replaced: dict[str, str]) -> str:
+    """``tests`` with each statement whose source (``ast.unparse``) is a key of ``replaced`` replaced by its
+    value (the corrected assert)."""
+    return "".join(replaced.get(src, src) + "\n" for src in (ast.unparse(s) for s in ast.parse(tests).body))
