@@ -255,14 +255,27 @@ def test_bad_configs_are_clear(tmp_path):
 PROMPT = 'Exercise on "{topic}": write `{name}`.'
 
 
+REDERIVED: list[list[dict]] = []  # the conversations asking for an expected value again
+
+
 def canned_exercise(messages: list[dict], body: dict) -> str:
     """Deterministic answers keyed off the prompt: 1 in 10 names the wrong function, 1 in 10 is not valid
     Python, 1 in 10 has no docstring, 1 in 10 fails its doctest, 1 in 10 has no doctest, 1 in 10 never
-    ends, 1 in 10 has no code fence; the rest are good (with a test after the function, which is not part
-    of the exercise)."""
+    ends, 1 in 10 has no code fence, 1 in 10 has an assert with a wrong expected value; the rest are good
+    (with a test after the function, which is not part of the exercise). Asked for that value again, the
+    answer is right, but when the topic is "lists" the same wrong value again."""
     prompt = last_user_message(messages)
+    if prompt.startswith("Here is the signature"):
+        REDERIVED.append(messages)
+        topic = re.search(r"doubled \((\w+)\)", prompt).group(1)
+        return "Doubling 3 gives 6.\nRESULT: 7" if topic == "lists" else "Doubling 3 gives 6.\nRESULT: `6`"
     topic, name = re.search(r'on "([^"]+)": write `(\w+)`', prompt).groups()
     kind = _kind(prompt)
+    if kind == "wrong_value":
+        return (
+            f'```python\ndef {name}(x: int) -> int:\n    """Return x doubled ({topic})."""\n    return 2 * x\n\n\n'
+            f"assert {name}(1) == 2\nassert {name}(3) == 7\nassert {name}(5) == 10\n```"
+        )
     if kind == "wrong_name":
         return f"```python\ndef something_else(x):\n    '''Double {topic}.'''\n    return 2 * x\n```"
     if kind == "syntax":
@@ -310,6 +323,7 @@ def _kind(prompt: str) -> str:
         4: "fails",
         5: "no_tests",
         6: "timeout",
+        7: "wrong_value",
     }
     return kinds.get(h, "good")
 
@@ -361,35 +375,60 @@ def test_answers_are_parsed_into_exercises_or_rejected():
 def test_synthetic_stage_keeps_checked_exercises_and_reruns_from_the_cache(tmp_path):
     cfg = synthetic(tmp_path, check_cpu_s=1.0)
     plans = plan_exercises(cfg)
+    kinds = [_kind(p.prompt) for p in plans]
+    reasons = ("wrong_name", "syntax", "no_docstring", "fails", "no_tests", "timeout")
+    assert all(k in kinds for k in (*reasons, "bare", "good", "wrong_value"))
+    wrong = [p for p, k in zip(plans, kinds) if k == "wrong_value"]  # its value is asked for again
+    unsettled = [p for p in wrong if p.topic == "lists"]  # answered with the same wrong value
+    assert 0 < len(unsettled) < len(wrong)
     cache = tmp_path / "c.sqlite"
+    REDERIVED.clear()
     with OpenAIServer(canned_exercise) as server:
         manifest = build_exercises(cfg, llm_config(server.url, cache), progress=False)
-        assert server.received == 40
+        assert server.received == 40 + len(wrong)
         again = build_exercises(
             synthetic(tmp_path, out="again", check_cpu_s=1.0), llm_config(server.url, cache), progress=False
         )
-        assert server.received == 40 and again["llm"]["cache_hits"] == 40
-    kinds = [_kind(p.prompt) for p in plans]
-    reasons = ("wrong_name", "syntax", "no_docstring", "fails", "no_tests", "timeout")
-    assert all(k in kinds for k in (*reasons, "bare", "good"))
+        assert server.received == 40 + len(wrong) and again["llm"]["cache_hits"] == 40 + len(wrong)
     counts = manifest["counts"]
     for reason in reasons:
-        assert counts.get(reason, 0) == kinds.count(reason), reason
-    assert counts["passed"] == kinds.count("good") + kinds.count("bare")
+        want = kinds.count("fails") + len(unsettled) if reason == "fails" else kinds.count(reason)
+        assert counts.get(reason, 0) == want, reason
+    assert counts["rederive_requested"] == len(wrong) and counts["rederived"] == len(wrong) - len(unsettled)
+    assert counts["passed"] == kinds.count("good") + kinds.count("bare") + counts["rederived"]
+    verdicts = {k: v for k, v in counts.items() if not k.startswith("rederive") and k != "duplicates"}
+    assert sum(verdicts.values()) == 2 * 40  # requested, and one verdict per request
+    # asked again: a fresh conversation with the signature and docstring only, never the body or its result
+    assert len(REDERIVED) == len(wrong)
+    for messages in REDERIVED:
+        assert [m["role"] for m in messages] == ["system", "user"]
+        name = re.search(r"What does `(\w+)\(3\)` return", messages[1]["content"]).group(1)
+        assert f"def {name}(x: int) -> int:" in messages[1]["content"]
+        assert "2 * x" not in messages[1]["content"] and "7" not in messages[1]["content"]
     good = [p for p, k in zip(plans, kinds) if k in ("good", "bare")]
+    repaired = [p for p in wrong if p.topic != "lists"]
     rows = read_table(cfg.out_dir).to_pylist()
     # the canned body is the same for every name, but the names differ, so only repeated names are duplicates
-    assert len(rows) + counts.get("duplicates", 0) == len(good) and len(rows) == manifest["documents"] >= 5
-    by_id = {p.index: p for p in good}
+    assert len(rows) + counts.get("duplicates", 0) == len(good) + len(repaired)
+    assert len(rows) == manifest["documents"] >= 5
+    by_id = {p.index: p for p in good + repaired}
     for r in rows:
         plan = by_id[int(r["id"].split("-")[1])]
         assert r["entry_point"] == plan.name and r["topic"] == plan.topic and r["source"] == "synthetic"
         assert json.loads(r["params"])["seed"] == plan.seed and r["model"] == "fake-model"
-        assert run_exec(r["text"], plan.name)([16, 9]) == 7
+        if plan in repaired:
+            assert r["origin"].endswith(", values re-derived") and run_exec(r["text"], plan.name)(3) == 6
+            assert (
+                r["tests"]
+                == f"assert {plan.name}(1) == 2\nassert {plan.name}(3) == 6\nassert {plan.name}(5) == 10\n"
+            )
+        else:
+            assert "repair" not in r["origin"] and run_exec(r["text"], plan.name)([16, 9]) == 7
     assert read_table(tmp_path / "again").equals(read_table(cfg.out_dir))
     div = manifest["diversity"]  # the canned bodies differ only in the name: n-grams repeat across names
-    assert div["all"]["count"] == len(good) and div["all"]["distinct_4"] < 0.5
-    assert set(div["name"]) == {p.name for p in good} and set(div["topic"]) == {"strings", "lists", "numbers"}
+    assert div["all"]["count"] == len(good) + len(repaired) and div["all"]["distinct_4"] < 0.5
+    assert set(div["name"]) == {p.name for p in good + repaired}
+    assert set(div["topic"]) == {"strings", "lists", "numbers"}
 
 
 def test_synthetic_without_an_endpoint_points_to_mining(tmp_path):
@@ -413,3 +452,31 @@ def test_examples_are_earlier_turns_on_other_topics_and_cut_answers_keep_their_c
     cut = '```python\ndef f(x: int) -> int:\n    """Double."""\n    return 2 * x\n\n\nassert f(1) == 2\nassert f(2) == 4\nassert f(3'
     ex = exercise_from_answer(cut, None)
     assert ex.entry_point == "f" and ex.tests == "assert f(1) == 2\nassert f(2) == 4\n"
+
+
+@pytest.mark.slow
+def test_the_default_local_model_settles_a_wrong_expected_value_blind(tmp_path):
+    """The real default model (``llm=local``), shown only the signature and docstring, gives the value of the
+    call whose assert was wrong; the assert is corrected to it because the solution returned the same."""
+    from collections import Counter
+
+    from textbooks.data.app import compose
+    from textbooks.data.stages.exercises import rederive_rows
+    from textbooks.llm.client import LLMClient
+    from textbooks.llm.server import llm_endpoint
+
+    overrides = ["stage=exercises", "llm=local", f"paths.cache={tmp_path}", "llm.local.parallel=1"]
+    llm = LLMConfig.from_dict(compose([*overrides, "llm.local.ctx_size=1024"]).llm)
+    cfg = ExercisesConfig(out_dir=str(tmp_path / "out"), source="synthetic", n=1)
+    answer = (
+        '```python\ndef add(a: int, b: int) -> int:\n    """Return the sum of a and b."""\n    return a + b\n\n\n'
+        "assert add(1, 1) == 2\nassert add(2, 3) == 6\nassert add(10, 5) == 15\n```"
+    )
+    ex = exercise_from_answer(answer, None)
+    row = {"prompt": ex.prompt, "text": ex.text, "entry_point": ex.entry_point, "tests": ex.tests,
+           "origin": "request 0", "_plan": plan_exercises(cfg)[0]}  # fmt: skip
+    reasons: Counter = Counter()
+    with llm_endpoint(llm) as served, LLMClient(served) as client:
+        [fixed] = rederive_rows([row], cfg, client, reasons)
+    assert reasons["rederive_requested"] == 1 and fixed is not None
+    assert fixed["tests"] == "assert add(1, 1) == 2\nassert add(2, 3) == 5\nassert add(10, 5) == 15\n"

@@ -47,7 +47,8 @@ def test_llm_stages_run_against_a_real_model_and_rerun_from_the_cache(
     first = {k: data(tmp_path, *v, f"stage.out_dir={tmp_path / k}") for k, v in runs.items()}
     for name, m in first.items():
         llm = m["llm"]
-        assert llm["requests"] == 3 and llm["succeeded"] + llm["failed"] == 3 and llm["succeeded"] >= 2, (
+        n = 3 + m.get("counts", {}).get("rederive_requested", 0)  # exercises: values asked for again
+        assert llm["requests"] == n and llm["succeeded"] + llm["failed"] == n and llm["succeeded"] >= 2, (
             name,
             llm,
         )
@@ -71,5 +72,6 @@ def test_llm_stages_run_against_a_real_model_and_rerun_from_the_cache(
     # a fresh output of the same commands: every answer from the cache, no request reaches a server
     for name, args in runs.items():
         again = data(tmp_path, *args, f"stage.out_dir={tmp_path / (name + '-again')}")
-        assert again["llm"]["cache_hits"] == 3 and again["llm"]["http_requests"] == 0, (name, again["llm"])
+        n = 3 + again.get("counts", {}).get("rederive_requested", 0)
+        assert again["llm"]["cache_hits"] == n and again["llm"]["http_requests"] == 0, (name, again["llm"])
         assert again["documents"] == first[name]["documents"]

@@ -28,10 +28,14 @@ docstring's ``>>>`` examples and the ``assert`` lines of its answer that call it
 dropped, and counted by reason, when the tests are degenerate (``no_tests``, ``one_test``, ``same_expected``:
 every example expects the same value, ``prose_tests``: an expected "value" is a sentence of the docstring), when
 the solution fails or times out on them, or when a constant solution (``return`` the first expected value)
-passes them too (``constant_passes``). Mined functions run against their doctests; those without are kept,
-counted as unchecked. ``select`` drops exact duplicates, near duplicates (MinHash Jaccard >=
-``near_dup_threshold``, synthetic only) and exercises close to a HumanEval/MBPP problem (a shared
-``contamination_ngram``-word n-gram with its statement, or an AST match >= ``contamination_tau``).
+passes them too (``constant_passes``). A small model's usual failure is a wrong expected value in an assert
+for code that is right: with ``rederive`` each failing ``assert <call> == <value>`` is asked for again, blind
+(the exercise's signature and docstring only, never its body or what it returned), and corrected when that
+second value is what the solution returned; the exercise is kept if it then passes every check (counted
+``rederived``). Mined functions run against their doctests; those without are kept, counted as unchecked.
+``select`` drops exact duplicates, near duplicates (MinHash Jaccard >= ``near_dup_threshold``, synthetic
+only) and exercises close to a HumanEval/MBPP problem (a shared ``contamination_ngram``-word n-gram with its
+statement, or an AST match >= ``contamination_tau``).
 
 Steps: ``mine`` (per input shard) or ``generate`` (the requests in parts of ``requests_per_part``), split
 across tasks, each checking its exercises, then ``select`` (one task: duplicates dropped in order,
@@ -48,7 +52,7 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,11 +66,17 @@ from textbooks.data.engine.llm_cache import SharedCache
 from textbooks.data.engine.parquet import PartWriter, write_table
 from textbooks.data.engine.reader import Fields, ReadStats, read_shard
 from textbooks.data.engine.stage import Stage, Step, Task, execution_only, summed
-from textbooks.data.stages.exercises_functions import Rejected, exercise_from_answer, mined_rows
+from textbooks.data.stages.exercises_functions import (
+    Rejected,
+    exercise_from_answer,
+    mined_rows,
+    stated_result,
+)
 from textbooks.data.stages.prompts import (
     EXERCISE_CONTEXTS,
     EXERCISE_EXAMPLES,
     EXERCISE_PROMPT,
+    EXERCISE_REDERIVE,
     EXERCISE_SYSTEM,
     EXERCISE_TOPICS,
     NAME_NOUNS,
@@ -74,11 +84,16 @@ from textbooks.data.stages.prompts import (
 )
 from textbooks.data.text.checks import (
     CHECK_CPU_S,
+    Failure,
     constant_program,
     degenerate_tests,
     doctest_examples,
     exercise_program,
+    failures_program,
     run_checks,
+    run_failures,
+    same_value,
+    with_asserts,
 )
 from textbooks.data.text.diversity import diversity
 from textbooks.data.text.minhash import Deduplicator, Duplicates, Sketcher, exact_key
@@ -142,6 +157,12 @@ class ExercisesConfig:
     system_prompt: str = EXERCISE_SYSTEM
     prompt: str = EXERCISE_PROMPT  # {topic} (and optionally {context}, {name})
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.5, "max_tokens": 512})
+    # an exercise that fails some of its own asserts gets a second, blind attempt at each failing value from the
+    # docstring alone (rederive_prompt: {stub}, {call}); it is kept when every such value is what the solution
+    # returned and it then passes its checks (EXERCISE_REDERIVE says why that is evidence)
+    rederive: bool = True
+    rederive_prompt: str = EXERCISE_REDERIVE
+    rederive_max_tokens: int = 64
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard of near-duplicate exercises; null = exact only
     # drop exercises that share a word n-gram of this length with a HumanEval/MBPP problem's statement,
     # or whose syntax tree matches one's at >= contamination_tau (null: that test off)
@@ -172,6 +193,8 @@ class ExercisesConfig:
                     )
             if self.n < 1:
                 raise ConfigError(f"stage.n must be >= 1 (got {self.n})")
+            if self.rederive and not all(k in self.rederive_prompt for k in ("{stub}", "{call}")):
+                raise ConfigError("stage.rederive_prompt needs {stub} and {call} (or stage.rederive=false)")
             if not 0 <= self.few_shot <= len(self.examples):
                 raise ConfigError(
                     f"stage.few_shot={self.few_shot}: between 0 and the {len(self.examples)} examples"
@@ -291,11 +314,61 @@ def synthetic_rows(
                 "topic": plan.topic,
                 "origin": f"request {plan.index} (prompt {template})",
                 "tests": ex.tests,
+                "_plan": plan,  # to re-derive wrong expected values (not written)
             }
     except LLMUnreachableError as e:
         raise LLMUnreachableError(
             f"{e} Offline, mine exercises from code instead: stage.source=mined"
         ) from None
+
+
+def rederive_rows(
+    rows: list[dict[str, Any]], cfg: ExercisesConfig, client: LLMClient, reasons: Counter, bar: Any = None
+) -> list[dict[str, Any] | None]:
+    """A second, blind attempt at the wrong expected values of ``rows`` (exercises that fail their own tests):
+    each failing ``assert <call> == <value>`` (found by ``checks.failures_program``, with what the call
+    returned) is asked for again in a fresh conversation that shows only the exercise's ``prompt`` (imports,
+    signature, docstring: ``cfg.rederive_prompt``). A row whose every failure is such an assert, each answered
+    with the value the solution returned, comes back with those asserts corrected, to be checked as any
+    other; the others come back ``None`` (they stay dropped)."""
+    failures = run_failures(
+        [failures_program(r["text"], r["entry_point"], r["tests"]) for r in rows], cpu_s=cfg.check_cpu_s
+    )
+    asked: list[tuple[int, Failure, Any]] = []  # (row, failed assert, request)
+    for i, (r, failed) in enumerate(zip(rows, failures)):
+        if not failed or not all(f.call and f.got is not None for f in failed):
+            continue  # an exception, a doctest, a condition: nothing to re-derive
+        plan: ExercisePlan = r["_plan"]
+        for f in failed:
+            prompt = fill_template(cfg.rederive_prompt, stub=r["prompt"].rstrip(), call=f.call)
+            params = {**cfg.sampling, "max_tokens": cfg.rederive_max_tokens, "seed": plan.seed}
+            asked.append((i, f, client.request(prompt, system=cfg.system_prompt or None, **params)))
+    if bar is not None:
+        bar.extend(len(asked))
+    reasons["rederive_requested"] += len(asked)
+    replaced: dict[int, dict[str, str]] = {}
+    unsettled: set[int] = set()  # rows with a failing value not given again
+    for (i, f, _), res in zip(asked, client.iter_results([q for _, _, q in asked], bar=bar)):
+        value = stated_result(res.text or "") if res.ok else None
+        # a bare word (RESULT: Friday) is read as the string it names
+        if (
+            value is not None
+            and f.got is not None
+            and (same_value(value, f.got) or same_value(repr(value), f.got))
+        ):
+            replaced.setdefault(i, {})[f.test] = f"assert {f.call} == {f.got}"
+        else:
+            unsettled.add(i)
+    out: list[dict[str, Any] | None] = [None] * len(rows)
+    for i, corrected in replaced.items():
+        if i not in unsettled:
+            r = rows[i]
+            out[i] = {
+                **r,
+                "tests": with_asserts(r["tests"], corrected),
+                "origin": r["origin"] + ", values re-derived",
+            }
+    return out
 
 
 # -- the stage -------------------------------------------------------------------------------------------
@@ -304,7 +377,7 @@ def synthetic_rows(
 MINED_KEYS = ("input", "pattern", "text_field", "id_field", "max_file_bytes", "shard_bytes", "include_methods",
               "min_docstring_chars", "min_body_lines", "max_body_lines", "self_contained", "max_exercises")  # fmt: skip
 SYNTHETIC_KEYS = ("n", "topics", "contexts", "examples", "few_shot", "name_verbs", "name_nouns", "system_prompt", "prompt",
-                  "sampling", "requests_per_part")  # fmt: skip
+                  "sampling", "requests_per_part", "rederive", "rederive_prompt", "rederive_max_tokens")  # fmt: skip
 
 
 class Exercises(SharedCache, Stage):
@@ -348,43 +421,68 @@ class Exercises(SharedCache, Stage):
         first = Step("mine", "mine") if self.config.source == "mined" else Step("generate", "generate")
         return [first, Step("select", "select", sharded=False)]
 
-    def _candidates(self, task: Task, part: int, rows: Iterator[dict[str, Any]], reasons: Counter) -> None:
-        """The part's exercises that pass their checks (``run_tests``). An LLM's exercise must have real tests
-        (``checks.degenerate_tests``: two examples or more that call it, not all expecting the same value, no
-        prose as a value), pass them (its assert lines and doctests, in the sandbox) and fail them with its
-        body replaced by a constant (``checks.constant_program``); each drop is counted by reason. A mined
-        function runs against its doctests; one without is kept, counted as unchecked."""
+    def _verdicts(self, rows: list[dict[str, Any]]) -> list[str]:
+        """Each row's check: ``passed``, ``unchecked`` or why it is dropped. An LLM's exercise must have real
+        tests (``checks.degenerate_tests``: two examples or more that call it, not all expecting the same value,
+        no prose as a value), pass them (its assert lines and doctests, in the sandbox) and fail them with its
+        body replaced by a constant (``checks.constant_program``: else ``constant_passes``). A mined function
+        runs against its doctests; one without is ``unchecked`` (kept)."""
+        synthetic = self.config.source == "synthetic"
+        why: dict[int, str] = {}
+        programs: list[str] = []
+        owners: list[tuple[int, str]] = []  # (row, "solution" | "constant") per program
+        for i, r in enumerate(rows):
+            if synthetic:
+                bad = degenerate_tests(r["text"], r["entry_point"], r["tests"])
+                if bad is not None:
+                    why[i] = bad
+                    continue
+            elif not doctest_examples(r["text"], r["entry_point"]):
+                why[i] = "unchecked"
+                continue
+            programs.append(exercise_program(r["text"], r["entry_point"], r["tests"]))
+            owners.append((i, "solution"))
+            constant = constant_program(r["text"], r["entry_point"], r["tests"]) if synthetic else None
+            if constant is not None:
+                programs.append(constant)
+                owners.append((i, "constant"))
+        verdicts = dict(zip(owners, run_checks(programs, cpu_s=self.config.check_cpu_s)))
+        out = []
+        for i in range(len(rows)):
+            verdict = why.get(i) or verdicts[(i, "solution")]
+            if verdict == "passed" and verdicts.get((i, "constant")) == "passed":
+                verdict = "constant_passes"  # a constant passes the tests: they test nothing
+            out.append(verdict)
+        return out
+
+    def _candidates(
+        self,
+        task: Task,
+        part: int,
+        rows: Iterator[dict[str, Any]],
+        reasons: Counter,
+        rederive: Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]] | None = None,
+    ) -> None:
+        """Write the part's exercises that pass their checks (``run_tests``, ``_verdicts``), counting each
+        drop by reason. ``rederive(rows)`` (synthetic exercises: ``rederive_rows``) corrects some of those
+        that fail their own tests; a corrected row replaces its original when it passes every check
+        (``rederived`` counts those), else the original stays dropped as ``fails``."""
         rows = list(rows)
         for r in rows:
             r.setdefault("tests", "")
         if self.config.run_tests:
-            synthetic = self.config.source == "synthetic"
-            why: dict[int, str] = {}
-            programs: list[str] = []
-            owners: list[tuple[int, str]] = []  # (row, "solution" | "constant") per program
-            for r in rows:
-                if synthetic:
-                    bad = degenerate_tests(r["text"], r["entry_point"], r["tests"])
-                    if bad is not None:
-                        why[id(r)] = bad
-                        continue
-                elif not doctest_examples(r["text"], r["entry_point"]):
-                    why[id(r)] = "unchecked"
-                    continue
-                programs.append(exercise_program(r["text"], r["entry_point"], r["tests"]))
-                owners.append((id(r), "solution"))
-                constant = constant_program(r["text"], r["entry_point"], r["tests"]) if synthetic else None
-                if constant is not None:
-                    programs.append(constant)
-                    owners.append((id(r), "constant"))
-            verdicts: dict[tuple[int, str], str] = dict(
-                zip(owners, run_checks(programs, cpu_s=self.config.check_cpu_s))
-            )
+            verdicts = self._verdicts(rows)
+            todo = [i for i, v in enumerate(verdicts) if v == "fails"]
+            if rederive is not None and todo:
+                again = [
+                    (i, row) for i, row in zip(todo, rederive([rows[i] for i in todo])) if row is not None
+                ]
+                for (i, row), verdict in zip(again, self._verdicts([row for _, row in again])):
+                    if verdict == "passed":
+                        rows[i], verdicts[i] = row, verdict
+                        reasons["rederived"] += 1
             kept = []
-            for r in rows:
-                verdict = why.get(id(r)) or verdicts[(id(r), "solution")]
-                if verdict == "passed" and verdicts.get((id(r), "constant")) == "passed":
-                    verdict = "constant_passes"  # a constant passes the tests: they test nothing
+            for r, verdict in zip(rows, verdicts):
                 reasons[verdict] += 1
                 if verdict in ("passed", "unchecked"):
                     kept.append(r)
@@ -432,7 +530,11 @@ class Exercises(SharedCache, Stage):
                 reasons: Counter = Counter()
                 mine = plans[part * per : (part + 1) * per]
                 rows = synthetic_rows(mine, cfg, client, reasons, self.template, bar)
-                self._candidates(task, part, rows, reasons)
+
+                def rederive(failed: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+                    return rederive_rows(failed, cfg, client, reasons, bar)
+
+                self._candidates(task, part, rows, reasons, rederive if cfg.rederive else None)
                 return {"reasons": dict(reasons)}
 
             return task.each_shard(task.plan["parts"], one) | {"llm": client.stats.to_dict()}

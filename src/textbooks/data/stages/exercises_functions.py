@@ -362,3 +362,25 @@ def exercise_from_answer(answer: str, name: str | None) -> Exercise:
     ex = split_function(lines, node, imports)  # type: ignore[arg-type]
     tests = assert_lines(trees, node.name)
     return Exercise(ex.prompt, ex.solution, ex.entry_point, "".join(t + "\n" for t in tests))
+
+
+_RESULT = re.compile(r"RESULT:\s*`*(.+?)`*\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def stated_result(answer: str) -> str | None:
+    """The value an answer gives on its last ``RESULT: <value>`` line, or the answer itself when it is one line
+    without that form (``None``: neither). Small models add to the value (``RESULT: 28:``, ``RESULT: 10: 1010``):
+    the longest part before a colon that is a Python literal is the value then."""
+    found = _RESULT.findall(answer or "")
+    text = found[-1].strip() if found else (answer or "").strip().strip("`").strip()
+    if not text or "\n" in text:
+        return None
+    parts = text.split(":")
+    for end in range(len(parts), 0, -1):
+        head = ":".join(parts[:end]).strip()
+        try:
+            ast.literal_eval(head)
+            return head
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            continue
+    return text

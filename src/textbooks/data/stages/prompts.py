@@ -149,6 +149,22 @@ EXERCISE_PROMPT = (
     "```"
 )
 
+# Re-deriving a wrong expected value: an exercise whose solution fails some of its own asserts (a small model's
+# usual error: it writes working code but cannot compute results in its head) gets a second, blind attempt at
+# each failing assert's value, in a fresh conversation that shows the specification only (imports, signature,
+# docstring), never the body or what it returned. The assert is corrected only when that value equals what the
+# solution returned: a second independent derivation agreeing with the code, as the assert that passed did.
+EXERCISE_REDERIVE = (
+    "Here is the signature and docstring of a Python function:\n"
+    "\n"
+    "```python\n"
+    "{stub}\n"
+    "```\n"
+    "\n"
+    "What does `{call}` return? Answer with one line only, the returned value as a Python literal, in the form "
+    "`RESULT: <value>`."
+)
+
 # Example exercises shown as an earlier turn (the request for their topic, then the answer), one per request.
 EXERCISE_EXAMPLES = [
     {
