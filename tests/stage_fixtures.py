@@ -54,10 +54,11 @@ class Squares(Stage):
             block[:: 1 << 12] = b"x" * len(range(0, len(block), 1 << 12))  # every page resident
             del block
         time.sleep(c.seconds)
-        bar = task.bar("squares", "number")
+        bar = task.bar("squares", "number", total=0)
 
         def one(i: int) -> dict[str, Any]:
             numbers = range(i * c.per_shard, (i + 1) * c.per_shard)
+            bar.extend(len(numbers))  # work found on the way: the bar's total grows
             write_json_atomic(task.publish_path(f"part-{i:05d}.json"), [n * n for n in numbers])
             bar.update(len(numbers))
             return {"sum": sum(n * n for n in numbers)}
