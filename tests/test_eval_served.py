@@ -233,3 +233,19 @@ def test_a_served_models_samples_score_the_same_when_scored_again(tmp_path):
     after = read_jsonl(Path(again["results_file"]))
     assert [(r["task_id"], r["passed"]) for r in after] == [(r["task_id"], r["passed"]) for r in before]
     assert again["pass@k"]["pass@1"] == first["pass@k"]["pass@1"] > 0  # a code model solves some of these
+
+
+def test_a_served_chat_model_gets_room_for_its_prose_and_a_completion_model_the_usual_budget(tmp_path):
+    from textbooks.eval.settings import CHAT_MAX_NEW_TOKENS, generation_config
+
+    served = ["endpoint=http://127.0.0.1:1/v1", "llm.model=m"]
+    assert (
+        generation_config(config(tmp_path, *served), "humaneval").max_new_tokens
+        == CHAT_MAX_NEW_TOKENS
+        == 1024
+    )
+    completions = config(tmp_path, *served, "api=completions")
+    assert generation_config(completions, "humaneval").max_new_tokens == 512
+    assert generation_config(config(tmp_path, "checkpoint=x"), "humaneval").max_new_tokens == 512
+    given = config(tmp_path, *served, "generation.max_new_tokens=300")
+    assert generation_config(given, "humaneval").max_new_tokens == 300
