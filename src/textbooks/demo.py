@@ -179,6 +179,7 @@ def synthetic_data(cfg: DictConfig, d: list[str], dx: list[str], data: Path, ben
                 *llm,
                 f"stage.n={syn.exercises}",
                 f"stage.sampling.max_tokens={syn.exercise_max_tokens}",
+                f"stage.rederive={str(bool(syn.rederive)).lower()}",
                 f"stage.out_dir={exercises[-1]}",
                 *dx,
             ]
