@@ -233,6 +233,14 @@ def _assert_case(stmt: ast.Assert, entry_point: str) -> TestCase | None:
     return TestCase("assert", src, src, src, False)
 
 
+def _statements(tests: str) -> list[ast.stmt]:
+    """The top-level statements of ``tests`` (none when it does not parse)."""
+    try:
+        return ast.parse(tests).body if tests.strip() else []
+    except (SyntaxError, ValueError):
+        return []
+
+
 def exercise_tests(code: str, entry_point: str, tests: str = "") -> list[TestCase]:
     """The examples that test ``entry_point``: its docstring's ``>>>`` examples that call it and show a result,
     then the ``assert`` lines of ``tests`` that call it; the same call with the same expected value once."""
@@ -252,14 +260,9 @@ def exercise_tests(code: str, entry_point: str, tests: str = "") -> list[TestCas
             if calls and ex.want.strip():
                 value, literal = _normal(ex.want)
                 cases.append(TestCase("doctest", ex.source.strip(), ex.want.strip(), value, literal))
-    if tests.strip():
-        try:
-            stmts = ast.parse(tests).body
-        except (SyntaxError, ValueError):
-            stmts = []
-        for stmt in stmts:
-            if isinstance(stmt, ast.Assert) and (case := _assert_case(stmt, entry_point)) is not None:
-                cases.append(case)
+    for stmt in _statements(tests):
+        if isinstance(stmt, ast.Assert) and (case := _assert_case(stmt, entry_point)) is not None:
+            cases.append(case)
     seen: set[tuple[str, str]] = set()
     unique = []
     for c in cases:
@@ -419,15 +422,10 @@ def failures_program(code: str, entry_point: str, tests: str = "") -> str:
     """``code`` followed by a runner that tries each of its tests (``tests``' ``assert`` statements one by one,
     then ``entry_point``'s doctests) and prints those that fail, with the value the call gave."""
     asserts = []
-    if tests.strip():
-        try:
-            stmts = ast.parse(tests).body
-        except (SyntaxError, ValueError):
-            stmts = []
-        for stmt in stmts:
-            case = _assert_case(stmt, entry_point) if isinstance(stmt, ast.Assert) else None
-            call = case.call if case is not None and case.literal and case.call != case.expected else None
-            asserts.append((ast.unparse(stmt), call))
+    for stmt in _statements(tests):
+        case = _assert_case(stmt, entry_point) if isinstance(stmt, ast.Assert) else None
+        call = case.call if case is not None and case.literal and case.call != case.expected else None
+        asserts.append((ast.unparse(stmt), call))
     return (
         code.rstrip()
         + "\n"
@@ -483,4 +481,4 @@ def same_value(a: str, b: str) -> bool:
 def with_asserts(tests: str, replaced: dict[str, str]) -> str:
     """``tests`` with each statement whose source (``ast.unparse``) is a key of ``replaced`` replaced by its
     value (the corrected assert)."""
-    return "".join(replaced.get(src, src) + "\n" for src in (ast.unparse(s) for s in ast.parse(tests).body))
+    return "".join(replaced.get(src, src) + "\n" for src in (ast.unparse(s) for s in _statements(tests)))
