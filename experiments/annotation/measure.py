@@ -1,9 +1,9 @@
 """Heuristic vs LLM educational-value labels on the same sample: how often they agree, and what each does to the
 quality classifier trained on it.
 
-The demo labels its sample with the offline heuristic (``stage.annotator=heuristic``) because the model that
-installs here (SmolLM2-135M-Instruct, ``llm=local``) is tiny. This script measures that choice instead of
-assuming it: it runs the library's own commands on the demo's corpus (the standard library, deduplicated),
+The demo labels its sample with the offline heuristic (``stage.annotator=heuristic``) because the models that
+install here (``llm=local``: Qwen2.5-Coder-0.5B-Instruct; ``local_large``: 1.5B; ``local_tiny``: SmolLM2-135M)
+are small. This script measures that choice instead of assuming it: it runs the library's own commands on the demo's corpus (the standard library, deduplicated),
 
 1. ``stage=annotate`` twice on the same seeded sample: the heuristic, and the rubric prompt answered by the
    local model (each answer must end with ``Educational score: N``; unparseable answers are counted);
@@ -13,7 +13,8 @@ and prints one Markdown table: label agreement and Cohen's kappa on the document
 correlation of the 0-5 scores, each classifier's held-out F1 against its own labels, the fraction of the
 corpus each keeps, and how much the two kept sets overlap.
 
-Usage: ``python experiments/annotation/measure.py [--sample 300] [--workdir DIR]`` (about 10 minutes on 2 cores).
+Usage: ``python experiments/annotation/measure.py [--llm local] [--sample 300] [--workdir DIR]`` (about 10 minutes
+on 2 cores with the 0.5B model).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument(
         "--max-tokens", type=int, default=160, help="tokens of each answer (reasoning, then the score)"
     )
+    ap.add_argument("--llm", default="local", help="the llm preset (conf/llm) that answers the rubric prompt")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args()
     work = a.workdir or Path(tempfile.mkdtemp(prefix="annotation-"))
@@ -86,11 +88,11 @@ def main() -> None:
     sample = [f"stage.sample_size={a.sample}", f"stage.max_chars={a.max_chars}"]
     runs = {
         "heuristic": ["stage.annotator=heuristic"],
-        "llm": ["llm=local", "stage.max_failed_fraction=1.0", f"stage.sampling.max_tokens={a.max_tokens}"],
+        "llm": [f"llm={a.llm}", "stage.max_failed_fraction=1.0", f"stage.sampling.max_tokens={a.max_tokens}"],
     }
     manifests, classified = {}, {}
     for name, extra in runs.items():
-        out = d / f"annotate-{name}-{a.max_tokens}" if name == "llm" else d / f"annotate-{name}"
+        out = d / f"annotate-{name}-{a.llm}-{a.max_tokens}" if name == "llm" else d / f"annotate-{name}"
         manifests[name] = data(work, "stage=annotate", *sample, *extra, f"stage.out_dir={out}")
         if trainable(manifests[name]):
             classified[name] = data(
@@ -128,7 +130,7 @@ def main() -> None:
         ("corpus kept", *clf("kept_fraction", ".1%")),
     ]
     summary["rows"] = rows
-    model = mm["llm"].get("model") or "SmolLM2-135M-Instruct (llm=local)"
+    model = f"{mm['llm'].get('model') or 'the model'} (llm={a.llm})"
     print(f"\nHeuristic vs the local model's labels (rubric prompt, {a.max_tokens} tokens per answer):")
     if "agreement" in summary:
         print(
