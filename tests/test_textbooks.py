@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from openai_server import OpenAIServer, last_user_message
 
-from textbooks.data.app import run
+from textbooks.data.app import compose, run
 from textbooks.data.engine.parquet import read_table
 from textbooks.data.stages.textbooks import TextbooksConfig, duplicates, synthesize
 from textbooks.data.stages.textbooks_plan import plan_requests, request_seed
@@ -231,7 +230,7 @@ def _app(tmp_path: Path, url: str, out: str, cache: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_interrupted_stage_reruns_to_the_same_output(tmp_path, repo_root):
+def test_interrupted_stage_reruns_to_the_same_output(tmp_path):
     """Ctrl-C (SIGINT) `textbooks-data stage=textbooks` midway; the rerun asks only for the rest and writes
     exactly what an uninterrupted run writes."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -261,8 +260,7 @@ def test_interrupted_stage_reruns_to_the_same_output(tmp_path, repo_root):
         )
         assert done.returncode == 0, done.stderr
         assert 40 - answered_before <= server.received <= 40 - answered_before + 2
-        with initialize_config_dir(config_dir=str(repo_root / "conf"), version_base="1.3"):
-            reference = run(compose("data", overrides=_app(tmp_path, server.url, "reference", "fresh")[3:]))
+        reference = run(compose(_app(tmp_path, server.url, "reference", "fresh")[3:]))
         assert reference["llm"]["cache_hits"] == 0
     assert read_table(tmp_path / "textbooks").equals(read_table(tmp_path / "reference"))
     manifest = json.loads((tmp_path / "textbooks" / "manifest.json").read_text())
