@@ -176,6 +176,12 @@ class Task:
         weights = [_work(s) for s in shards] if isinstance(shards, list) and len(shards) == n else None
         return self.mine(n, weights)
 
+    def my_items(self, n: int, per: int) -> int:
+        """How many of ``n`` items split in parts of ``per`` (``plan["parts"]`` of them, shared out as
+        ``my_shards`` says) are this task's: its share of a progress bar's total."""
+        items = range(n)
+        return sum(len(items[p * per : (p + 1) * per]) for p in self.my_shards(self.plan["parts"]))
+
     def reads(self, step: str, max_bad_fraction: float, what: str) -> ReadStats:
         """The read counts of every shard of ``step`` summed, after failing the stage (one ``DataError``)
         when malformed records and unreadable files exceed ``max_bad_fraction`` of them."""

@@ -518,8 +518,7 @@ class Exercises(SharedCache, Stage):
         assert llm is not None
         plans = plan_exercises(cfg)
         per = task.plan["per_part"]
-        parts = task.my_shards(task.plan["parts"])
-        total = sum(len(plans[p * per : (p + 1) * per]) for p in parts)
+        total = task.my_items(len(plans), per)
         with (
             llm_endpoint(llm) as served,
             LLMClient(served, seed=cfg.seed) as client,

@@ -131,8 +131,7 @@ class Synthesize(SharedCache, Stage):
         cfg, llm = self.config, self.llm
         plans = self._plans(task)
         per = task.plan["per_part"]
-        parts = task.my_shards(task.plan["parts"])
-        total = sum(len(plans[p * per : (p + 1) * per]) for p in parts)
+        total = task.my_items(len(plans), per)
         with (
             llm_endpoint(llm) as served,
             LLMClient(served, seed=cfg.seed) as client,
