@@ -1,8 +1,11 @@
 """DeepSpeed ZeRO really trains the phi-1 model, with the ZeRO section our deepspeed trainer config builds.
 
 Lightning's DeepSpeed strategy refuses to fit without CUDA, so on a CPU machine this drives the same
-engine through ``deepspeed.initialize`` in a fresh process (DeepSpeed compiles its CPU comm op the first
-time, ~40 s). On a GPU machine `trainer=deepspeed` runs the same thing through Lightning.
+engine through ``deepspeed.initialize`` in a fresh process. DeepSpeed's CPU accelerator compiles its
+shared-memory comm op on first use (~30-40 s on 2 cores), and torch's build directory names the venv's
+paths, so every fresh clone compiled it again: the op is kept per machine in ``DS_OP_CACHE`` (like the
+Makefile's llama-server), keyed by the versions and the op's sources, and loaded from there. On a GPU
+machine `trainer=deepspeed` runs the same thing through Lightning.
 """
 
 from __future__ import annotations
@@ -10,15 +13,56 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # DeepSpeed compiles a communication op and trains (~90 s)
+pytestmark = pytest.mark.slow  # DeepSpeed starts and trains (~30 s; the op's first build on a machine +40 s)
+DS_OP_CACHE = Path.home() / ".cache" / "textbooks" / "deepspeed-ops"
+
+# Runs in the training process before deepspeed.initialize: DeepSpeed's shm comm op from the machine's cache
+# (built there the first time, by DeepSpeed's own builder), so that initialize loads that module.
+SHM_OP = r"""
+import hashlib, importlib.util, os, shutil, sys, tempfile
+from pathlib import Path
+
+
+def shm_op_from_cache(cache):
+    import deepspeed, torch
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # no such op here (a GPU accelerator): nothing to build
+    h = hashlib.sha256(repr((deepspeed.__version__, torch.__version__, sys.version_info[:2],
+                             builder.cxx_args())).encode())
+    files = [Path(builder.deepspeed_src_path(s)) for s in builder.sources()]
+    for d in builder.include_paths():
+        files += sorted(p for p in Path(builder.deepspeed_src_path(d)).rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    so = Path(cache) / f"{builder.NAME}-{h.hexdigest()[:16]}.so"
+    if not so.is_file():
+        os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="ds-ops-")
+        built = builder.load()
+        so.parent.mkdir(parents=True, exist_ok=True)
+        tmp = so.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(built.__file__, tmp)
+        os.replace(tmp, so)
+        shutil.rmtree(os.environ.pop("TORCH_EXTENSIONS_DIR"), ignore_errors=True)
+        return
+    spec = importlib.util.spec_from_file_location(builder.NAME, so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    OpBuilder._loaded_ops[builder.NAME] = module  # what builder.load() returns from now on
+"""
 
 SCRIPT = r"""
 import json, os, sys
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed, torch, torch.nn.functional as F
+shm_op_from_cache(sys.argv[3])
 from textbooks.model import ModelConfig, PhiForCausalLM
 from textbooks.train.module import param_groups
 from textbooks.train.strategies import deepspeed as strategy
@@ -47,7 +91,7 @@ print(json.dumps({"stage": engine.zero_optimization_stage(), "optimizer": type(e
 @pytest.mark.parametrize("stage", [1, 2])
 def test_zero_trains_the_model(stage):
     r = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(stage), str(29500 + stage)],
+        [sys.executable, "-c", SHM_OP + SCRIPT, str(stage), str(29500 + stage), str(DS_OP_CACHE)],
         capture_output=True,
         text=True,
         timeout=600,
