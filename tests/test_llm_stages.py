@@ -4,6 +4,7 @@ answers, and stops the server; the same commands again (a fresh output) ask noth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,14 +22,26 @@ def cli() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "textbooks.data.app"]
 
 
-def data(root: Path, *args: str) -> dict:
+def data(root: Path, runs: dict[str, list[str]]) -> dict[str, dict]:
+    """The commands at once (each server decodes on one thread, so together they use both cores of a 2-core
+    machine instead of one; they share the response cache as a machine's tasks do); each one's manifest."""
     common = [f"paths.root={root}", f"paths.data={root}/data", f"paths.cache={root}/.cache", "progress=false"]
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    r = subprocess.run([*cli(), *common, "llm=local", "llm.local.parallel=2", "llm.local.ctx_size=2048", *args],
-                       capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = next(a.split("=", 1)[1] for a in args if a.startswith("stage.out_dir="))
-    return json.loads((Path(out) / "manifest.json").read_text())
+    manifests = {}
+    with contextlib.ExitStack() as files:
+        procs = {}
+        for name, args in runs.items():
+            err = files.enter_context(open(root / f"{name}.stderr", "w+"))
+            cmd = [*cli(), *common, "llm=local", "llm.local.parallel=2", "llm.local.ctx_size=2048", *args]
+            procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env), err, args)
+            files.callback(procs[name][0].kill)  # none left running when one fails
+        for name, (p, err, args) in procs.items():
+            p.wait(timeout=600)
+            err.seek(0)
+            assert p.returncode == 0, (name, err.read()[-3000:])
+            out = next(a.split("=", 1)[1] for a in args if a.startswith("stage.out_dir="))
+            manifests[name] = json.loads((Path(out) / "manifest.json").read_text())
+    return manifests
 
 
 def test_llm_stages_run_against_a_real_model_and_rerun_from_the_cache(
@@ -44,7 +57,7 @@ def test_llm_stages_run_against_a_real_model_and_rerun_from_the_cache(
         "textbooks": ["stage=textbooks", "stage.n=3", "stage.min_chars=20", "stage.sampling.max_tokens=48"],
         "exercises": ["stage=exercises", "stage.n=3", "stage.max_failed_fraction=1.0", "stage.sampling.max_tokens=96"],
     }  # fmt: skip
-    first = {k: data(tmp_path, *v, f"stage.out_dir={tmp_path / k}") for k, v in runs.items()}
+    first = data(tmp_path, {k: [*v, f"stage.out_dir={tmp_path / k}"] for k, v in runs.items()})
     for name, m in first.items():
         llm = m["llm"]
         n = 3 + m.get("counts", {}).get("rederive_requested", 0)  # exercises: values asked for again
@@ -70,8 +83,8 @@ def test_llm_stages_run_against_a_real_model_and_rerun_from_the_cache(
     e = first["exercises"]
     assert sum(e["counts"].get(k, 0) for k in ("requested",)) == 3 and e["source"] == "synthetic"
     # a fresh output of the same commands: every answer from the cache, no request reaches a server
-    for name, args in runs.items():
-        again = data(tmp_path, *args, f"stage.out_dir={tmp_path / (name + '-again')}")
+    rerun = data(tmp_path, {k: [*v, f"stage.out_dir={tmp_path / (k + '-again')}"] for k, v in runs.items()})
+    for name, again in rerun.items():
         n = 3 + again.get("counts", {}).get("rederive_requested", 0)
         assert again["llm"]["cache_hits"] == n and again["llm"]["http_requests"] == 0, (name, again["llm"])
         assert again["documents"] == first[name]["documents"]
