@@ -24,7 +24,11 @@ def cli() -> list[str]:
 
 def data(root: Path, runs: dict[str, list[str]]) -> dict[str, dict]:
     """The commands at once (each server decodes on one thread, so together they use both cores of a 2-core
-    machine instead of one; they share the response cache as a machine's tasks do); each one's manifest."""
+    machine instead of one; they share the response cache as a machine's tasks do); each one's manifest.
+
+    One slot per server: a stage's requests share a long prefix (the rubric, the exercise template), which the
+    second and third request then take from the slot's prompt cache (two slots each processed it; on one
+    thread two slots decode no faster than one)."""
     common = [f"paths.root={root}", f"paths.data={root}/data", f"paths.cache={root}/.cache", "progress=false"]
     env = dict(os.environ, PYTHONPATH=str(SRC))
     manifests = {}
@@ -32,7 +36,7 @@ def data(root: Path, runs: dict[str, list[str]]) -> dict[str, dict]:
         procs = {}
         for name, args in runs.items():
             err = files.enter_context(open(root / f"{name}.stderr", "w+"))
-            cmd = [*cli(), *common, "llm=local", "llm.local.parallel=2", "llm.local.ctx_size=2048", *args]
+            cmd = [*cli(), *common, "llm=local", "llm.local.parallel=1", "llm.local.ctx_size=2048", *args]
             procs[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env), err, args)
             files.callback(procs[name][0].kill)  # none left running when one fails
         for name, (p, err, args) in procs.items():
