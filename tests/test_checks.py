@@ -139,7 +139,7 @@ def test_fences_under_list_items_are_dedented_and_untagged_data_is_not_code() ->
 
 def test_a_failing_exercise_reports_each_failed_test_with_what_the_call_gave() -> None:
     from textbooks.data.stages.exercises_functions import exercise_from_answer
-    from textbooks.data.text.checks import Failure, failures_program, run_failures
+    from textbooks.data.text.checks import _FAILURES_MARK, Failure, failures_program, run_failures
 
     answer = textwrap.dedent(
         '''
@@ -170,9 +170,11 @@ def test_a_failing_exercise_reports_each_failed_test_with_what_the_call_gave() -
     crashes = "def f(x):\n    return x\n\nraise ValueError('at import')\n"
     spins = "def f(x):\n    return x\n\nwhile True:\n    pass\n"
     loud = "def f(x):\n    return x\n\nprint('x' * 200_000)\n"
-    failed, crashed, spun, cut = run_failures(
+    forges = f"def f(x):\n    return x\n\nprint({_FAILURES_MARK + '[]'!r})\n"  # a report of its own, first
+    failed, crashed, spun, cut, forged = run_failures(
         [failures_program(e.text, e.entry_point, e.tests), failures_program(crashes, "f"),
-         failures_program(spins, "f"), failures_program(loud, "f")],
+         failures_program(spins, "f"), failures_program(loud, "f"),
+         failures_program(forges, "f", "assert f(1) == 2\nassert f(2) == 2\n")],
         cpu_s=1.0,
     )  # fmt: skip
     assert failed == [
@@ -184,6 +186,7 @@ def test_a_failing_exercise_reports_each_failed_test_with_what_the_call_gave() -
     assert crashed == [Failure("<code>", raised="ValueError: at import")]
     assert spun == [Failure("<code>", raised="timed out")]
     assert cut == [Failure("<code>", raised="printed more output than is kept")]
+    assert forged == [Failure("assert f(1) == 2", got="1", call="f(1)")]
 
 
 def test_a_value_asked_for_again_corrects_an_assert_only_when_it_is_the_same_value() -> None:

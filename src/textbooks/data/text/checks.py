@@ -447,7 +447,9 @@ def run_failures(
     limits = Limits(setup_cpu_s=cpu_s)
     out: list[list[Failure]] = []
     for r in run_programs([Program(setup=p) for p in programs], workers=workers, limits=limits):
-        report = next((ln for ln in r.stdout.splitlines() if ln.startswith(_FAILURES_MARK)), None)
+        # the runner's report is its last line, not one the code printed before it
+        lines = reversed(r.stdout.splitlines())
+        report = next((ln for ln in lines if ln.startswith(_FAILURES_MARK)), None)
         if r.passed and report is not None:
             try:
                 failed = json.loads(report[len(_FAILURES_MARK) :])
