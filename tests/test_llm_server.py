@@ -174,7 +174,10 @@ def test_the_command_line_server_stops_on_ctrl_c(tmp_path):
         "--log-dir",
         str(tmp_path),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    # Ctrl-C as at a terminal: a suite started in the background (`make test &`) ignores SIGINT, and a child
+    # inherits that, so the child starts with the default disposition (Python then raises KeyboardInterrupt)
+    reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=reset)
     try:
         info = json.loads(proc.stdout.readline())
         assert info["model"] == TINY and alive(info["pid"])  # served under the model's name
