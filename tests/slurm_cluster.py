@@ -125,6 +125,8 @@ def cluster(root: Path, timeout: float = 60.0) -> Iterator[dict[str, str]]:
         _wait(idle, timeout, "the SLURM node did not come up", root)
         yield {"SLURM_CONF": str(conf)}
     finally:
+        if len(procs) == 3:
+            _cancel_jobs(env, timeout=20.0)
         for p in reversed(procs):
             p.terminate()
         for p in reversed(procs):
@@ -134,6 +136,23 @@ def cluster(root: Path, timeout: float = 60.0) -> Iterator[dict[str, str]]:
                 p.kill()
                 p.wait()
         log.close()
+
+
+def _cancel_jobs(env: dict[str, str], timeout: float) -> None:
+    """Cancel the jobs still on the cluster and wait until none is left: a job step (its ``slurmstepd`` and
+    ``srun``) would outlive the stopped daemons. A launcher returns once rank 0 has its result, while the job's
+    other ranks may still be ending."""
+    jobs = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True
+    ).stdout.split()
+    if jobs:
+        subprocess.run(["scancel", "--full", *jobs], env=env, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+        if left.returncode != 0 or not left.stdout.strip():
+            return
+        time.sleep(0.5)
 
 
 def _wait(ready, timeout: float, what: str, root: Path) -> None:  # type: ignore[no-untyped-def]
