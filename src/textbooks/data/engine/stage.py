@@ -284,9 +284,8 @@ class StepBar:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(desc=desc, unit=unit, total=total, postfix=self._postfix())
-        elif self.bar is not None and total is not None:
-            self.bar.total = (self.bar.total or 0) + total
-            self.bar.refresh()
+        elif total is not None:
+            self.extend(total)
         return _SharedBar(self)
 
     def extend(self, n: int) -> None:
