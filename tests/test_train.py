@@ -280,7 +280,7 @@ def test_peak_memory_is_the_process_peak_in_gib_on_a_cpu():
     assert second >= first["perf/peak_rss_gib"] and second == pytest.approx(vm_hwm_gib(), 0.05)
 
 
-def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_path):
+def test_a_run_resumes_from_the_newest_readable_checkpoint(tmp_path):
     from textbooks.train.rundir import resume_checkpoint
 
     ckpts = tmp_path / "checkpoints"
@@ -292,6 +292,11 @@ def test_a_half_written_last_checkpoint_falls_back_to_the_newest_good_one(tmp_pa
     (ckpts / "last.ckpt").write_bytes(good[: len(good) // 2])  # killed while writing
     assert resume_checkpoint(ckpts) == ckpts / "step0000020.ckpt"
     (ckpts / "last.ckpt").write_bytes(good)
+    assert resume_checkpoint(ckpts) == ckpts / "last.ckpt"
+    # killed between the periodic save and last.ckpt's: the periodic one is newer
+    torch.save({"global_step": 30}, ckpts / "step0000030.ckpt")
+    assert resume_checkpoint(ckpts) == ckpts / "step0000030.ckpt"
+    (ckpts / "step0000030.ckpt").write_bytes(b"PK")  # ... and cut short: last.ckpt
     assert resume_checkpoint(ckpts) == ckpts / "last.ckpt"
 
 

@@ -2,9 +2,9 @@
 
 The run directory (``${paths.runs}/${run_name}``, named by the keys that define the run) holds
 ``.hydra/``, ``checkpoints/``, ``metrics.csv``, ``wandb/``, ``model/`` and ``results.json``
-(``textbooks.train.rundir``). Running the same command again resumes from ``checkpoints/last.ckpt``, or
-does nothing if ``results.json`` says the run is complete (``force=true`` reruns it). The config's
-schema and defaults: ``textbooks.train.config``.
+(``textbooks.train.rundir``). Running the same command again resumes from the newest checkpoint in
+``checkpoints/``, or does nothing if ``results.json`` says the run is complete (``force=true`` reruns it).
+The config's schema and defaults: ``textbooks.train.config``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ def checkpoints(ck: CheckpointConfig, ckpt_dir: Path) -> tuple[ModelCheckpoint, 
         save_top_k=-1 if ck.keep == "all" else 0,
         save_last=True,
         save_on_train_epoch_end=False,
+        enable_version_counter=False,  # a resumed run rewrites a step's checkpoint (one a kill cut short)
     )
     if not ck.best:
         return periodic, None

@@ -2,8 +2,8 @@
 
 ``run.json`` (written when the run starts) and ``results.json`` (when it ends: the keys, the final
 metrics, ``status`` complete or interrupted) make a run findable by ``textbooks-collect``; a complete
-``results.json`` makes a rerun of the same command a no-op. ``checkpoints/last.ckpt`` is where a killed
-run resumes; ``model/`` is the exported model (the best checkpoint's weights when the recipe keeps one).
+``results.json`` makes a rerun of the same command a no-op. A killed run resumes from its newest readable
+checkpoint in ``checkpoints/``; ``model/`` is the exported model (the best checkpoint's weights when the recipe keeps one).
 """
 
 from __future__ import annotations
@@ -45,18 +45,23 @@ def run_keys(cfg: TrainAppConfig) -> dict[str, Any]:
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint to resume from: ``last.ckpt``, or the newest periodic one if a kill left ``last.ckpt``
-    missing or half-written (each candidate's zip directory is read, not its tensors)."""
-    candidates = [ckpt_dir / "last.ckpt", *sorted(ckpt_dir.glob("step*.ckpt"), reverse=True)]
-    for c in candidates:
+    """The checkpoint to resume from: the newer of ``last.ckpt`` and the newest periodic one, skipping any a
+    kill left half-written (each candidate's zip directory is read, not its tensors). A kill between the
+    periodic save and ``last.ckpt``'s leaves ``last.ckpt`` a save behind; resuming from it would redo steps."""
+    found: tuple[int, Path] | None = None
+    for c in [ckpt_dir / "last.ckpt", *sorted(ckpt_dir.glob("step*.ckpt"), reverse=True)]:
         if not c.is_file():
             continue
         try:
-            torch.load(c, map_location="cpu", mmap=True, weights_only=False)
-            return c
+            step = int(torch.load(c, map_location="cpu", mmap=True, weights_only=False)["global_step"])
         except Exception as e:  # truncated by a kill: try the next one
             log.warning("checkpoint %s is unreadable (%s); trying an older one", c, type(e).__name__)
-    return None
+            continue
+        if found is None or step > found[0]:
+            found = (step, c)
+        if c.name != "last.ckpt":  # the newest readable periodic one: the older ones are older still
+            break
+    return found[1] if found else None
 
 
 def better(a: float, b: float | None, mode: str) -> bool:
