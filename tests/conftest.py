@@ -17,6 +17,42 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
 
 
+# `make test` runs on two pytest-xdist workers (``-n 2 --dist loadfile``). A module's tests stay on one worker,
+# so a module fixture (a demo, a trained run) is built once; these modules share a worker, so that one one-node
+# SLURM runs at a time.
+ONE_WORKER = {"test_executors.py": "slurm", "test_train_distributed.py": "slurm"}
+# Modules of a minute or more start first, so that the workers finish together (the rest go in file order).
+LONG_FIRST = ("slurm", "test_report.py", "test_eval_score.py", "test_train.py", "test_eval_served.py")
+
+
+def _unit(path: str) -> str:
+    """The worker unit of a test file: its group in ``ONE_WORKER``, or the file itself."""
+    return ONE_WORKER.get(Path(path).name, path)
+
+
+def _rank(path: str) -> int:
+    unit = Path(_unit(path)).name
+    return LONG_FIRST.index(unit) if unit in LONG_FIRST else len(LONG_FIRST)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _rank(item.nodeid.split("::", 1)[0]))  # stable: file order within a rank
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile`` with the units above, in collection order (not by their number of tests)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Modules(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid.split("::", 1)[0])
+
+    config.option.loadscopereorder = False
+    return Modules(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _commands_start_their_own_wandb_service() -> Iterator[None]:
     """A command a test starts runs its own W&B service, as from a shell. An in-process W&B run of a test
