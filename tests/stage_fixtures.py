@@ -1,11 +1,12 @@
 """A small stage for the executor tests: each task writes the squares of its shard's numbers, a task of the
-rank named in ``fail_rank`` fails while ``fail_file`` exists (a fault the test switches on and off), and the
-task of ``big_rank`` holds ``big_mb`` MB for a moment (to tell its peak memory from the others'); each task
-takes at least ``seconds``."""
+rank named in ``fail_rank`` fails while ``fail_file`` exists (a fault the test switches on and off), the first
+task each process runs holds ``big_mb`` MB for a moment (to tell its peak memory from the later ones'); each
+task takes at least ``seconds``."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,11 @@ class SquaresConfig:
     per_shard: int = 5
     fail_rank: int = -1
     fail_file: str = ""
-    big_rank: int = -1
     big_mb: int = 0
     seconds: float = 0.0
+
+
+_RAN_A_TASK: set[int] = set()  # the processes that ran a task (by pid: a forked worker starts anew)
 
 
 class Squares(Stage):
@@ -49,10 +52,11 @@ class Squares(Stage):
         c = self.config
         if task.rank == c.fail_rank and c.fail_file and Path(c.fail_file).exists():
             raise DataError(f"task {task.rank} was told to fail ({c.fail_file} exists)")
-        if task.rank == c.big_rank:
+        if c.big_mb and os.getpid() not in _RAN_A_TASK:
             block = bytearray(c.big_mb << 20)
             block[:: 1 << 12] = b"x" * len(range(0, len(block), 1 << 12))  # every page resident
             del block
+        _RAN_A_TASK.add(os.getpid())
         time.sleep(c.seconds)
         bar = task.bar("squares", "number", total=0)
 
