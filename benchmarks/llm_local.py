@@ -9,8 +9,10 @@ the levels so that a busy machine slows them alike; medians are reported.
 
 Part 2, the stages: ``textbooks-data stage=exercises`` and ``stage=textbooks`` (synthetic, the default
 prompts and sampling) against a server with the default settings (``llm.local``); their generated tokens per
-second of generation wall time (the stage's ``llm.seconds``) against the peak of part 1 at the same threads
-and slots. Goal: >= 0.9. Kept exercises per hour are printed too, and where a stage's time went, from the
+second of generation wall time (the stage's ``llm.seconds``) against two peaks: part 1's at the same threads
+and slots (short prompts), and the server's on the stage's own work, its requests replayed (the same messages
+and sampling, each generating as many tokens as it did in the stage: ``ignore_eos``) all at once to a fresh
+server with the same settings, so with no time spent between the stage's phases or on its checks. Goal: >= 0.9. Kept exercises per hour are printed too, and where a stage's time went, from the
 ``timings`` llama-server puts in every answer (read back from the stage's response cache): prompt tokens
 processed and found in the slot's prompt cache per generated token, and the slots kept busy on average
 (the requests' prompt + generation seconds over the wall seconds; at most ``llm.local.parallel``).
@@ -34,6 +36,7 @@ from pathlib import Path
 
 from textbooks.llm.client import LLMClient
 from textbooks.llm.config import LLMConfig, LocalServerConfig
+from textbooks.llm.requests import ChatRequest
 from textbooks.llm.server import local_server
 
 TOPICS = ("lists", "dicts", "sets", "tuples", "strings", "files", "classes", "generators")
@@ -105,7 +108,36 @@ def stage_speed(stage: str, n: int, tmp: str) -> dict[str, float]:
         "cached_per_token": total["cache_n"] / generated,
         "prompt_share": total["prompt_ms"] / slot_ms,
         "busy_slots": slot_ms / 1000 / llm["seconds"],
+        "replay_tokens_per_s": replay_speed(root / "cache" / "llm" / "responses.sqlite", tmp),
     }
+
+
+def replay_speed(cache: Path, tmp: str) -> float:
+    """Generated tokens/s of the requests in a stage's response cache, replayed in the stage's order to a fresh
+    server with the default settings, as many in flight as it has slots."""
+    with sqlite3.connect(cache) as conn:
+        rows = conn.execute("SELECT request, completion_tokens FROM responses ORDER BY created").fetchall()
+    requests = []
+    for request, tokens in rows:
+        r = json.loads(request)
+        requests.append(
+            ChatRequest(r["messages"], ALIAS, {**r["params"], "max_tokens": tokens, "ignore_eos": True})
+        )
+    server_cfg = LocalServerConfig(log_dir=tmp)
+    with local_server(server_cfg, alias=ALIAS) as server:
+        cfg = LLMConfig(
+            base_url=server.base_url,
+            model=ALIAS,
+            cache=str(Path(tmp) / f"replay-{cache.parent.parent.parent.name}.sqlite"),
+            concurrency=server_cfg.parallel,
+            progress=False,
+        )
+        with LLMClient(cfg) as client:
+            t0 = time.perf_counter()
+            results = client.run(requests)
+            wall = time.perf_counter() - t0
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    return sum(r.completion_tokens for r in results) / wall
 
 
 def main() -> None:
@@ -142,6 +174,11 @@ def main() -> None:
             end="",
         )
         print(f"({per_hour:.0f} kept per hour of generation)")
+        replay = m["replay_tokens_per_s"]
+        print(
+            f"  its requests replayed at once: {replay:.1f} tok/s; the stage reached "
+            f"{m['tokens_per_s'] / replay:.2f} of the server's speed on its own work"
+        )
         print(
             f"  per generated token: {m['prompt_per_token']:.2f} prompt tokens processed, "
             f"{m['cached_per_token']:.2f} from the prompt cache; {m['prompt_share']:.0%} of the slots' time "
