@@ -3,7 +3,8 @@
 ``run.json`` (written when the run starts) and ``results.json`` (when it ends: the keys, the final
 metrics, ``status`` complete or interrupted) make a run findable by ``textbooks-collect``; a complete
 ``results.json`` makes a rerun of the same command a no-op. A killed run resumes from its newest readable
-checkpoint in ``checkpoints/``; ``model/`` is the exported model (the best checkpoint's weights when the recipe keeps one).
+checkpoint in ``checkpoints/``; ``model/`` is the exported model (the best checkpoint's weights when the
+recipe keeps one).
 """
 
 from __future__ import annotations
