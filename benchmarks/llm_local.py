@@ -12,10 +12,11 @@ prompts and sampling) against a server with the default settings (``llm.local``)
 second of generation wall time (the stage's ``llm.seconds``) against two peaks: part 1's at the same threads
 and slots (short prompts), and the server's on the stage's own work, its requests replayed (the same messages
 and sampling, each generating as many tokens as it did in the stage: ``ignore_eos``) all at once to a fresh
-server with the same settings, so with no time spent between the stage's phases or on its checks. Goal: >= 0.9. Kept exercises per hour are printed too, and where a stage's time went, from the
-``timings`` llama-server puts in every answer (read back from the stage's response cache): prompt tokens
-processed and found in the slot's prompt cache per generated token, and the slots kept busy on average
-(the requests' prompt + generation seconds over the wall seconds; at most ``llm.local.parallel``).
+server with the same settings, so with no time spent between the stage's phases or on its checks. Goal:
+>= 0.9. Kept exercises per hour are printed too, and where a stage's time went, from the ``timings``
+llama-server puts in every answer (read back from the stage's response cache): prompt tokens processed and
+found in the slot's prompt cache per generated token, and the slots kept busy on average (the requests'
+prompt + generation seconds over the wall seconds; at most ``llm.local.parallel``).
 
 Usage: ``python benchmarks/llm_local.py [--rounds 2] [--requests 16] [--max-tokens 64] [--threads 1,2]
 [--stage-requests 16]``
@@ -96,7 +97,13 @@ def stage_speed(stage: str, n: int, tmp: str) -> dict[str, float]:
     manifest = json.loads((root / "data" / stage / "manifest.json").read_text())
     llm = manifest["llm"]
     with sqlite3.connect(root / "cache" / "llm" / "responses.sqlite") as conn:
-        answers = [json.loads(r[0]) for r in conn.execute("SELECT response FROM responses")]
+        query = "SELECT request, response, completion_tokens FROM responses ORDER BY created"
+        rows = conn.execute(query).fetchall()
+    answers = [json.loads(r[1]) for r in rows]
+    replay = [  # the stage's requests in its order, each to generate what it generated there
+        ChatRequest(r["messages"], ALIAS, {**r["params"], "max_tokens": tokens, "ignore_eos": True})
+        for r, tokens in ((json.loads(row[0]), row[2]) for row in rows)
+    ]
     total = {k: sum(a.get("timings", {}).get(k, 0) for a in answers) for k in TIMINGS}
     generated, slot_ms = total["predicted_n"] or 1, total["prompt_ms"] + total["predicted_ms"] or 1
     return {
@@ -108,27 +115,19 @@ def stage_speed(stage: str, n: int, tmp: str) -> dict[str, float]:
         "cached_per_token": total["cache_n"] / generated,
         "prompt_share": total["prompt_ms"] / slot_ms,
         "busy_slots": slot_ms / 1000 / llm["seconds"],
-        "replay_tokens_per_s": replay_speed(root / "cache" / "llm" / "responses.sqlite", tmp),
+        "replay_tokens_per_s": replay_speed(replay, Path(tmp) / f"replay-{stage}.sqlite", tmp),
     }
 
 
-def replay_speed(cache: Path, tmp: str) -> float:
-    """Generated tokens/s of the requests in a stage's response cache, replayed in the stage's order to a fresh
-    server with the default settings, as many in flight as it has slots."""
-    with sqlite3.connect(cache) as conn:
-        rows = conn.execute("SELECT request, completion_tokens FROM responses ORDER BY created").fetchall()
-    requests = []
-    for request, tokens in rows:
-        r = json.loads(request)
-        requests.append(
-            ChatRequest(r["messages"], ALIAS, {**r["params"], "max_tokens": tokens, "ignore_eos": True})
-        )
+def replay_speed(requests: list[ChatRequest], cache: Path, tmp: str) -> float:
+    """Generated tokens/s of ``requests`` sent in order to a fresh server with the default settings, as many
+    in flight as it has slots (``cache``: a new response cache, so that every request is sent)."""
     server_cfg = LocalServerConfig(log_dir=tmp)
     with local_server(server_cfg, alias=ALIAS) as server:
         cfg = LLMConfig(
             base_url=server.base_url,
             model=ALIAS,
-            cache=str(Path(tmp) / f"replay-{cache.parent.parent.parent.name}.sqlite"),
+            cache=str(cache),
             concurrency=server_cfg.parallel,
             progress=False,
         )
