@@ -121,19 +121,19 @@ AUDIENCES = [
     "a scientist who needs to automate small tasks",
 ]
 
-EXERCISE_SYSTEM = (
-    "You are an experienced Python teacher who writes precise, self-contained programming exercises."
-)
 
 # Topic-led: the model names the function to fit the topic (a random name paired with an unrelated topic is
-# a task a small model cannot satisfy); the format is shown twice: as a skeleton in the prompt, and by an example
-# exercise on another topic given as an earlier turn of the conversation (EXERCISE_EXAMPLES, one drawn per
+# a task a small model cannot satisfy); the format is shown twice: as a skeleton in the system prompt, and by an
+# example exercise on another topic given as an earlier turn of the conversation (EXERCISE_EXAMPLES, one drawn per
 # request: a 0.5B model copies an example that is part of the prompt itself, 12 of 12 times); tests are assert
-# lines. ``{context}`` (an everyday setting, EXERCISE_CONTEXTS) may be added to the first line.
-EXERCISE_PROMPT = (
-    'Write a new, small Python exercise on the topic "{topic}".\n'
+# lines. The instructions sit in the system prompt, the same for every request, so a server's prompt cache holds
+# them and each request is one line (the 0.5B model on 72 requests: 90 prompt tokens processed per request
+# instead of 250, 2.9 s per request instead of 4.4; experiments/synthetic_data). ``{context}`` (an everyday
+# setting, EXERCISE_CONTEXTS) may be added to the request.
+EXERCISE_SYSTEM = (
+    "You are an experienced Python teacher who writes precise, self-contained programming exercises.\n"
     "\n"
-    "Write one function with a descriptive snake_case name of your choice that fits the task, with type hints and a docstring that states the task precisely. After the function, write exactly three assert lines that call it on different inputs and check the exact results; the three expected results must differ from each other. Make sure the function passes its own asserts. Use only the Python standard library.\n"
+    "When asked for an exercise on a topic, write one function with a descriptive snake_case name of your choice that fits the task, with type hints and a docstring that states the task precisely. After the function, write exactly three assert lines that call it on different inputs and check the exact results; the three expected results must differ from each other. Make sure the function passes its own asserts. Use only the Python standard library.\n"
     "\n"
     "Answer with one ```python code block in this format, and nothing else:\n"
     "\n"
@@ -148,6 +148,8 @@ EXERCISE_PROMPT = (
     "assert function_name(...) == ...\n"
     "```"
 )
+
+EXERCISE_PROMPT = 'Write a new, small Python exercise on the topic "{topic}".'
 
 # Re-deriving a wrong expected value: an exercise whose solution fails some of its own asserts (a small model's
 # usual error: it writes working code but cannot compute results in its head) gets a second, blind attempt at
