@@ -6,6 +6,7 @@ transcript of the workflow a GPU study runs with other configs (experiments/figu
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -159,6 +160,20 @@ def bar_labels(data: Path) -> dict[str, str]:
     return labels
 
 
+def servers(syn: DictConfig, n: int) -> list[str]:
+    """``stage.n=n`` split into one part per server, each a task of its own running at once: a local model's
+    task starts its own server, so this is one server per core (each decodes on one thread, and two such
+    servers make twice the tokens of one, where one server on two threads stalls whenever a thread loses its
+    core: benchmarks/README.md)."""
+    k = max(1, min(int(syn.servers or len(os.sched_getaffinity(0))), n))
+    return [
+        f"stage.n={n}",
+        f"stage.requests_per_part={-(-n // k)}",
+        f"executor.tasks={k}",
+        f"executor.workers={k}",
+    ]
+
+
 def synthetic_data(cfg: DictConfig, d: list[str], dx: list[str], data: Path, benchmarks: list[str]) -> str:
     """Textbook sections and exercises from a real model, checked in the sandbox, exercises mined from the
     corpus, all decontaminated and packed; returns the middle bar's dataset (``codetextbook``, or
@@ -168,7 +183,7 @@ def synthetic_data(cfg: DictConfig, d: list[str], dx: list[str], data: Path, ben
     exercises = [data / "exercises"]
     if syn.textbook_sections:
         n, tokens = syn.textbook_sections, syn.textbook_max_tokens
-        sh([*d, "stage=textbooks", *llm, f"stage.n={n}", f"stage.sampling.max_tokens={tokens}", *dx])
+        sh([*d, "stage=textbooks", *llm, *servers(syn, n), f"stage.sampling.max_tokens={tokens}", *dx])
     if syn.exercises:
         exercises.append(data / "exercises-synthetic")
         sh(
@@ -177,7 +192,7 @@ def synthetic_data(cfg: DictConfig, d: list[str], dx: list[str], data: Path, ben
                 "stage=exercises",
                 "stage.source=synthetic",
                 *llm,
-                f"stage.n={syn.exercises}",
+                *servers(syn, syn.exercises),
                 f"stage.sampling.max_tokens={syn.exercise_max_tokens}",
                 f"stage.rederive={str(bool(syn.rederive)).lower()}",
                 f"stage.out_dir={exercises[-1]}",
@@ -270,6 +285,7 @@ def report(cfg: DictConfig, work: Path) -> dict:
         "train.tokens": Count | None,
         "train.finetune_tokens": Count,
         "train.model": str | None,
+        "synthetic.servers": int | None,
     },
 )
 def main(cfg: DictConfig) -> None:
