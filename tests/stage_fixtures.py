@@ -59,11 +59,14 @@ class Squares(Stage):
         _RAN_A_TASK.add(os.getpid())
         time.sleep(c.seconds)
         bar = task.bar("squares", "number", total=0)
+        shards = []  # this task's running count, shown beside the bar (the step's bar sums the tasks')
 
         def one(i: int) -> dict[str, Any]:
             numbers = range(i * c.per_shard, (i + 1) * c.per_shard)
             bar.extend(len(numbers))  # work found on the way: the bar's total grows
             write_json_atomic(task.publish_path(f"part-{i:05d}.json"), [n * n for n in numbers])
+            shards.append(i)
+            bar.set_postfix(shards=len(shards), refresh=False)
             bar.update(len(numbers))
             return {"sum": sum(n * n for n in numbers)}
 

@@ -98,7 +98,8 @@ def test_a_step_shows_one_bar_that_all_its_tasks_count_in(
     tmp_path: Path, importable: None, capfd: pytest.CaptureFixture[str], workers: int
 ) -> None:
     """3 tasks run in this process (workers=1) or in 2 worker processes: one progress bar for the step,
-    counting every task's numbers, not a bar per task or per shard; its total is what the tasks added."""
+    counting every task's numbers, not a bar per task or per shard; its total is what the tasks added, and
+    the counts beside it (each task's own running count) are summed over the tasks."""
     cfg = SquaresConfig(out_dir=str(tmp_path / "squares"))
     run(Squares(cfg), ExecutorConfig(tasks=3, workers=workers))
     err = capfd.readouterr().err
@@ -107,6 +108,7 @@ def test_a_step_shows_one_bar_that_all_its_tasks_count_in(
     final = bars[0].split("\r")[-1]
     n = cfg.shards * cfg.per_shard
     assert final.startswith("squares: 100%") and f" {n}/{n} " in final and "tasks=3/3" in final, final
+    assert f"shards={cfg.shards}," in final, final
 
 
 # -- SLURM ---------------------------------------------------------------------------------------------------

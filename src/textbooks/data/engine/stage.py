@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import heapq
+import itertools
 import json
 import logging
 import os
@@ -270,14 +271,15 @@ class Stage:
 class StepBar:
     """The one progress bar of a step, shown by the launching process: opened by the first task that counts
     (its ``desc`` and ``unit``), then counted in by every task, in this process or sent by worker processes.
-    ``tasks`` puts the number of complete tasks beside the count when a step has several."""
+    ``tasks`` puts the number of complete tasks beside the count when a step has several. Each task's postfix
+    holds its own running counts (requests answered, cached, ...): the bar shows their sums over the tasks."""
 
     def __init__(self, enabled: bool, tasks: int = 1, done: int = 0) -> None:
         self.enabled = enabled
         self.tasks = tasks
         self.done = done
         self.bar: Any = None
-        self.postfix: dict[str, Any] = {}
+        self.postfixes: dict[Any, dict[str, Any]] = {}  # by the task's bar that set it
 
     def open(self, desc: str, unit: str, total: int | None) -> _SharedBar:
         if self.enabled and self.bar is None:
@@ -293,10 +295,9 @@ class StepBar:
             self.bar.total = (self.bar.total or 0) + n
             self.bar.refresh()
 
-    def update(self, n: int = 1, postfix: dict[str, Any] | None = None) -> None:
+    def update(self, n: int = 1, postfix: dict[str, Any] | None = None, source: Any = None) -> None:
         if postfix:
-            self.postfix.update(postfix)
-            self._show(refresh=False)
+            self.set_postfix(source, postfix, refresh=False)
         if self.bar is not None:
             self.bar.update(n)
 
@@ -304,9 +305,19 @@ class StepBar:
         self.done += 1
         self._show()
 
+    def set_postfix(self, source: Any, postfix: dict[str, Any], refresh: bool = True) -> None:
+        """``source``'s latest counts (a task's bar)."""
+        self.postfixes.setdefault(source, {}).update(postfix)
+        self._show(refresh)
+
     def _postfix(self) -> dict[str, Any] | None:
+        merged: dict[str, Any] = {}
+        for postfix in self.postfixes.values():
+            for key, value in postfix.items():
+                summed = isinstance(value, int | float) and not isinstance(value, bool)
+                merged[key] = merged.get(key, 0) + value if summed else value
         tasks = {"tasks": f"{self.done}/{self.tasks}"} if self.tasks > 1 else {}
-        return {**self.postfix, **tasks} or None
+        return {**merged, **tasks} or None
 
     def _show(self, refresh: bool = True) -> None:
         if self.bar is not None:
@@ -324,6 +335,7 @@ class _SharedBar:
 
     def __init__(self, step: StepBar) -> None:
         self.step = step
+        self.source = next(_bar_ids)  # keys this task's postfix in the step's bar
 
     def update(self, n: int = 1) -> None:
         self.step.update(n)
@@ -335,8 +347,7 @@ class _SharedBar:
     def set_postfix(
         self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
     ) -> None:
-        self.step.postfix.update({**(ordered_dict or {}), **kw})
-        self.step._show(refresh)
+        self.step.set_postfix(self.source, {**(ordered_dict or {}), **kw}, refresh)
 
     def close(self) -> None:
         if self.step.bar is not None and self.step.done >= self.step.tasks - 1:
@@ -375,6 +386,8 @@ class _RemoteBar(_SharedBar):
         super().__init__(StepBar(False))
         self.send = send
         self.n = 0
+        self.postfix: dict[str, Any] = {}
+        self.source = f"{os.getpid()}:{self.source}"  # unique among the step's processes
         self.sent = time.monotonic()
         send(("bar", desc, unit, total))
 
@@ -389,19 +402,20 @@ class _RemoteBar(_SharedBar):
     def set_postfix(
         self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any
     ) -> None:
-        self.step.postfix.update({**(ordered_dict or {}), **kw})
+        self.postfix.update({**(ordered_dict or {}), **kw})
 
     def _flush(self) -> None:
-        self.send(("count", self.n, dict(self.step.postfix)))
+        self.send(("count", self.n, dict(self.postfix), self.source))
         self.n = 0
-        self.step.postfix.clear()
+        self.postfix.clear()
         self.sent = time.monotonic()
 
     def close(self) -> None:
-        if self.n or self.step.postfix:
+        if self.n or self.postfix:
             self._flush()
 
 
+_bar_ids = itertools.count()
 _step_bar: StepBar | None = None  # the launching process's bar of the step its executor runs
 _sink: Callable[[Any], None] | None = None  # in a local worker process: sends progress to the launcher
 
@@ -432,7 +446,7 @@ def received(bar: StepBar, message: Any) -> None:
     elif message[0] == "extend":
         bar.extend(message[1])
     else:
-        bar.update(message[1], message[2])
+        bar.update(*message[1:])
 
 
 # -- running one task ---------------------------------------------------------------------------------------
