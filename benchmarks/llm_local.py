@@ -7,6 +7,11 @@ and 8 requests in flight, each level with a fresh response cache and every reque
 ``--max-tokens`` tokens (``ignore_eos``), checked against the server's ``/metrics`` counter. Rounds alternate
 the levels so that a busy machine slows them alike; medians are reported.
 
+Part 1b, servers side by side (``--side-by-side K``): K one-thread servers with the default slots, each sent
+``--requests`` requests (as in part 1, all its slots busy) at the same time; their generated tokens/s in all,
+against part 1's one server at one and at K threads with as many in flight. This is how a stage uses several
+cores (``executor.tasks=K executor.workers=K``: a task starts its own server; the demo does it).
+
 Part 2, the stages: ``textbooks-data stage=exercises`` and ``stage=textbooks`` (synthetic, the default
 prompts and sampling) against a server with the default settings (``llm.local``); their generated tokens per
 second of generation wall time (the stage's ``llm.seconds``) against two peaks: part 1's at the same threads
@@ -19,12 +24,13 @@ found in the slot's prompt cache per generated token, and the slots kept busy on
 prompt + generation seconds over the wall seconds; at most ``llm.local.parallel``).
 
 Usage: ``python benchmarks/llm_local.py [--rounds 2] [--requests 16] [--max-tokens 64] [--threads 1,2]
-[--stage-requests 16]``
+[--side-by-side 2] [--stage-requests 16]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from textbooks.llm.client import LLMClient
@@ -84,6 +91,28 @@ def server_sweep(threads: int, levels: list[int], args: argparse.Namespace, tmp:
                     f"  round {r}, {c} in flight: {tokens} tokens in {wall:.1f}s = {tokens / wall:.1f} tok/s"
                 )
     return {c: statistics.median(v) for c, v in speeds.items()}
+
+
+def side_by_side(k: int, args: argparse.Namespace, tmp: str) -> float:
+    """Generated tokens/s in all of ``k`` one-thread servers (default slots) answering at the same time, each
+    with all its slots busy; the median of ``args.rounds`` rounds."""
+    speeds = []
+    with contextlib.ExitStack() as stack:
+        cfgs = [LocalServerConfig(threads=1, log_dir=tmp) for _ in range(k)]
+        servers = [stack.enter_context(local_server(c, alias=ALIAS)) for c in cfgs]
+        for r in range(args.rounds):
+            caches = [Path(tmp) / f"side-{k}-{r}-{i}.sqlite" for i in range(k)]
+            with ThreadPoolExecutor(k) as pool:
+                t0 = time.perf_counter()
+                runs = [
+                    pool.submit(level, s.base_url, cache, c.parallel, args.requests, args.max_tokens, 100 + i)
+                    for i, (s, c, cache) in enumerate(zip(servers, cfgs, caches))
+                ]
+                tokens = sum(f.result()[1] for f in runs)
+                wall = time.perf_counter() - t0
+            speeds.append(tokens / wall)
+            print(f"  round {r}, {k} one-thread servers side by side: {tokens / wall:.1f} tok/s")
+    return statistics.median(speeds)
 
 
 def stage_speed(stage: str, n: int, tmp: str) -> dict[str, float]:
@@ -146,6 +175,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--levels", default="1,2,4,8")
     ap.add_argument("--threads", default="1,2", help="server threads to compare")
+    ap.add_argument("--side-by-side", type=int, default=0, help="K one-thread servers at once (0: skip)")
     ap.add_argument("--stage-requests", type=int, default=16, help="0: skip the stages")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -153,14 +183,24 @@ def main() -> None:
     print(f"model {default.model}; load average at start {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         table = {int(t): server_sweep(int(t), levels, args, tmp) for t in args.threads.split(",")}
-        stages = {s: stage_speed(s, args.stage_requests, tmp) for s in ("exercises", "textbooks")}
-        stages = stages if args.stage_requests else {}
+        side = side_by_side(args.side_by_side, args, tmp) if args.side_by_side else None
+        names = ("exercises", "textbooks") if args.stage_requests else ()
+        stages = {s: stage_speed(s, args.stage_requests, tmp) for s in names}
     base = table[min(table)][levels[0]]
     print("\ngenerated tok/s (medians; in brackets: against 1 in flight with the fewest threads)")
     print(f"{'threads':>7}" + "".join(f"{f'{c} in flight':>20}" for c in levels))
     for t, row in table.items():
         print(f"{t:>7}" + "".join(f"{f'{row[c]:.1f} ({row[c] / base:.2f}x)':>20}" for c in levels))
     peak = table.get(default.threads or 0, {}).get(default.parallel)
+    if side is not None:
+        k, slots = args.side_by_side, default.parallel
+        against = [
+            f"{side / table[t][slots]:.2f}x one server with {t} thread(s)"
+            for t in sorted({1, k})
+            if slots in table.get(t, {})
+        ]
+        print(f"{k} one-thread servers side by side, {slots} in flight each: {side:.1f} tok/s = ", end="")
+        print("; ".join(against) or f"no part-1 baseline at {slots} in flight")
     for s, m in stages.items():
         ratio = (
             f"{m['tokens_per_s'] / peak:.2f} of the server's peak"

@@ -55,7 +55,8 @@ class LocalServerConfig:
     # it, and with 2 or more slots busy every step is a batch). 1 by default: with 2 threads on a busy 2-core
     # machine llama.cpp's threads wait on each other (5.5 tokens/s against 20-25 with 1 thread; re-measured
     # 2026-12-07 at load 7: 1.7 and 3.9 tokens/s with 1 and 4 requests in flight, against 6.0 and 9.2 with
-    # 1 thread); on a quiet one 2 are 1.3-1.65x faster (benchmarks/llm_local.py)
+    # 1 thread); on a quiet one 2 are 1.3-1.85x faster (benchmarks/llm_local.py), and two one-thread servers
+    # (a stage's two tasks, each starting its own) as fast as that without the collapse (conf/llm/local.yaml)
     threads: int | None = 1
     startup_timeout: float = 120.0  # seconds for the server to load the model and answer /health
     log_dir: str = ".cache/llm"  # the server's output goes to <log_dir>/llama-server-<port>.log
