@@ -445,8 +445,12 @@ def test_synthetic_without_an_endpoint_points_to_mining(tmp_path):
 def test_examples_are_earlier_turns_on_other_topics_and_cut_answers_keep_their_complete_lines():
     cfg = ExercisesConfig(out_dir="x", n=30)  # the default prompt: the model names the function
     plans = plan_exercises(cfg)
+    # the instructions and format are the system prompt, the same for every request (a server's prompt cache
+    # holds them); each request is one line
+    assert "```python\ndef function_name(" in cfg.system_prompt and "{" not in cfg.system_prompt
     for p in plans:
         assert p.name is None and len(p.history) == 1 and f'"{p.topic}"' in p.prompt
+        assert "\n" not in p.prompt and "\n" not in p.history[0][0]
         example = next(e for e in cfg.examples if e["answer"] == p.history[0][1])
         assert example["topic"] != p.topic and f'"{example["topic"]}"' in p.history[0][0]
     cut = '```python\ndef f(x: int) -> int:\n    """Double."""\n    return 2 * x\n\n\nassert f(1) == 2\nassert f(2) == 4\nassert f(3'

@@ -129,6 +129,31 @@ def test_demo_prints_what_a_user_can_act_on(demo):
         starts = re.findall(rf"^{re.escape(desc)}: +(?:0%\|.*\| 0/\d+ |0[a-z]+ )\[00:00[<,]", out, re.M)
         assert len(starts) == 1, (desc, starts)
     assert re.search(r"eval at step 20 \(20,480 tokens\): humaneval_bpb \d\.\d{3}(,|$)", out, re.M)
+    # the LLM stages: one task per core, each with its own server, and one bar counting all of them
+    for bar, n in (("textbooks", 3), ("exercises (llm)", 4)):
+        k = min(len(os.sched_getaffinity(0)), n)
+        assert (
+            f"stage.n={n} stage.requests_per_part={-(-n // k)} executor.tasks={k} executor.workers={k}" in out
+        )
+        shown = [line for line in re.split(r"[\r\n]", out) if line.startswith(f"{bar}: 100%")]
+        assert shown and f"new={n}," in shown[-1] and (k == 1 or f"tasks={k}/{k}" in shown[-1]), shown[-1:]
+
+
+def test_the_demo_gives_each_llm_stage_one_task_and_server_per_core():
+    from omegaconf import OmegaConf
+
+    from textbooks.demo import servers
+
+    two = OmegaConf.create({"servers": 2})
+    assert servers(two, 5) == [
+        "stage.n=5",
+        "stage.requests_per_part=3",
+        "executor.tasks=2",
+        "executor.workers=2",
+    ]
+    assert servers(two, 1)[1:] == ["stage.requests_per_part=1", "executor.tasks=1", "executor.workers=1"]
+    cores = len(os.sched_getaffinity(0))
+    assert f"executor.tasks={cores}" in servers(OmegaConf.create({"servers": None}), 1000)
 
 
 def test_notebook_redraws_the_figure(demo, repo_root):
