@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from textbooks.report.collect import collect
+from textbooks.sandbox.pool import default_workers
 
 pytestmark = pytest.mark.slow  # every test trains the demo's runs or a sweep (minutes)
 
@@ -131,7 +132,7 @@ def test_demo_prints_what_a_user_can_act_on(demo):
     assert re.search(r"eval at step 20 \(20,480 tokens\): humaneval_bpb \d\.\d{3}(,|$)", out, re.M)
     # the LLM stages: one task per core, each with its own server, and one bar counting all of them
     for bar, n in (("textbooks", 3), ("exercises (llm)", 4)):
-        k = min(len(os.sched_getaffinity(0)), n)
+        k = min(default_workers(), n)
         assert (
             f"stage.n={n} stage.requests_per_part={-(-n // k)} executor.tasks={k} executor.workers={k}" in out
         )
@@ -152,7 +153,7 @@ def test_the_demo_gives_each_llm_stage_one_task_and_server_per_core():
         "executor.workers=2",
     ]
     assert servers(two, 1)[1:] == ["stage.requests_per_part=1", "executor.tasks=1", "executor.workers=1"]
-    cores = len(os.sched_getaffinity(0))
+    cores = default_workers()
     assert f"executor.tasks={cores}" in servers(OmegaConf.create({"servers": None}), 1000)
 
 

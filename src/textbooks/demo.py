@@ -6,7 +6,6 @@ transcript of the workflow a GPU study runs with other configs (experiments/figu
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -165,7 +164,9 @@ def servers(syn: DictConfig, n: int) -> list[str]:
     task starts its own server, so this is one server per core (each decodes on one thread, and two such
     servers make twice the tokens of one, where one server on two threads stalls whenever a thread loses its
     core: benchmarks/README.md)."""
-    k = max(1, min(int(syn.servers or len(os.sched_getaffinity(0))), n))
+    from textbooks.sandbox.pool import default_workers
+
+    k = max(1, min(int(syn.servers or default_workers()), n))
     return [
         f"stage.n={n}",
         f"stage.requests_per_part={-(-n // k)}",
