@@ -98,15 +98,17 @@ def side_by_side(k: int, args: argparse.Namespace, tmp: str) -> float:
     with all its slots busy; the median of ``args.rounds`` rounds."""
     speeds = []
     with contextlib.ExitStack() as stack:
-        cfgs = [LocalServerConfig(threads=1, log_dir=tmp) for _ in range(k)]
-        servers = [stack.enter_context(local_server(c, alias=ALIAS)) for c in cfgs]
+        cfg = LocalServerConfig(threads=1, log_dir=tmp)
+        servers = [stack.enter_context(local_server(cfg, alias=ALIAS)) for _ in range(k)]
         for r in range(args.rounds):
             caches = [Path(tmp) / f"side-{k}-{r}-{i}.sqlite" for i in range(k)]
             with ThreadPoolExecutor(k) as pool:
                 t0 = time.perf_counter()
                 runs = [
-                    pool.submit(level, s.base_url, cache, c.parallel, args.requests, args.max_tokens, 100 + i)
-                    for i, (s, c, cache) in enumerate(zip(servers, cfgs, caches))
+                    pool.submit(
+                        level, s.base_url, cache, cfg.parallel, args.requests, args.max_tokens, 100 + i
+                    )
+                    for i, (s, cache) in enumerate(zip(servers, caches))
                 ]
                 tokens = sum(f.result()[1] for f in runs)
                 wall = time.perf_counter() - t0
