@@ -14,8 +14,9 @@ import pytest
 import slurm_cluster
 from stage_fixtures import Squares, SquaresConfig
 
-from textbooks.data.engine.executor import ExecutorConfig, run
+from textbooks.data.engine.executor import ExecutorConfig, _local, run
 from textbooks.data.engine.manifest import read_manifest
+from textbooks.data.engine.stage import all_steps
 from textbooks.data.stages.dedup import DedupConfig, dedup
 from textbooks.data.stages.ingest import IngestConfig, ingest
 from textbooks.data.stages.pack import PackConfig, pack
@@ -71,6 +72,22 @@ def check_failure_then_rerun(tmp_path: Path, ex: ExecutorConfig) -> None:
 
 def test_local_processes_rerun_only_the_failed_task(tmp_path: Path, importable: None) -> None:
     check_failure_then_rerun(tmp_path, ExecutorConfig(tasks=3, workers=2))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux's")
+def test_zero_workers_are_one_per_cpu_this_process_may_use(tmp_path: Path) -> None:
+    """``workers=0`` counts the CPUs the process may run on (a container's or a SLURM job's share), not the
+    machine's."""
+    stage = Squares(SquaresConfig(out_dir=str(tmp_path / "squares")))
+    step = all_steps(stage)[0]
+    allowed = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert _local(stage, step, ExecutorConfig(tasks=3, workers=0), progress=False).workers == 1
+    finally:
+        os.sched_setaffinity(0, allowed)
+    wide = _local(stage, step, ExecutorConfig(tasks=8, workers=0), progress=False).workers
+    assert wide == min(8, len(allowed))
 
 
 def test_local_workers_run_several_tasks_each_with_its_own_peak_memory(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -46,6 +45,7 @@ from textbooks.data.engine.stage import Stage, StageTask, Step, all_steps, prepa
 from textbooks.data.engine.workers import LocalExecutor, fork_server
 from textbooks.errors import ConfigError, TextbooksError
 from textbooks.io import one_scan_per_directory
+from textbooks.sandbox.pool import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class ExecutorConfig:
 
     name: str = "local"  # local | slurm | ray
     tasks: int = 1  # tasks of each sharded step (the world size); outputs do not depend on it
-    workers: int = 1  # tasks running at once (local: processes, 0 = one per CPU; slurm/ray: -1 = no limit)
+    workers: int = 1  # tasks at once (local: processes, 0 = one per CPU it may use; slurm/ray: -1 = no limit)
     # clusters
     partition: str | None = None  # slurm partition (None: the cluster's default)
     time: str = "24:00:00"  # slurm time limit per task
@@ -206,7 +206,7 @@ def _check_step(stage: Stage, step: Step, world_size: int, exit_codes: dict[int,
 
 def _local(stage: Stage, step: Step, ex: ExecutorConfig, progress: bool) -> LocalExecutor:
     tasks = _tasks(step, ex)
-    workers = ex.workers or os.cpu_count() or 1
+    workers = ex.workers or default_workers()
     return LocalExecutor(
         pipeline=[StageTask(stage, step, progress=progress and min(workers, tasks) == 1)],
         tasks=tasks,

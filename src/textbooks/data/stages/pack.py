@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +36,7 @@ from textbooks.data.engine.reader import Fields, ReadStats, batched, read_shard
 from textbooks.data.engine.stage import Stage, Step, Task, execution_only, summed
 from textbooks.errors import ConfigError
 from textbooks.io import atomic_path, write_json_atomic
+from textbooks.sandbox.pool import default_workers
 from textbooks.tokenizer import encoding_pool, eot_token, fingerprint, load_tokenizer
 
 
@@ -51,7 +51,7 @@ class PackConfig:
     max_file_bytes: int | None = 1_000_000
     shard_bytes: int = 8 << 20  # source files per shard (a JSONL/Parquet file is a shard of its own)
     batch_docs: int = execution_only(1024)  # documents per encode_ordinary_batch call
-    num_threads: int = execution_only(0)  # tokenizer threads per task (0 = one per CPU)
+    num_threads: int = execution_only(0)  # tokenizer threads per task (0 = one per CPU it may use)
     max_bad_fraction: float = execution_only(0.01)
     extra: dict = field(default_factory=dict)  # free-form provenance (e.g. the mixture name)
     # or a named piece of the dataset mixtures: its inputs are components[component], its out_dir
@@ -141,7 +141,7 @@ class Pack(Stage):
         eot, dtype = eot_token(enc), token_dtype(enc.n_vocab)
         shards = [Shard.from_dict(d) for d in task.plan["shards"]]
         fields = Fields((cfg.text_field,), cfg.id_field)
-        threads = cfg.num_threads or os.cpu_count() or 1
+        threads = cfg.num_threads or default_workers()
         bar = task.bar(f"pack {Path(cfg.out_dir).name}")
         encode = functools.partial(encoding_pool(threads).map, ordinary_encoder(enc))
 
