@@ -16,7 +16,7 @@ holds code, an answer cut at ``max_new_tokens`` that was not looping, an error o
 is a bug to fix, so those are printed with their task ids.
 
 Usage: ``python experiments/served_models/measure.py [--models local,local_large] [--benchmarks humaneval_plus,mbpp_plus]
-[--limit N] [--workdir DIR]``: ``--limit N`` takes each benchmark's first N problems in task order (not a
+[--limit N] [--workdir DIR] [OVERRIDE ...]``: ``--limit N`` takes each benchmark's first N problems in task order (not a
 random sample: HumanEval's first problems are easier than the rest). HumanEval(+) with the 0.5B model: about
 10 minutes on 2 quiet cores.
 """
@@ -130,6 +130,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--workdir", default="runs/served_models")
+    ap.add_argument(
+        "overrides", nargs="*", help="more overrides for the generating call (llm.local.threads=2)"
+    )
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     rows = []
@@ -143,7 +146,11 @@ def main() -> None:
             ]
             t0 = time.time()
             plus = textbooks_eval(
-                f"llm={preset}", *common, f"generation.max_new_tokens={args.max_new_tokens}", f"out_dir={out}"
+                f"llm={preset}",
+                *common,
+                f"generation.max_new_tokens={args.max_new_tokens}",
+                f"out_dir={out}",
+                *args.overrides,
             )
             minutes = (time.time() - t0) / 60
             samples = out / "samples.jsonl"
