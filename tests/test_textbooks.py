@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -234,7 +235,15 @@ def test_interrupted_stage_reruns_to_the_same_output(tmp_path):
     """Ctrl-C (SIGINT) `textbooks-data stage=textbooks` midway; the rerun asks only for the rest and writes
     exactly what an uninterrupted run writes."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    with OpenAIServer(canned_section, delay=0.04) as server:
+    interrupted = threading.Event()
+
+    def held_back(messages: list[dict], body: dict) -> str:
+        # past 12 answers, hold every request until the signal is sent: the stage cannot finish first
+        if server.answered >= 12:
+            interrupted.wait(60)
+        return canned_section(messages, body)
+
+    with OpenAIServer(held_back, delay=0.04) as server:
         proc = subprocess.Popen(
             _app(tmp_path, server.url, "textbooks", "cache"), env=env, stderr=subprocess.PIPE
         )
@@ -244,12 +253,13 @@ def test_interrupted_stage_reruns_to_the_same_output(tmp_path):
                 time.sleep(0.01)
             proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=30)
+            answered_before = server.answered  # before the held requests are let go (to a closed client)
         finally:
+            interrupted.set()
             if proc.poll() is None:
                 proc.kill()
         assert proc.returncode != 0 and b"KeyboardInterrupt" in stderr, stderr.decode()[-2000:]
         assert not (tmp_path / "textbooks" / "manifest.json").exists()
-        answered_before = server.answered
         server.reset_counts()
         done = subprocess.run(
             _app(tmp_path, server.url, "textbooks", "cache"),
