@@ -28,7 +28,10 @@ LLAMA_CPP_PYTHON := 0.3.36
 LLAMA_SERVER := $(BIN)/llama-server
 LLAMA_SERVER_CACHE ?= $(HOME)/.cache/textbooks
 CPU_TAG := $(shell uname -m)-$(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cksum | cut -c1-8)
-LLAMA_SERVER_BUILT := $(LLAMA_SERVER_CACHE)/llama-server-$(LLAMA_CPP_PYTHON)-$(CPU_TAG)
+# -march=native without AMX: on Sapphire Rapids CPUs ggml's AMX matmul (chosen for Q4_K_M weights) segfaults
+# at the first inference (ggml-org/llama.cpp#20824); the three flags are no-ops on CPUs without AMX.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_SERVER_BUILT := $(LLAMA_SERVER_CACHE)/llama-server-$(LLAMA_CPP_PYTHON)-noamx-$(CPU_TAG)
 LLAMA_SRC := $(CACHE)/llama.cpp
 # where the joined models live (the library reads the same variable: llm.local.models_dir's default)
 export TEXTBOOKS_MODELS_DIR ?= $(HOME)/.cache/textbooks/models
@@ -72,6 +75,7 @@ $(LLAMA_SERVER_BUILT): | $(STAMP)
 	@echo "building llama-server from llama.cpp (vendored in llama-cpp-python $(LLAMA_CPP_PYTHON)); log: $(LLAMA_SRC)/build.log"
 	cmake -S $(LLAMA_SRC)/llama_cpp_python-$(LLAMA_CPP_PYTHON)/vendor/llama.cpp -B $(LLAMA_SRC)/build \
 		-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF \
+		-DCMAKE_C_FLAGS="$(NO_AMX)" -DCMAKE_CXX_FLAGS="$(NO_AMX)" \
 		-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > $(LLAMA_SRC)/build.log 2>&1 \
 	&& cmake --build $(LLAMA_SRC)/build --target llama-server -j $$(nproc) >> $(LLAMA_SRC)/build.log 2>&1 \
 	|| { tail -30 $(LLAMA_SRC)/build.log; exit 1; }
