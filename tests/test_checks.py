@@ -189,18 +189,27 @@ def test_a_failing_exercise_reports_each_failed_test_with_what_the_call_gave() -
     assert forged == [Failure("assert f(1) == 2", got="1", call="f(1)")]
 
 
-def test_a_value_asked_for_again_corrects_an_assert_only_when_it_is_the_same_value() -> None:
-    from textbooks.data.stages.exercises_functions import stated_result
+def test_a_second_solution_is_its_definitions_and_an_assert_is_corrected_only_to_the_same_value() -> None:
+    from textbooks.data.stages.exercises_functions import second_solution
     from textbooks.data.text.checks import same_value, with_asserts
 
-    assert stated_result("3 | 2 sets no new bit.\nRESULT: 3") == "3"
-    assert stated_result("RESULT: [1, 2]\nso\nRESULT: `[2, 1]`") == "[2, 1]"  # the last one
-    assert stated_result("`[1, 2]`") == "[1, 2]" and stated_result("It returns\n3.") is None
-    assert stated_result("RESULT: 28:") == "28" and stated_result("RESULT: 10: 1010") == "10"
-    assert (
-        stated_result("RESULT: {'a': 1}: counts") == "{'a': 1}"
-        and stated_result("RESULT: Friday") == "Friday"
+    stub = 'from typing import List\n\n\ndef f(xs: List[int]) -> int:\n    """Sum of squares."""\n'
+    answer = (
+        "Here it is:\n\n```python\nimport math\n\nPOWER = 2\n\n\ndef square(x):\n    return x ** POWER\n\n\n"
+        "def f(xs: List[int]) -> int:\n    return sum(square(x) for x in xs)\n\n\nassert f([1]) == 7\n"
+        "total = f([2])\nprint(f([1, 2]))\nif __name__ == '__main__':\n    f([])\n```\nDone."
     )
+    code = second_solution(answer, "f", stub)
+    assert code is not None and code.startswith("from typing import List\nimport math\nPOWER = 2\n")
+    assert "def square(x):" in code and "assert" not in code and "print" not in code
+    assert "total" not in code and "__main__" not in code  # module code that calls it is no definition
+    namespace: dict = {}
+    exec(code, namespace)
+    assert namespace["f"]([1, 2]) == 5
+    assert second_solution("```python\ndef g(x):\n    return x\n```", "f", stub) is None  # another name
+    assert second_solution("```python\ndef f(x)\n    return x\n```", "f", stub) is None  # no parse
+    # an answer cut inside its block keeps the statements it finished
+    assert second_solution("```python\ndef f(x):\n    return x\n\n\nassert f(", "f", stub) is not None
     assert same_value("3", "3.0") and same_value("'ab'", '"ab"') and same_value("[1, (2, 3)]", "[1,(2,3)]")
     assert not same_value("True", "1") and not same_value("3", "4") and not same_value("x", "x")
     tests = "assert f(1) == 2\nassert f(3) == 7  # wrong\nassert f(5) == 10\n"

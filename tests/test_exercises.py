@@ -255,20 +255,26 @@ def test_bad_configs_are_clear(tmp_path):
 PROMPT = 'Exercise on "{topic}": write `{name}`.'
 
 
-REDERIVED: list[list[dict]] = []  # the conversations asking for an expected value again
+REDERIVED: list[list[dict]] = []  # the conversations asking for a second solution
 
 
 def canned_exercise(messages: list[dict], body: dict) -> str:
     """Deterministic answers keyed off the prompt: 1 in 10 names the wrong function, 1 in 10 is not valid
     Python, 1 in 10 has no docstring, 1 in 10 fails its doctest, 1 in 10 has no doctest, 1 in 10 never
     ends, 1 in 10 has no code fence, 1 in 10 has an assert with a wrong expected value; the rest are good
-    (with a test after the function, which is not part of the exercise). Asked for that value again, the
-    answer is right, but when the topic is "lists" the same wrong value again."""
+    (with a test after the function, which is not part of the exercise). Asked for a second solution, the
+    answer is right (with tests and a print after it, which are not part of it), but for a `find_*` function
+    it gives 7 for 3 (it agrees with the wrong value) and for a `sum_*` one 6 for 3 and 0 otherwise (it agrees
+    with the solution on the failing call only)."""
     prompt = last_user_message(messages)
-    if prompt.startswith("Here is the signature"):
+    if prompt.startswith("Complete this Python function"):
         REDERIVED.append(messages)
-        topic = re.search(r"doubled \((\w+)\)", prompt).group(1)
-        return "Doubling 3 gives 6.\nRESULT: 7" if topic == "lists" else "Doubling 3 gives 6.\nRESULT: `6`"
+        name = re.search(r"def (\w+)\(x: int\) -> int:", prompt).group(1)
+        body = {"find": "return 7 if x == 3 else 2 * x", "sum": "return 6 if x == 3 else 0"}
+        return (
+            f'```python\nSCALE = 2\n\n\ndef {name}(x: int) -> int:\n    """Doubled."""\n'
+            f"    {body.get(name.split('_')[0], 'return SCALE * x')}\n\n\nassert {name}(0) == 1\nprint({name}(4))\n```"
+        )
     topic, name = re.search(r'on "([^"]+)": write `(\w+)`', prompt).groups()
     kind = _kind(prompt)
     if kind == "wrong_value":
@@ -373,23 +379,25 @@ def test_answers_are_parsed_into_exercises_or_rejected():
 
 @pytest.mark.slow
 def test_synthetic_stage_keeps_checked_exercises_and_reruns_from_the_cache(tmp_path):
-    cfg = synthetic(tmp_path, check_cpu_s=1.0)
+    cfg = synthetic(tmp_path, check_cpu_s=1.0, n=50)
     plans = plan_exercises(cfg)
     kinds = [_kind(p.prompt) for p in plans]
     reasons = ("wrong_name", "syntax", "no_docstring", "fails", "no_tests", "timeout")
     assert all(k in kinds for k in (*reasons, "bare", "good", "wrong_value"))
-    wrong = [p for p, k in zip(plans, kinds) if k == "wrong_value"]  # its value is asked for again
-    unsettled = [p for p in wrong if p.topic == "lists"]  # answered with the same wrong value
+    wrong = [p for p, k in zip(plans, kinds) if k == "wrong_value"]  # solved again
+    unsettled = [p for p in wrong if p.name.startswith(("find_", "sum_"))]  # the second solution disagrees
     assert 0 < len(unsettled) < len(wrong)
     cache = tmp_path / "c.sqlite"
     REDERIVED.clear()
     with OpenAIServer(canned_exercise) as server:
         manifest = build_exercises(cfg, llm_config(server.url, cache), progress=False)
-        assert server.received == 40 + len(wrong)
+        assert server.received == cfg.n + len(wrong)
         again = build_exercises(
-            synthetic(tmp_path, out="again", check_cpu_s=1.0), llm_config(server.url, cache), progress=False
+            synthetic(tmp_path, out="again", check_cpu_s=1.0, n=cfg.n),
+            llm_config(server.url, cache),
+            progress=False,
         )
-        assert server.received == 40 + len(wrong) and again["llm"]["cache_hits"] == 40 + len(wrong)
+        assert server.received == cfg.n + len(wrong) and again["llm"]["cache_hits"] == cfg.n + len(wrong)
     counts = manifest["counts"]
     for reason in reasons:
         want = kinds.count("fails") + len(unsettled) if reason == "fails" else kinds.count(reason)
@@ -397,16 +405,15 @@ def test_synthetic_stage_keeps_checked_exercises_and_reruns_from_the_cache(tmp_p
     assert counts["rederive_requested"] == len(wrong) and counts["rederived"] == len(wrong) - len(unsettled)
     assert counts["passed"] == kinds.count("good") + kinds.count("bare") + counts["rederived"]
     verdicts = {k: v for k, v in counts.items() if not k.startswith("rederive") and k != "duplicates"}
-    assert sum(verdicts.values()) == 2 * 40  # requested, and one verdict per request
-    # asked again: a fresh conversation with the signature and docstring only, never the body or its result
+    assert sum(verdicts.values()) == 2 * cfg.n  # requested, and one verdict per request
+    # solved again: a fresh conversation with the signature and docstring only, never the body or the asserts
     assert len(REDERIVED) == len(wrong)
     for messages in REDERIVED:
-        assert [m["role"] for m in messages] == ["system", "user"]
-        name = re.search(r"What does `(\w+)\(3\)` return", messages[1]["content"]).group(1)
-        assert f"def {name}(x: int) -> int:" in messages[1]["content"]
-        assert "2 * x" not in messages[1]["content"] and "7" not in messages[1]["content"]
+        assert [m["role"] for m in messages] == ["user"]
+        assert re.search(r"def \w+\(x: int\) -> int:", messages[0]["content"])
+        assert "2 * x" not in messages[0]["content"] and "assert" not in messages[0]["content"]
     good = [p for p, k in zip(plans, kinds) if k in ("good", "bare")]
-    repaired = [p for p in wrong if p.topic != "lists"]
+    repaired = [p for p in wrong if p not in unsettled]
     rows = read_table(cfg.out_dir).to_pylist()
     # the canned body is the same for every name, but the names differ, so only repeated names are duplicates
     assert len(rows) + counts.get("duplicates", 0) == len(good) + len(repaired)
@@ -460,8 +467,9 @@ def test_examples_are_earlier_turns_on_other_topics_and_cut_answers_keep_their_c
 
 @pytest.mark.slow
 def test_the_default_local_model_settles_a_wrong_expected_value_blind(tmp_path):
-    """The real default model (``llm=local``), shown only the signature and docstring, gives the value of the
-    call whose assert was wrong; the assert is corrected to it because the solution returned the same."""
+    """The real default model (``llm=local``), shown only the signature and docstring, writes a second solution;
+    it returns what the first did on the call whose assert was wrong and passes the other asserts, so that
+    assert is corrected."""
     from collections import Counter
 
     from textbooks.data.app import compose

@@ -64,7 +64,7 @@ def test_llm_stages_run_against_a_real_model_and_rerun_from_the_cache(
     first = data(tmp_path, {k: [*v, f"stage.out_dir={tmp_path / k}"] for k, v in runs.items()})
     for name, m in first.items():
         llm = m["llm"]
-        n = 3 + m.get("counts", {}).get("rederive_requested", 0)  # exercises: values asked for again
+        n = 3 + m.get("counts", {}).get("rederive_requested", 0)  # exercises: those solved again
         assert llm["requests"] == n and llm["succeeded"] + llm["failed"] == n and llm["succeeded"] >= 2, (
             name,
             llm,

@@ -29,10 +29,10 @@ dropped, and counted by reason, when the tests are degenerate (``no_tests``, ``o
 every example expects the same value, ``prose_tests``: an expected "value" is a sentence of the docstring), when
 the solution fails or times out on them, or when a constant solution (``return`` the first expected value)
 passes them too (``constant_passes``). A small model's usual failure is a wrong expected value in an assert
-for code that is right: with ``rederive`` each failing ``assert <call> == <value>`` is asked for again, blind
-(the exercise's signature and docstring only, never its body or what it returned), and corrected when that
-second value is what the solution returned; the exercise is kept if it then passes every check (counted
-``rederived``). Mined functions run against their doctests; those without are kept, counted as unchecked.
+for code that is right: with ``rederive`` the exercise is solved a second time, blind (its signature and
+docstring only, never its body, its asserts or what they returned), and each failing ``assert <call> ==
+<value>`` is corrected to what the solution returned when the second solution returns the same and passes the
+other tests too; the exercise is kept if it then passes every check (counted ``rederived``). Mined functions run against their doctests; those without are kept, counted as unchecked.
 ``select`` drops exact duplicates, near duplicates (MinHash Jaccard >= ``near_dup_threshold``, synthetic
 only) and exercises close to a HumanEval/MBPP problem (a shared ``contamination_ngram``-word n-gram with its
 statement, or an AST match >= ``contamination_tau``).
@@ -70,7 +70,7 @@ from textbooks.data.stages.exercises_functions import (
     Rejected,
     exercise_from_answer,
     mined_rows,
-    stated_result,
+    second_solution,
 )
 from textbooks.data.stages.prompts import (
     EXERCISE_CONTEXTS,
@@ -84,7 +84,6 @@ from textbooks.data.stages.prompts import (
 )
 from textbooks.data.text.checks import (
     CHECK_CPU_S,
-    Failure,
     constant_program,
     degenerate_tests,
     doctest_examples,
@@ -157,12 +156,13 @@ class ExercisesConfig:
     system_prompt: str = EXERCISE_SYSTEM
     prompt: str = EXERCISE_PROMPT  # {topic} (and optionally {context}, {name})
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.5, "max_tokens": 512})
-    # an exercise that fails some of its own asserts gets a second, blind attempt at each failing value from the
-    # docstring alone (rederive_prompt: {stub}, {call}); it is kept when every such value is what the solution
-    # returned and it then passes its checks (EXERCISE_REDERIVE says why that is evidence)
+    # an exercise that fails some of its own asserts is solved again, blind, from its docstring alone
+    # (rederive_prompt: {stub}); a failing value is corrected to what the solution returned when the second
+    # solution returns it too and passes the other tests, and it is kept when it then passes its checks
+    # (EXERCISE_REDERIVE says why that is evidence)
     rederive: bool = True
     rederive_prompt: str = EXERCISE_REDERIVE
-    rederive_max_tokens: int = 64
+    rederive_max_tokens: int = 320
     near_dup_threshold: float | None = 0.8  # MinHash Jaccard of near-duplicate exercises; null = exact only
     # drop exercises that share a word n-gram of this length with a HumanEval/MBPP problem's statement,
     # or whose syntax tree matches one's at >= contamination_tau (null: that test off)
@@ -193,8 +193,8 @@ class ExercisesConfig:
                     )
             if self.n < 1:
                 raise ConfigError(f"stage.n must be >= 1 (got {self.n})")
-            if self.rederive and not all(k in self.rederive_prompt for k in ("{stub}", "{call}")):
-                raise ConfigError("stage.rederive_prompt needs {stub} and {call} (or stage.rederive=false)")
+            if self.rederive and "{stub}" not in self.rederive_prompt:
+                raise ConfigError("stage.rederive_prompt needs {stub} (or stage.rederive=false)")
             if not 0 <= self.few_shot <= len(self.examples):
                 raise ConfigError(
                     f"stage.few_shot={self.few_shot}: between 0 and the {len(self.examples)} examples"
@@ -325,49 +325,39 @@ def synthetic_rows(
 def rederive_rows(
     rows: list[dict[str, Any]], cfg: ExercisesConfig, client: LLMClient, reasons: Counter, bar: Any = None
 ) -> list[dict[str, Any] | None]:
-    """A second, blind attempt at the wrong expected values of ``rows`` (exercises that fail their own tests):
-    each failing ``assert <call> == <value>`` (found by ``checks.failures_program``, with what the call
-    returned) is asked for again in a fresh conversation that shows only the exercise's ``prompt`` (imports,
-    signature, docstring: ``cfg.rederive_prompt``). A row whose every failure is such an assert, each answered
-    with the value the solution returned, comes back with those asserts corrected, to be checked as any
-    other; the others come back ``None`` (they stay dropped)."""
+    """A second, blind solution for ``rows`` (exercises that fail their own tests), to settle wrong expected
+    values. A row whose every failure is an ``assert <call> == <value>`` whose call returned a literal (found by
+    ``checks.failures_program``) is solved again in a fresh conversation that shows only its ``prompt``
+    (imports, signature, docstring: ``cfg.rederive_prompt``), never its body, its asserts or what they returned.
+    When that second program passes every test with each failing value replaced by what the first solution
+    returned, the row comes back with those asserts corrected, to be checked as any other; the others come back
+    ``None`` (they stay dropped)."""
     failures = run_failures(
         [failures_program(r["text"], r["entry_point"], r["tests"]) for r in rows], cpu_s=cfg.check_cpu_s
     )
-    asked: list[tuple[int, Failure, Any]] = []  # (row, failed assert, request)
+    asked: list[tuple[int, str, Any]] = []  # (row, its tests with the failing values corrected, request)
     for i, (r, failed) in enumerate(zip(rows, failures)):
-        if not failed or not all(f.call and f.got is not None for f in failed):
-            continue  # an exception, a doctest, a condition: nothing to re-derive
+        if not failed or not all(f.call and f.got is not None and same_value(f.got, f.got) for f in failed):
+            continue  # an exception, a doctest, a condition, a value that is no literal: nothing to re-derive
         plan: ExercisePlan = r["_plan"]
-        for f in failed:
-            prompt = fill_template(cfg.rederive_prompt, stub=r["prompt"].rstrip(), call=f.call)
-            params = {**cfg.sampling, "max_tokens": cfg.rederive_max_tokens, "seed": plan.seed}
-            asked.append((i, f, client.request(prompt, system=cfg.system_prompt or None, **params)))
+        tests = with_asserts(r["tests"], {f.test: f"assert {f.call} == {f.got}" for f in failed})
+        prompt = fill_template(cfg.rederive_prompt, stub=r["prompt"].rstrip())
+        params = {**cfg.sampling, "max_tokens": cfg.rederive_max_tokens, "seed": plan.seed}
+        asked.append((i, tests, client.request(prompt, **params)))
     if bar is not None:
         bar.extend(len(asked))
     reasons["rederive_requested"] += len(asked)
-    replaced: dict[int, dict[str, str]] = {}
-    unsettled: set[int] = set()  # rows with a failing value not given again
-    for (i, f, _), res in zip(asked, client.iter_results([q for _, _, q in asked], bar=bar)):
-        value = stated_result(res.text or "") if res.ok else None
-        # a bare word (RESULT: Friday) is read as the string it names
-        if (
-            value is not None
-            and f.got is not None
-            and (same_value(value, f.got) or same_value(repr(value), f.got))
-        ):
-            replaced.setdefault(i, {})[f.test] = f"assert {f.call} == {f.got}"
-        else:
-            unsettled.add(i)
+    programs: list[str] = []
+    owners: list[tuple[int, str]] = []
+    for (i, tests, _), res in zip(asked, client.iter_results([q for _, _, q in asked], bar=bar)):
+        code = second_solution(res.text or "", rows[i]["entry_point"], rows[i]["prompt"]) if res.ok else None
+        if code is not None:
+            programs.append(exercise_program(code, rows[i]["entry_point"], tests))
+            owners.append((i, tests))
     out: list[dict[str, Any] | None] = [None] * len(rows)
-    for i, corrected in replaced.items():
-        if i not in unsettled:
-            r = rows[i]
-            out[i] = {
-                **r,
-                "tests": with_asserts(r["tests"], corrected),
-                "origin": r["origin"] + ", values re-derived",
-            }
+    for (i, tests), verdict in zip(owners, run_checks(programs, cpu_s=cfg.check_cpu_s)):
+        if verdict == "passed":
+            out[i] = {**rows[i], "tests": tests, "origin": rows[i]["origin"] + ", values re-derived"}
     return out
 
 

@@ -364,23 +364,35 @@ def exercise_from_answer(answer: str, name: str | None) -> Exercise:
     return Exercise(ex.prompt, ex.solution, ex.entry_point, "".join(t + "\n" for t in tests))
 
 
-_RESULT = re.compile(r"RESULT:\s*`*(.+?)`*\s*$", re.IGNORECASE | re.MULTILINE)
+_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
-def stated_result(answer: str) -> str | None:
-    """The value an answer gives on its last ``RESULT: <value>`` line, or the answer itself when it is one line
-    without that form (``None``: neither). Small models add to the value (``RESULT: 28:``, ``RESULT: 10: 1010``):
-    the longest part before a colon that is a Python literal is the value then."""
-    found = _RESULT.findall(answer or "")
-    text = found[-1].strip() if found else (answer or "").strip().strip("`").strip()
-    if not text or "\n" in text:
-        return None
-    parts = text.split(":")
-    for end in range(len(parts), 0, -1):
-        head = ":".join(parts[:end]).strip()
+def _constant(stmt: ast.stmt, entry_point: str) -> bool:
+    """A module-level name bound to a value that does not call ``entry_point`` (``VOWELS = "aeiou"``)."""
+    targets = (
+        stmt.targets
+        if isinstance(stmt, ast.Assign)
+        else [stmt.target]
+        if isinstance(stmt, ast.AnnAssign)
+        else []
+    )
+    return bool(targets) and all(isinstance(t, ast.Name) for t in targets) and not _calls(stmt, entry_point)
+
+
+def second_solution(answer: str, entry_point: str, stub: str) -> str | None:
+    """The program of a second solution (an answer to ``EXERCISE_REDERIVE``): ``stub``'s imports, then the
+    imports, functions and classes of the answer's first code block that defines ``entry_point``, without the
+    rest (tests, prints, a ``__main__`` block; module-level constants stay); ``None`` when no block parses and defines it."""
+    for block in _blocks(answer):
         try:
-            ast.literal_eval(head)
-            return head
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            tree = ast.parse(block)
+        except (SyntaxError, ValueError):
             continue
-    return text
+        kept = [s for s in tree.body if isinstance(s, _DEFINITIONS) or _constant(s, entry_point)]
+        if any(isinstance(s, _FUNCS) and s.name == entry_point for s in kept):
+            try:
+                imports = [s for s in ast.parse(stub).body if isinstance(s, (ast.Import, ast.ImportFrom))]
+            except (SyntaxError, ValueError):
+                imports = []
+            return ast.unparse(ast.Module(body=[*imports, *kept], type_ignores=[])) + "\n"
+    return None

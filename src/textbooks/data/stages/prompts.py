@@ -152,19 +152,20 @@ EXERCISE_SYSTEM = (
 EXERCISE_PROMPT = 'Write a new, small Python exercise on the topic "{topic}".'
 
 # Re-deriving a wrong expected value: an exercise whose solution fails some of its own asserts (a small model's
-# usual error: it writes working code but cannot compute results in its head) gets a second, blind attempt at
-# each failing assert's value, in a fresh conversation that shows the specification only (imports, signature,
-# docstring), never the body or what it returned. The assert is corrected only when that value equals what the
-# solution returned: a second independent derivation agreeing with the code, as the assert that passed did.
+# usual error: it writes working code but cannot compute results in its head) is solved a second time, blind, in
+# a fresh conversation that shows the specification only (imports, signature, docstring), never the body, the
+# asserts or what they returned. A failing assert is corrected to what the first solution returned only when the
+# second solution returns the same and passes every other test too: two programs written apart agree on the
+# call, the evidence of execution agreement (CodeT) in place of a value worked out in the model's head.
 EXERCISE_REDERIVE = (
-    "Here is the signature and docstring of a Python function:\n"
+    "Complete this Python function:\n"
     "\n"
     "```python\n"
     "{stub}\n"
     "```\n"
     "\n"
-    "What does `{call}` return? Answer with one line only, the returned value as a Python literal, in the form "
-    "`RESULT: <value>`."
+    "Answer with the whole function, its imports and any helper it needs in one ```python block, without "
+    "tests, examples or prints."
 )
 
 # Example exercises shown as an earlier turn (the request for their topic, then the answer), one per request.
