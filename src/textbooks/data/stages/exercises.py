@@ -32,7 +32,8 @@ passes them too (``constant_passes``). A small model's usual failure is a wrong 
 for code that is right: with ``rederive`` the exercise is solved a second time, blind (its signature and
 docstring only, never its body, its asserts or what they returned), and each failing ``assert <call> ==
 <value>`` is corrected to what the solution returned when the second solution returns the same and passes the
-other tests too; the exercise is kept if it then passes every check (counted ``rederived``). Mined functions run against their doctests; those without are kept, counted as unchecked.
+other tests too; the exercise is kept if it then passes every check (counted ``rederived``). Mined functions
+run against their doctests; those without are kept, counted as unchecked.
 ``select`` drops exact duplicates, near duplicates (MinHash Jaccard >= ``near_dup_threshold``, synthetic
 only) and exercises close to a HumanEval/MBPP problem (a shared ``contamination_ngram``-word n-gram with its
 statement, or an AST match >= ``contamination_tau``).

@@ -381,8 +381,9 @@ def _constant(stmt: ast.stmt, entry_point: str) -> bool:
 
 def second_solution(answer: str, entry_point: str, stub: str) -> str | None:
     """The program of a second solution (an answer to ``EXERCISE_REDERIVE``): ``stub``'s imports, then the
-    imports, functions and classes of the answer's first code block that defines ``entry_point``, without the
-    rest (tests, prints, a ``__main__`` block; module-level constants stay); ``None`` when no block parses and defines it."""
+    imports, functions, classes and module-level constants of the answer's first code block that defines
+    ``entry_point``, without the rest (tests, prints, a ``__main__`` block); ``None`` when no block parses and
+    defines it."""
     for block in _blocks(answer):
         try:
             tree = ast.parse(block)
