@@ -128,7 +128,7 @@ def test_every_preset_composes_into_the_schema(group):
 
 def test_derived_quantities_and_refusals():
     cfg = composed("experiment=demo")
-    assert cfg.train.tokens_per_step == 16 * 256 and cfg.train.total_steps == 1_500_000 // (16 * 256)
+    assert cfg.train.tokens_per_step == 16 * 256 and cfg.train.total_steps == 750_000 // (16 * 256)
     assert cfg.train.accumulation(world_size=1) == 1 and cfg.recipe.checkpoint.interval(366) == 37
     assert cfg.model.attn_dropout == 0.0 and cfg.recipe.optimizer.lr == 2e-3  # the scale's rate
     with pytest.raises(ConfigError, match=r"exceeds model\.max_seq_len"):
