@@ -238,7 +238,7 @@ def test_interrupted_stage_reruns_to_the_same_output(tmp_path):
     interrupted = threading.Event()
 
     def held_back(messages: list[dict], body: dict) -> str:
-        # past 12 answers, hold every request until the signal is sent: the stage cannot finish first
+        # past 12 answers, hold every request until just after the signal: the stage cannot finish first
         if server.answered >= 12:
             interrupted.wait(60)
         return canned_section(messages, body)

@@ -369,14 +369,13 @@ _DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDe
 
 def _constant(stmt: ast.stmt, entry_point: str) -> bool:
     """A module-level name bound to a value that does not call ``entry_point`` (``VOWELS = "aeiou"``)."""
-    targets = (
-        stmt.targets
-        if isinstance(stmt, ast.Assign)
-        else [stmt.target]
-        if isinstance(stmt, ast.AnnAssign)
-        else []
-    )
-    return bool(targets) and all(isinstance(t, ast.Name) for t in targets) and not _calls(stmt, entry_point)
+    if isinstance(stmt, ast.Assign):
+        targets = stmt.targets
+    elif isinstance(stmt, ast.AnnAssign):
+        targets = [stmt.target]
+    else:
+        return False
+    return all(isinstance(t, ast.Name) for t in targets) and not _calls(stmt, entry_point)
 
 
 def second_solution(answer: str, entry_point: str, stub: str) -> str | None:
